@@ -1,0 +1,5 @@
+import sys
+
+from ticketlab.cli import main
+
+sys.exit(main())

@@ -1,0 +1,80 @@
+"""Load pre-trained weights into a backbone, mapping torchvision/timm/MoCo/SimCLR key names.
+
+Keys are matched after stripping wrapper prefixes (``module.``, ``encoder_q.``, ``backbone.`` ...);
+classifier heads, MoCo key encoders and queues are reported as unused, wrong shapes as skipped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ticketlab.errors import TicketlabError
+from ticketlab.fileio import load_state_dict
+
+WRAPPER_PREFIXES = ("module.", "encoder_q.", "encoder.", "backbone.", "model.", "base_encoder.")
+
+
+@dataclass
+class LoadReport:
+    loaded: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)  # in the model, not in the checkpoint
+    unused: list[str] = field(default_factory=list)  # in the checkpoint, not in the model
+    shape_mismatch: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        def show(keys: list[str]) -> str:
+            return ", ".join(keys[:5]) + (f" (+{len(keys) - 5} more)" if len(keys) > 5 else "")
+
+        lines = [f"loaded {len(self.loaded)} tensors"]
+        for label, keys in (("missing (kept at init)", self.missing), ("unused", self.unused),
+                            ("skipped for shape", self.shape_mismatch)):
+            if keys:
+                lines.append(f"{label}: {len(keys)}: {show(keys)}")
+        return "; ".join(lines)
+
+
+def _candidates(key: str) -> list[str]:
+    """The key and every version of it with leading wrapper prefixes stripped."""
+    out = [key]
+    changed = True
+    while changed:
+        changed = False
+        for prefix in WRAPPER_PREFIXES:
+            if out[-1].startswith(prefix):
+                out.append(out[-1][len(prefix):])
+                changed = True
+                break
+    return out
+
+
+def map_state_dict(state: dict[str, torch.Tensor], target: nn.Module) -> tuple[dict[str, torch.Tensor], LoadReport]:
+    wanted = target.state_dict()
+    mapped: dict[str, torch.Tensor] = {}
+    report = LoadReport()
+    for key, tensor in state.items():
+        name = next((c for c in _candidates(key) if c in wanted), None)
+        if name is None or "encoder_k." in key:
+            report.unused.append(key)
+        elif tuple(wanted[name].shape) != tuple(tensor.shape):
+            report.shape_mismatch.append(f"{key} {tuple(tensor.shape)}->{tuple(wanted[name].shape)}")
+        else:
+            mapped[name] = tensor
+            report.loaded.append(name)
+    report.missing = [k for k in wanted if k not in mapped and not k.endswith("num_batches_tracked")]
+    return mapped, report
+
+
+def load_backbone(backbone: nn.Module, path: str | Path) -> LoadReport:
+    """Load a checkpoint file into ``backbone`` in place and report what matched."""
+    mapped, report = map_state_dict(load_state_dict(Path(path)), backbone)
+    if not mapped:
+        raise TicketlabError(
+            f"checkpoint {path} shares no parameter names/shapes with {type(backbone).__name__}; "
+            "is it for another architecture? (first keys: " + ", ".join(report.unused[:3]) + ")"
+        )
+    backbone.load_state_dict(mapped, strict=False)
+    return report

@@ -1,0 +1,221 @@
+"""Typed experiment configs parsed from YAML, and the content hash that names run folders.
+
+Unknown keys and badly-typed values are errors naming the key and what is allowed. The run hash
+covers only fields that differ from their defaults, so adding a field with a default later does
+not change existing hashes (old runs are never orphaned) — the open_lth rule.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from ticketlab.errors import ConfigError
+from ticketlab.prunable import PrunableConfig
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = "resnet20"
+    options: dict[str, Any] = field(default_factory=dict)
+    checkpoint: str | None = None  # θp from a file; torchvision/timm/MoCo key names are mapped
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    name: str = "scenes_shape"
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training recipe (a pre-training run, or one IMP round / baseline fine-tune)."""
+
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.9
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    weight_decay: float = 2e-4
+    epochs: int = 10
+    batch_size: int = 128
+    lr_schedule: Literal["constant", "step", "cosine", "linear"] = "cosine"
+    warmup_steps: int = 0
+    milestones: list[float] = field(default_factory=lambda: [0.5, 0.75])  # fractions of training ("step")
+    gamma: float = 0.1
+    grad_clip: float = 0.0  # max gradient norm; 0 = off
+    head_lr_mult: float = 1.0
+
+    def __post_init__(self) -> None:
+        _positive(self.lr, "train.lr")
+        _positive(self.epochs, "train.epochs")
+        _positive(self.batch_size, "train.batch_size")
+        if self.weight_decay < 0 or self.grad_clip < 0 or self.warmup_steps < 0:
+            raise ConfigError("train.weight_decay, train.grad_clip and train.warmup_steps must be >= 0")
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """Pre-train the backbone on a task with an objective; the result is θp."""
+
+    objective: str = "supervised"
+    task: TaskConfig = field(default_factory=TaskConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    method: str = "global_magnitude"
+    schedule: Literal["remaining", "original", "explicit"] = "remaining"
+    rate: float = 0.2
+    rounds: int = 5
+    sparsities: list[float] = field(default_factory=list)  # for schedule "explicit"
+    rewind: str = "pretrained"
+    rewind_steps: int = 0  # for rewind "early": weights after this many fine-tuning steps
+    prunable: PrunableConfig = field(default_factory=PrunableConfig)
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    prune: PruneConfig = field(default_factory=PruneConfig)
+    pretrain: PretrainConfig | None = None
+    baselines: list[str] = field(default_factory=lambda: ["omp", "random_prune", "random_reinit"])
+    seed: int = 0
+    deterministic: bool = False
+
+
+def _positive(value: float, key: str) -> None:
+    if value <= 0:
+        raise ConfigError(f"{key} must be > 0, got {value!r}")
+
+
+# -- parsing ---------------------------------------------------------------------------------------
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp).replace("typing.", ""))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], key)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"bad value {value!r} for {key}; allowed: {', '.join(map(str, args))}")
+        return value
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a mapping of options, got {value!r}")
+        return from_dict(tp, value, key)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key} must be a list, got {value!r}")
+        return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a mapping, got {value!r}")
+        return dict(value)
+    if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, str, bool) and type(value) is tp:
+        return value
+    if tp is Any:
+        return value
+    raise ConfigError(f"{key} must be {_type_name(tp)}, got {value!r}")
+
+
+def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from a mapping, rejecting unknown keys and wrong types by name."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        full = f"{prefix}.{key}" if prefix else str(key)
+        if key not in names:
+            raise ConfigError(f"unknown config key {full!r}; allowed keys here: {', '.join(names)}")
+        kwargs[key] = _coerce(value, hints[key], full)
+    return cls(**kwargs)
+
+
+def load_config(path: str | Path) -> ExperimentConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {str(exc).splitlines()[0]} (see line/column above)") from exc
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a YAML mapping of config keys, got {type(data).__name__}")
+    return parse_config(data)
+
+
+def parse_config(data: dict[str, Any]) -> ExperimentConfig:
+    cfg: ExperimentConfig = from_dict(ExperimentConfig, data)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: ExperimentConfig) -> None:
+    """Check names against the registries and values against their ranges, before any work starts."""
+    from ticketlab.baselines import BASELINES
+    from ticketlab.data import TASKS
+    from ticketlab.models import MODELS
+    from ticketlab.objectives import OBJECTIVES
+    from ticketlab.pruning import PRUNING_METHODS
+    from ticketlab.rewind import REWIND_POINTS
+    from ticketlab.schedules import round_sparsities
+
+    MODELS.get(cfg.model.name)
+    TASKS.get(cfg.task.name)
+    PRUNING_METHODS.get(cfg.prune.method)
+    REWIND_POINTS.get(cfg.prune.rewind)
+    for name in cfg.baselines:
+        BASELINES.get(name)
+    if cfg.pretrain is not None:
+        OBJECTIVES.get(cfg.pretrain.objective)
+        TASKS.get(cfg.pretrain.task.name)
+        if cfg.model.checkpoint:
+            raise ConfigError("give either model.checkpoint or a pretrain section for θp, not both")
+    if cfg.prune.rewind == "early" and cfg.prune.rewind_steps <= 0:
+        raise ConfigError("prune.rewind 'early' needs prune.rewind_steps > 0 (fine-tuning steps before the snapshot)")
+    round_sparsities(cfg.prune.schedule, cfg.prune.rounds, cfg.prune.rate, cfg.prune.sparsities)
+
+
+# -- hashing ---------------------------------------------------------------------------------------
+def to_dict(obj: Any) -> Any:
+    return dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else obj
+
+
+def non_default(obj: Any) -> dict[str, Any]:
+    """The fields of a dataclass that differ from their defaults (recursively)."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        if dataclasses.is_dataclass(value):
+            nested = non_default(value)
+            if default is None or nested:
+                out[f.name] = nested
+        elif value != default:
+            out[f.name] = value
+    return out
+
+
+def config_hash(obj: Any) -> str:
+    blob = json.dumps(non_default(obj), sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]

@@ -1,0 +1,115 @@
+"""Loaders for users' own data: an image-folder tree, ``.npz`` arrays, a Hugging Face dataset on disk."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ticketlab.data import TASKS, Split, Task, images_to_tensor, task_from_arrays
+from ticketlab.errors import DataError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
+
+
+def _existing(path: str) -> Path:
+    root = Path(path).expanduser()
+    if not root.exists():
+        raise DataError(f"dataset path {root} does not exist; check task.options.path")
+    return root
+
+
+def _read_folder(root: Path, classes: list[str], image_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    from PIL import Image
+
+    images, labels = [], []
+    for label, cls in enumerate(classes):
+        for file in sorted((root / cls).iterdir()) if (root / cls).is_dir() else []:
+            if file.suffix.lower() in IMAGE_SUFFIXES:
+                with Image.open(file) as img:
+                    images.append(np.asarray(img.convert("RGB").resize((image_size, image_size))))
+                labels.append(label)
+    if not images:
+        raise DataError(f"no images found under {root} (expected {root}/<class>/<image>.png)")
+    return images_to_tensor(np.stack(images), None), torch.tensor(labels)
+
+
+@TASKS.register("image_folder")
+def image_folder(path: str, image_size: int = 32, val_fraction: float = 0.1, test_fraction: float = 0.2,
+                 seed: int = 0) -> Task:
+    """``path/<class>/*.png``, or ``path/{train,val,test}/<class>/*.png`` for given splits."""
+    root = _existing(path)
+    if (root / "train").is_dir():
+        classes = sorted(d.name for d in (root / "train").iterdir() if d.is_dir())
+        splits = {s: Split(*_read_folder(root / s, classes, image_size)) for s in ("train", "val", "test")
+                  if (root / s).is_dir()}
+        if set(splits) != {"train", "val", "test"}:
+            raise DataError(f"{root} has a train/ folder but not all of train/, val/, test/")
+        return Task(root.name, len(classes), **splits, class_names=classes)
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir())
+    x, y = _read_folder(root, classes, image_size)
+    return task_from_arrays(root.name, x, y, len(classes), val_fraction, test_fraction, seed, classes)
+
+
+def _labels(array: np.ndarray, where: str) -> torch.Tensor:
+    if not np.issubdtype(array.dtype, np.integer):
+        if np.issubdtype(array.dtype, np.floating) and np.all(np.mod(array, 1) == 0):
+            array = array.astype(np.int64)
+        else:
+            raise DataError(f"{where}: labels must be integers, got dtype {array.dtype}")
+    return torch.as_tensor(array.astype(np.int64))
+
+
+@TASKS.register("npz")
+def npz(path: str, image_size: int | None = None, num_classes: int | None = None, val_fraction: float = 0.1,
+        test_fraction: float = 0.2, seed: int = 0) -> Task:
+    """Arrays ``x``/``y`` (split here) or ``x_train``/``y_train``/``x_val``/... in one ``.npz`` file."""
+    root = _existing(path)
+    with np.load(root, allow_pickle=False) as data:
+        arrays = {k: data[k] for k in data.files}
+    if "x_train" in arrays:
+        names = [s for s in ("train", "val", "test") if f"x_{s}" in arrays]
+        if names != ["train", "val", "test"]:
+            raise DataError(f"{root}: has x_train but not all of x_val and x_test; add them or use x/y")
+        splits = {s: Split(images_to_tensor(arrays[f"x_{s}"], image_size), _labels(arrays[f"y_{s}"], f"{root}:y_{s}"))
+                  for s in names}
+        k = num_classes or int(max(int(s.y.max()) for s in splits.values() if len(s)) + 1)
+        return Task(root.stem, k, **splits)
+    if "x" not in arrays or "y" not in arrays:
+        raise DataError(f"{root}: expected arrays 'x' and 'y' (or x_train/y_train/...), found {sorted(arrays)}")
+    y = _labels(arrays["y"], f"{root}:y")
+    k = num_classes or (int(y.max()) + 1 if len(y) else 0)
+    return task_from_arrays(root.stem, images_to_tensor(arrays["x"], image_size), y, k, val_fraction,
+                            test_fraction, seed)
+
+
+@TASKS.register("hf_disk")
+def hf_disk(path: str, image_column: str = "image", label_column: str = "label", image_size: int = 32,
+            val_fraction: float = 0.1, test_fraction: float = 0.2, seed: int = 0) -> Task:
+    """A dataset written by ``datasets``' ``save_to_disk`` (a Dataset, or a DatasetDict with train/val/test)."""
+    root = _existing(path)
+    try:
+        from datasets import Dataset, load_from_disk
+    except ImportError as exc:
+        raise DataError("reading Hugging Face datasets needs: pip install 'ticketlab[hf-datasets]'") from exc
+    data = load_from_disk(str(root))
+
+    def arrays(ds: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
+        for column in (image_column, label_column):
+            if column not in ds.column_names:
+                raise DataError(f"{root}: no column {column!r}; columns are {ds.column_names}")
+        images = [np.asarray(im.convert("RGB").resize((image_size, image_size))) if hasattr(im, "convert")
+                  else np.asarray(im) for im in ds[image_column]]
+        if not images:
+            raise DataError(f"{root}: the dataset is empty")
+        return images_to_tensor(np.stack(images), image_size), _labels(np.asarray(ds[label_column]), str(root))
+
+    if isinstance(data, Dataset):
+        x, y = arrays(data)
+        return task_from_arrays(root.name, x, y, int(y.max()) + 1, val_fraction, test_fraction, seed)
+    val_key = "validation" if "validation" in data else "val"
+    if not {"train", val_key, "test"} <= set(data):
+        raise DataError(f"{root}: a DatasetDict needs train, validation (or val) and test splits, has {list(data)}")
+    splits = {s: Split(*arrays(data[k])) for s, k in (("train", "train"), ("val", val_key), ("test", "test"))}
+    return Task(root.name, int(max(int(s.y.max()) for s in splits.values())) + 1, **splits)

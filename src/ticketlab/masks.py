@@ -1,0 +1,115 @@
+"""The mask: parameter name -> boolean keep-tensor. Masks live apart from weights.
+
+Saved as safetensors (uint8) plus a JSON sidecar with how the mask was found, sparsity per layer
+and a fingerprint of the model (names and shapes of the masked parameters).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ticketlab.errors import MaskMismatchError
+from ticketlab.fileio import load_tensors, save_tensors
+
+
+class Mask:
+    """A set of boolean keep-masks, one per prunable parameter (True = kept)."""
+
+    def __init__(self, tensors: Mapping[str, torch.Tensor]) -> None:
+        self.tensors: dict[str, torch.Tensor] = {k: v.detach().to("cpu", torch.bool) for k, v in tensors.items()}
+
+    # construction -----------------------------------------------------------------------------
+    @classmethod
+    def ones(cls, model: nn.Module, names: Iterable[str]) -> Mask:
+        params = dict(model.named_parameters())
+        return cls({n: torch.ones_like(params[n], dtype=torch.bool, device="cpu") for n in names})
+
+    # accounting -------------------------------------------------------------------------------
+    def names(self) -> list[str]:
+        return list(self.tensors)
+
+    def num_total(self) -> int:
+        return sum(t.numel() for t in self.tensors.values())
+
+    def num_pruned(self) -> int:
+        return sum(int((~t).sum()) for t in self.tensors.values())
+
+    def sparsity(self) -> float:
+        """Fraction of the prunable set that is pruned."""
+        total = self.num_total()
+        return self.num_pruned() / total if total else 0.0
+
+    def layer_sparsity(self) -> dict[str, float]:
+        return {n: float((~t).sum()) / t.numel() for n, t in self.tensors.items()}
+
+    def model_sparsity(self, model: nn.Module) -> float:
+        """Fraction of *all* model parameters removed by this mask."""
+        total = sum(p.numel() for p in model.parameters())
+        return self.num_pruned() / total
+
+    def fingerprint(self) -> dict[str, list[int]]:
+        return {n: list(t.shape) for n, t in self.tensors.items()}
+
+    # algebra ----------------------------------------------------------------------------------
+    def complement(self) -> Mask:
+        return Mask({n: ~t for n, t in self.tensors.items()})
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, Mask)
+            and self.tensors.keys() == other.tensors.keys()
+            and all(torch.equal(t, other.tensors[n]) for n, t in self.tensors.items())
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+    # model interaction ------------------------------------------------------------------------
+    def check_fits(self, model: nn.Module) -> None:
+        """Raise MaskMismatchError naming the first parameter the mask does not fit."""
+        params = dict(model.named_parameters())
+        for name, tensor in self.tensors.items():
+            if name not in params:
+                raise MaskMismatchError(
+                    f"mask does not fit the model: parameter {name!r} is not in {type(model).__name__}; "
+                    "use a mask found on the same architecture"
+                )
+            if tuple(params[name].shape) != tuple(tensor.shape):
+                raise MaskMismatchError(
+                    f"mask does not fit the model: {name!r} has shape {tuple(params[name].shape)} in the model "
+                    f"but {tuple(tensor.shape)} in the mask; use a mask found on the same architecture"
+                )
+
+    @torch.no_grad()
+    def apply_(self, model: nn.Module) -> nn.Module:
+        """Zero the pruned weights of ``model`` in place."""
+        self.check_fits(model)
+        params = dict(model.named_parameters())
+        for name, keep in self.tensors.items():
+            params[name].mul_(keep.to(params[name].device, params[name].dtype))
+        return model
+
+    # persistence ------------------------------------------------------------------------------
+    def save(self, path: Path, meta: dict[str, Any] | None = None) -> None:
+        info = dict(meta or {})
+        info.update(
+            sparsity=self.sparsity(),
+            num_pruned=self.num_pruned(),
+            num_total=self.num_total(),
+            layer_sparsity=self.layer_sparsity(),
+            fingerprint=self.fingerprint(),
+        )
+        save_tensors(path, {n: t.to(torch.uint8) for n, t in self.tensors.items()}, info)
+
+    @classmethod
+    def load(cls, path: Path) -> Mask:
+        tensors, _ = load_tensors(path)
+        return cls({n: t.bool() for n, t in tensors.items()})
+
+    @staticmethod
+    def load_meta(path: Path) -> dict[str, Any]:
+        return load_tensors(path)[1]

@@ -1,0 +1,68 @@
+"""Models: a backbone (pre-trained, prunable) plus a task head (re-initialised per task, never pruned).
+
+``MODELS`` maps a name to a factory ``(**options) -> Backbone``. Every model exposes
+``forward_features`` (the backbone's feature vector) and ``forward_head``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from ticketlab.registry import Registry
+
+
+@dataclass
+class Backbone:
+    """What a model factory returns: the feature extractor, its feature size and its family."""
+
+    module: nn.Module
+    feature_dim: int
+    family: str  # "cnn" | "transformer": picks the default prunable set
+
+
+MODELS: Registry[Any] = Registry("model")
+
+
+class TicketModel(nn.Module):
+    """Backbone + linear head. Parameter names are ``backbone.*`` and ``head.*``."""
+
+    def __init__(self, backbone: Backbone, num_classes: int) -> None:
+        super().__init__()
+        self.backbone = backbone.module
+        self.feature_dim = backbone.feature_dim
+        self.family = backbone.family
+        self.head = nn.Linear(backbone.feature_dim, max(num_classes, 1))
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(x)
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        return self.head(features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def reset_head(self, num_classes: int, seed: int) -> None:
+        """A fresh head for a task, initialised from ``seed`` so runs are reproducible."""
+        generator = torch.Generator().manual_seed(seed)
+        head = nn.Linear(self.feature_dim, num_classes)
+        bound = 1.0 / self.feature_dim**0.5
+        with torch.no_grad():
+            head.weight.copy_(torch.empty_like(head.weight).uniform_(-bound, bound, generator=generator))
+            head.bias.zero_()
+        self.head = head.to(next(self.backbone.parameters()).device)
+
+
+def build_model(name: str, num_classes: int, options: dict[str, Any] | None = None, seed: int = 0) -> TicketModel:
+    """Build a model; its random initialisation (θ0) is a function of ``seed`` alone."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        backbone = MODELS.build(name, **(options or {}))
+        return TicketModel(backbone, num_classes)
+
+
+from ticketlab.models import hf, resnet  # noqa: E402,F401  (registration)

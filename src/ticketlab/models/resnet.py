@@ -1,0 +1,109 @@
+"""CIFAR-style ResNets (3x3 stem, no max-pool), since torchvision does not import here.
+
+Module names follow torchvision (``conv1``, ``bn1``, ``layerN.i.conv1``, ``downsample.0``) so that
+torchvision/timm/MoCo/SimCLR checkpoints map onto them by stripping prefixes (see ``checkpoints``).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ticketlab.models import MODELS, Backbone
+
+
+class BasicBlock(nn.Module):
+    expansion = 1
+
+    def __init__(self, inplanes: int, planes: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = _shortcut(inplanes, planes, stride)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + (self.downsample(x) if self.downsample is not None else x))
+
+
+class Bottleneck(nn.Module):
+    expansion = 4
+
+    def __init__(self, inplanes: int, planes: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = nn.Conv2d(planes, planes * 4, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(planes * 4)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = _shortcut(inplanes, planes * 4, stride)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return self.relu(out + (self.downsample(x) if self.downsample is not None else x))
+
+
+def _shortcut(inplanes: int, planes: int, stride: int) -> nn.Module | None:
+    if stride == 1 and inplanes == planes:
+        return None
+    return nn.Sequential(nn.Conv2d(inplanes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes))
+
+
+class CifarResNet(nn.Module):
+    """ResNet backbone returning pooled features (no classifier: the head lives in TicketModel)."""
+
+    def __init__(self, block: type[BasicBlock | Bottleneck], layers: list[int], widths: list[int],
+                 in_channels: int = 3) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(widths[0])
+        self.relu = nn.ReLU(inplace=True)
+        inplanes = widths[0]
+        for i, (count, width) in enumerate(zip(layers, widths, strict=True)):
+            blocks = []
+            for j in range(count):
+                blocks.append(block(inplanes, width, 2 if (j == 0 and i > 0) else 1))
+                inplanes = width * block.expansion
+            self.add_module(f"layer{i + 1}", nn.Sequential(*blocks))
+        self.num_stages = len(layers)
+        self.out_dim = inplanes
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.relu(self.bn1(self.conv1(x)))
+        for i in range(self.num_stages):
+            x = getattr(self, f"layer{i + 1}")(x)
+        return torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1)
+
+
+def _resnet(block: type[BasicBlock | Bottleneck], layers: list[int], base: int, stages: int,
+            in_channels: int) -> Backbone:
+    net = CifarResNet(block, layers, [base * 2**i for i in range(stages)], in_channels)
+    return Backbone(net, net.out_dim, "cnn")
+
+
+@MODELS.register("resnet20")
+def resnet20(width: int = 16, in_channels: int = 3) -> Backbone:
+    """He et al.'s CIFAR ResNet-20 (3 stages of 3 basic blocks; 1x1-conv shortcuts)."""
+    return _resnet(BasicBlock, [3, 3, 3], width, 3, in_channels)
+
+
+@MODELS.register("resnet18")
+def resnet18(width: int = 64, in_channels: int = 3) -> Backbone:
+    return _resnet(BasicBlock, [2, 2, 2, 2], width, 4, in_channels)
+
+
+@MODELS.register("resnet50")
+def resnet50(width: int = 64, in_channels: int = 3) -> Backbone:
+    """The CIFAR-style ResNet-50 of Chen et al. (CVPR 2021): 3x3 stem, no max-pool."""
+    return _resnet(Bottleneck, [3, 4, 6, 3], width, 4, in_channels)

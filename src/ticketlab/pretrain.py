@@ -1,0 +1,50 @@
+"""Pre-training a backbone with an objective; the checkpoint is θp for every other command.
+
+A pre-training run is content-addressed like an IMP run (``pretrain-<hash>``), so IMP runs sharing
+the same pre-training reuse it, and re-running after a kill redoes only what did not finish.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ticketlab.config import ModelConfig, PretrainConfig, config_hash, to_dict
+from ticketlab.data import build_task
+from ticketlab.fileio import atomic_dir, ensure_writable_dir, save_tensors, write_json
+from ticketlab.models import build_model
+from ticketlab.objectives import OBJECTIVES
+from ticketlab.train import train_model
+
+CHECKPOINT_NAME = "backbone.safetensors"
+
+
+@dataclass(frozen=True)
+class PretrainRun:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    seed: int = 0
+
+
+def run_pretraining(run: PretrainRun, runs_dir: Path, deterministic: bool = False,
+                    progress: bool = True) -> Path:
+    """Pre-train (or find the finished pre-training) and return the backbone checkpoint path."""
+    folder = ensure_writable_dir(runs_dir) / f"pretrain-{config_hash(run)}"
+    checkpoint = folder / CHECKPOINT_NAME
+    if checkpoint.is_file():
+        return checkpoint
+    task = build_task(run.pretrain.task.name, run.pretrain.task.options)
+    model = build_model(run.model.name, task.num_classes, run.model.options, seed=run.seed)
+    model.reset_head(task.num_classes, run.seed)
+    objective = OBJECTIVES.build(run.pretrain.objective)
+    result = train_model(model, task, run.pretrain.train, seed=run.seed, objective=objective,
+                         deterministic=deterministic,
+                         progress=f"pre-train {run.pretrain.objective} on {task.name}" if progress else None)
+    backbone = {k.removeprefix("backbone."): v for k, v in result.state.items() if k.startswith("backbone.")}
+    with atomic_dir(folder) as tmp:
+        write_json(tmp / "config.json", to_dict(run))
+        save_tensors(tmp / CHECKPOINT_NAME, backbone, {
+            "kind": "ticketlab-pretrained-backbone", "objective": run.pretrain.objective,
+            "task": run.pretrain.task.name, "model": to_dict(run.model), "metrics": result.metrics,
+        })
+    return checkpoint

@@ -1,0 +1,106 @@
+"""Exact top-k selection shared by every pruning method."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import torch
+
+from ticketlab.errors import ConfigError
+from ticketlab.masks import Mask
+from ticketlab.registry import Registry
+
+Scorer = Callable[[Mapping[str, torch.Tensor], torch.Generator], dict[str, torch.Tensor]]
+
+
+@dataclass(frozen=True)
+class PruningMethod:
+    """How to score weights, and whether the sparsity is reached globally or in every layer."""
+
+    scorer: Scorer
+    scope: str  # "global" | "layerwise"
+
+
+PRUNING_METHODS: Registry[PruningMethod] = Registry("pruning method")
+
+
+def check_sparsity(sparsity: float) -> float:
+    if not (isinstance(sparsity, int | float) and 0.0 <= float(sparsity) < 1.0) or math.isnan(sparsity):
+        raise ConfigError(f"sparsity {sparsity!r} is out of range; use a fraction in [0, 1), e.g. 0.8 for 80 %")
+    return float(sparsity)
+
+
+def target_pruned_count(sparsity: float, total: int) -> int:
+    """Number of zeros a set of ``total`` weights has at ``sparsity`` (round half up)."""
+    return int(math.floor(check_sparsity(sparsity) * total + 0.5))
+
+
+def _layer_allocation(sizes: list[int], sparsity: float) -> list[int]:
+    """Per-layer zero counts, each floor or ceil of s*n_l, summing exactly to the global target (largest remainder)."""
+    exact = [sparsity * n for n in sizes]
+    counts = [math.floor(e) for e in exact]
+    missing = target_pruned_count(sparsity, sum(sizes)) - sum(counts)
+    order = sorted(range(len(sizes)), key=lambda i: (-(exact[i] - counts[i]), i))
+    for i in order[: max(missing, 0)]:
+        counts[i] += 1
+    return counts
+
+
+def _keep_top(scores: torch.Tensor, keep: torch.Tensor, num_keep: int) -> torch.Tensor:
+    """Boolean keep-mask of the ``num_keep`` highest scores among currently kept entries (stable ties)."""
+    flat = torch.where(keep.flatten(), scores.flatten().double(), torch.tensor(-math.inf, dtype=torch.float64))
+    order = torch.argsort(flat, descending=True, stable=True)
+    result = torch.zeros(flat.numel(), dtype=torch.bool)
+    result[order[:num_keep]] = True
+    return result.view_as(keep)
+
+
+def select_to_sparsity(
+    scores: Mapping[str, torch.Tensor], current: Mask, sparsity: float, scope: str = "global"
+) -> Mask:
+    """Prune the lowest-scoring kept weights until the prunable set has exactly the target zero count."""
+    check_sparsity(sparsity)
+    names = current.names()
+    missing = [n for n in names if n not in scores]
+    if missing:
+        raise ConfigError(f"no weights given for masked parameter {missing[0]!r}")
+    if current.sparsity() > sparsity + 1e-12:
+        raise ConfigError(
+            f"target sparsity {sparsity:.4f} is below the current mask's {current.sparsity():.4f}; "
+            "pruning never regrows weights, so use an increasing schedule"
+        )
+    if scope == "global":
+        keep_flat = torch.cat([current.tensors[n].flatten() for n in names])
+        score_flat = torch.cat([scores[n].detach().cpu().flatten().double() for n in names])
+        num_keep = keep_flat.numel() - target_pruned_count(sparsity, keep_flat.numel())
+        kept = _keep_top(score_flat, keep_flat, num_keep)
+        out, offset = {}, 0
+        for n in names:
+            size = current.tensors[n].numel()
+            out[n] = kept[offset : offset + size].view_as(current.tensors[n])
+            offset += size
+        return Mask(out)
+    if scope == "layerwise":
+        sizes = [current.tensors[n].numel() for n in names]
+        out = {}
+        for n, size, zeros in zip(names, sizes, _layer_allocation(sizes, sparsity), strict=True):
+            already = int((~current.tensors[n]).sum())
+            out[n] = _keep_top(scores[n].detach().cpu(), current.tensors[n], size - max(zeros, already))
+        return Mask(out)
+    raise ConfigError(f"unknown pruning scope {scope!r}; allowed: global, layerwise")
+
+
+def prune(
+    method: str,
+    weights: Mapping[str, torch.Tensor],
+    current: Mask,
+    sparsity: float,
+    generator: torch.Generator | None = None,
+) -> Mask:
+    """Pure pruning step: (trained weights, current mask, target sparsity) -> new mask."""
+    spec = PRUNING_METHODS.get(method)
+    generator = generator or torch.Generator().manual_seed(0)
+    scores = spec.scorer({n: weights[n] for n in current.names()}, generator)
+    return select_to_sparsity(scores, current, sparsity, spec.scope)
