@@ -1,0 +1,30 @@
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+TINY_SCENES = {"n_train": 96, "n_val": 48, "n_test": 48}
+
+
+def tiny_config(**overrides: object) -> dict:
+    """A config that runs an IMP experiment in a few seconds."""
+    cfg = {
+        "seed": 3,
+        "model": {"name": "resnet20", "options": {"width": 4}},
+        "task": {"name": "scenes_shape", "options": dict(TINY_SCENES)},
+        "train": {"optimizer": "sgd", "lr": 0.05, "epochs": 1, "batch_size": 32},
+        "prune": {"rounds": 2},
+        "baselines": ["omp", "random_prune", "random_reinit", "reversed"],
+    }
+    cfg.update(overrides)
+    return cfg
+
+
+@pytest.fixture
+def tiny() -> dict:
+    return tiny_config()

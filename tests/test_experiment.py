@@ -1,0 +1,139 @@
+import json
+
+import pytest
+import torch
+
+from ticketlab import cli
+from ticketlab.config import config_hash, parse_config
+from ticketlab.experiment import RunContext, load_run, run_dir_for, run_experiment
+from ticketlab.fileio import load_tensors
+from ticketlab.masks import Mask
+from ticketlab.pretrain import PretrainRun
+from ticketlab.pruning import target_pruned_count
+from ticketlab.rewind import REWIND_POINTS
+from ticketlab.store import ResultStore
+from tests.conftest import TINY_SCENES, tiny_config
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    runs = tmp_path_factory.mktemp("runs")
+    cfg = parse_config(tiny_config(
+        pretrain={"task": {"name": "scenes_colour", "options": dict(TINY_SCENES)},
+                  "train": {"lr": 0.05, "epochs": 1, "batch_size": 32}},
+    ))
+    return cfg, runs, run_experiment(cfg, runs, progress=False)
+
+
+def test_round_sparsities_follow_the_schedule_exactly(finished):
+    cfg, _, run_dir = finished
+    run = load_run(run_dir)
+    assert [r["round"] for r in run["rounds"]] == [0, 1, 2]
+    for row, expected in zip(run["rounds"], [0.0, 0.2, 0.36], strict=True):
+        mask = Mask.load(run_dir / row["mask"])
+        assert mask.num_pruned() == target_pruned_count(expected, mask.num_total())
+        assert row["metrics"]["target_sparsity"] == pytest.approx(expected)
+    assert set(run["baselines"]) == {"omp", "random_prune", "random_reinit", "reversed"}
+    for rows in run["baselines"].values():
+        assert [r["round"] for r in rows] == [1, 2]
+
+
+def test_saved_weights_are_zero_where_pruned_and_masks_nest(finished):
+    _, _, run_dir = finished
+    previous = None
+    for k in range(3):
+        mask = Mask.load(run_dir / f"rounds/round_{k:03d}/mask.safetensors")
+        weights, _ = load_tensors(run_dir / f"rounds/round_{k:03d}/weights.safetensors")
+        for name, keep in mask.tensors.items():
+            assert torch.count_nonzero(weights[name][~keep]) == 0
+            if previous is not None:
+                assert not torch.any(keep & ~previous.tensors[name])
+        previous = mask
+
+
+def test_rewinding_restores_pretrained_weights(finished):
+    cfg, runs, run_dir = finished
+    pretrain_dir = runs / f"pretrain-{config_hash(PretrainRun(cfg.model, cfg.pretrain, cfg.seed))}"
+    pretrained, meta = load_tensors(pretrain_dir / "backbone.safetensors")
+    assert meta["objective"] == "supervised"
+    ctx = RunContext(cfg, run_dir, task=None)  # task is not needed to read stored state
+    ctx.task = type("T", (), {"num_classes": 3})()
+    theta_p = REWIND_POINTS.get("pretrained")(ctx)
+    mask = ctx.imp_mask(2)
+    for name, value in pretrained.items():
+        assert torch.equal(theta_p[f"backbone.{name}"], value), name
+    model = ctx.fresh_model()
+    model.load_state_dict(theta_p)
+    mask.apply_(model)
+    params = dict(model.named_parameters())
+    for name, keep in mask.tensors.items():
+        assert torch.equal(params[name][keep], pretrained[name.removeprefix("backbone.")][keep])
+    trained = ctx.dense_trained_state()
+    assert any(not torch.equal(trained[k], theta_p[k]) for k in mask.names()), "round 0 should have trained"
+
+
+def test_baselines_are_what_they_claim(finished):
+    cfg, _, run_dir = finished
+    imp2 = Mask.load(run_dir / "rounds/round_002/mask.safetensors")
+    reinit = Mask.load(run_dir / "baselines/random_reinit/round_002/mask.safetensors")
+    reverse = Mask.load(run_dir / "baselines/reversed/round_002/mask.safetensors")
+    rp = Mask.load(run_dir / "baselines/random_prune/round_002/mask.safetensors")
+    omp = Mask.load(run_dir / "baselines/omp/round_002/mask.safetensors")
+    assert reinit == imp2
+    assert reverse == imp2.complement()
+    assert rp.num_pruned() == omp.num_pruned() == imp2.num_pruned()
+    assert rp != imp2
+
+
+def test_rerun_resumes_without_recomputing(finished):
+    cfg, runs, run_dir = finished
+    stamp = (run_dir / "rounds/round_002/metrics.json").stat().st_mtime_ns
+    assert run_experiment(cfg, runs, progress=False) == run_dir
+    assert (run_dir / "rounds/round_002/metrics.json").stat().st_mtime_ns == stamp
+    assert (run_dir / "sparsity_accuracy.png").stat().st_size > 10_000
+
+
+def test_store_lists_the_run(finished):
+    _, runs, run_dir = finished
+    rows = ResultStore(runs / "ticketlab.sqlite").runs()
+    row = next(r for r in rows if r["run_id"] == run_dir.name)
+    assert row["status"] == "done" and row["rounds"] == 3
+    assert row["max_sparsity"] == pytest.approx(0.36, abs=1e-4)
+    results = ResultStore(runs / "ticketlab.sqlite").results(run_dir.name)
+    assert len(results) == 3 + 4 * 2
+
+
+def test_cli_show_json_and_ls(finished, capsys):
+    _, runs, run_dir = finished
+    assert cli.main(["show", run_dir.name, "--runs-dir", str(runs), "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["config"]["model"]["name"] == "resnet20"
+    assert shown["rounds"][1]["round"] == 1
+    assert shown["rounds"][1]["mask"] == "rounds/round_001/mask.safetensors"
+    assert (run_dir / shown["rounds"][1]["mask"]).is_file()
+    assert 0 <= shown["rounds"][1]["metrics"]["test_acc"] <= 1
+    assert shown["baselines"]["omp"][0]["sparsity"] == pytest.approx(0.2, abs=1e-4)
+    assert cli.main(["ls", "--runs-dir", str(runs)]) == 0
+    assert run_dir.name in capsys.readouterr().out
+
+
+def test_hash_ignores_fields_left_at_default(tmp_path):
+    a = parse_config(tiny_config())
+    explicit = tiny_config()
+    explicit["prune"] = {"rounds": 2, "method": "global_magnitude", "rate": 0.2, "rewind": "pretrained"}
+    explicit["deterministic"] = False
+    b = parse_config(explicit)
+    assert config_hash(a) == config_hash(b)
+    assert run_dir_for(a, tmp_path) == run_dir_for(b, tmp_path)
+    c = parse_config(tiny_config(seed=4))
+    assert config_hash(a) != config_hash(c)
+
+
+def test_cli_prunable_lists_weights(tmp_path, capsys):
+    path = tmp_path / "c.yaml"
+    path.write_text(json.dumps(tiny_config()))
+    assert cli.main(["prunable", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "backbone.layer1.0.conv1.weight" in out
+    assert "backbone.conv1.weight" not in out and "head.weight" not in out
+    assert "20 tensors" in out  # 9 blocks x 2 convs + 2 shortcut convs; the stem is excluded
