@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 
+from tests.conftest import tiny_config
 from ticketlab import cli, experiment
 from ticketlab.config import parse_config
 from ticketlab.data import TASKS, Split, Task, build_task
 from ticketlab.errors import ConfigError, CorruptFileError, DataError, NonFiniteLossError, TicketlabError
 from ticketlab.experiment import run_experiment
 from ticketlab.fileio import load_state_dict
-from tests.conftest import tiny_config
 
 
 def write(tmp_path, cfg) -> str:

@@ -3,6 +3,7 @@ import json
 import pytest
 import torch
 
+from tests.conftest import TINY_SCENES, tiny_config
 from ticketlab import cli
 from ticketlab.config import config_hash, parse_config
 from ticketlab.experiment import RunContext, load_run, run_dir_for, run_experiment
@@ -12,7 +13,6 @@ from ticketlab.pretrain import PretrainRun
 from ticketlab.pruning import target_pruned_count
 from ticketlab.rewind import REWIND_POINTS
 from ticketlab.store import ResultStore
-from tests.conftest import TINY_SCENES, tiny_config
 
 
 @pytest.fixture(scope="module")

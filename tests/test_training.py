@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from tests.conftest import TINY_SCENES
 from ticketlab.config import TrainConfig
 from ticketlab.data import build_task
 from ticketlab.errors import NonFiniteLossError
@@ -9,7 +10,6 @@ from ticketlab.models import build_model
 from ticketlab.prunable import prunable_names
 from ticketlab.pruning import prune
 from ticketlab.train import lr_factor, train_model
-from tests.conftest import TINY_SCENES
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,7 @@ each round is a pure function of stored files and seeds, ends with the same mask
 
 from __future__ import annotations
 
+import shutil
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,14 @@ from ticketlab.baselines import BASELINES
 from ticketlab.checkpoints import load_backbone
 from ticketlab.config import ExperimentConfig, config_hash, to_dict
 from ticketlab.data import Task, build_task
-from ticketlab.fileio import atomic_dir, ensure_writable_dir, load_tensors, read_json, save_tensors, write_json
+from ticketlab.fileio import (
+    atomic_dir,
+    ensure_writable_dir,
+    load_tensors,
+    read_json,
+    save_tensors,
+    write_json,
+)
 from ticketlab.masks import Mask
 from ticketlab.models import TicketModel, build_model
 from ticketlab.pretrain import PretrainRun, run_pretraining
@@ -161,6 +169,8 @@ def run_experiment(config: ExperimentConfig, runs_dir: str | Path = "runs", prog
     runs_dir = ensure_writable_dir(Path(runs_dir))
     run_dir = run_dir_for(config, runs_dir)
     run_dir.mkdir(exist_ok=True)
+    for stale in run_dir.rglob(".round_*"):  # left by a kill during a folder write
+        shutil.rmtree(stale, ignore_errors=True)
     store = ResultStore(runs_dir / STORE_NAME)
     if not (run_dir / "config.json").is_file():
         write_json(run_dir / "config.json", to_dict(config))

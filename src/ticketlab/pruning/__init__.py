@@ -7,6 +7,7 @@ A method turns weights into scores (magnitude, random, ...) and a scope (global 
 
 from __future__ import annotations
 
+from ticketlab.pruning import magnitude, random  # noqa: E402,F401  (registration)
 from ticketlab.pruning.core import (
     PRUNING_METHODS,
     PruningMethod,
@@ -14,6 +15,5 @@ from ticketlab.pruning.core import (
     select_to_sparsity,
     target_pruned_count,
 )
-from ticketlab.pruning import magnitude, random  # noqa: E402,F401  (registration)
 
 __all__ = ["PRUNING_METHODS", "PruningMethod", "prune", "select_to_sparsity", "target_pruned_count"]

@@ -1,0 +1,67 @@
+"""Kill the real CLI process with SIGKILL mid-run, re-run it, and get what an uninterrupted run gets."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import tiny_config
+from ticketlab.experiment import load_run
+from ticketlab.masks import Mask
+
+pytestmark = pytest.mark.slow
+
+
+def start(config: Path, runs: Path) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "ticketlab", "find", str(config), "--runs-dir", str(runs), "-q"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+
+
+def finish(config: Path, runs: Path) -> Path:
+    proc = start(config, runs)
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err.decode()
+    return Path(out.decode().strip().splitlines()[-1])
+
+
+def scores(run_dir: Path) -> dict:
+    run = load_run(run_dir)
+    rows = [("imp", r) for r in run["rounds"]] + [(b, r) for b, rs in run["baselines"].items() for r in rs]
+    return {(b, r["round"]): (r["metrics"]["val_acc"], r["metrics"]["test_acc"], r["metrics"]["final_train_loss"])
+            for b, r in rows}
+
+
+def test_sigkill_and_resume_reproduces_the_uninterrupted_run(tmp_path):
+    config = tmp_path / "cfg.yaml"
+    config.write_text(json.dumps(tiny_config(prune={"rounds": 3}, baselines=["omp", "random_reinit"])))
+    reference = finish(config, tmp_path / "reference")
+
+    runs = tmp_path / "killed"
+    kills = 0
+    for target in ("rounds/round_001", "rounds/round_003", "baselines/omp/round_002"):
+        proc = start(config, runs)
+        deadline = time.time() + 300
+        while time.time() < deadline and proc.poll() is None:
+            if any((d / target).is_dir() for d in runs.glob("imp-*")):
+                break
+            time.sleep(0.05)
+        if proc.poll() is None:
+            time.sleep(0.3)  # land somewhere inside the next round
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            kills += 1
+    assert kills >= 2, "the run finished before it could be killed; make the config slower"
+    resumed = finish(config, runs)
+
+    assert resumed.name == reference.name  # same config, same folder name
+    assert not list(resumed.rglob(".round_*")), "temporary folders must not survive as results"
+    for sub in ["rounds/round_001", "rounds/round_002", "rounds/round_003", "baselines/omp/round_003",
+                "baselines/random_reinit/round_002"]:
+        assert Mask.load(resumed / sub / "mask.safetensors") == Mask.load(reference / sub / "mask.safetensors"), sub
+    assert scores(resumed) == scores(reference)
