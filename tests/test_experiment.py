@@ -6,6 +6,7 @@ import torch
 from tests.conftest import TINY_SCENES, tiny_config
 from ticketlab import cli
 from ticketlab.config import config_hash, parse_config
+from ticketlab.data import build_task
 from ticketlab.experiment import RunContext, load_run, run_dir_for, run_experiment
 from ticketlab.fileio import load_tensors
 from ticketlab.masks import Mask
@@ -56,8 +57,7 @@ def test_rewinding_restores_pretrained_weights(finished):
     pretrain_dir = runs / f"pretrain-{config_hash(PretrainRun(cfg.model, cfg.pretrain, cfg.seed))}"
     pretrained, meta = load_tensors(pretrain_dir / "backbone.safetensors")
     assert meta["objective"] == "supervised"
-    ctx = RunContext(cfg, run_dir, task=None)  # task is not needed to read stored state
-    ctx.task = type("T", (), {"num_classes": 3})()
+    ctx = RunContext(cfg, run_dir, build_task(cfg.task.name, cfg.task.options))
     theta_p = REWIND_POINTS.get("pretrained")(ctx)
     mask = ctx.imp_mask(2)
     for name, value in pretrained.items():
@@ -137,3 +137,33 @@ def test_cli_prunable_lists_weights(tmp_path, capsys):
     assert "backbone.layer1.0.conv1.weight" in out
     assert "backbone.conv1.weight" not in out and "head.weight" not in out
     assert "20 tensors" in out  # 9 blocks x 2 convs + 2 shortcut convs; the stem is excluded
+
+
+def test_packaged_demo_config_is_valid():
+    from importlib import resources
+
+    from ticketlab.config import load_config
+
+    cfg = load_config(str(resources.files("ticketlab") / "configs" / "demo.yaml"))
+    assert cfg.pretrain is not None and cfg.prune.rounds >= 5
+    assert set(cfg.baselines) == {"omp", "random_prune", "random_reinit"}
+
+
+def test_cli_pretrain_writes_a_checkpoint_every_command_accepts(tmp_path, capsys):
+    cfg = tiny_config(pretrain={"task": {"name": "digits"}, "train": {"epochs": 1, "batch_size": 64}})
+    path = tmp_path / "c.yaml"
+    path.write_text(json.dumps(cfg))
+    assert cli.main(["pretrain", str(path), "--runs-dir", str(tmp_path), "-q"]) == 0
+    checkpoint = tmp_path / capsys.readouterr().out.strip().split(str(tmp_path) + "/")[-1]
+    tensors, meta = load_tensors(checkpoint)
+    assert meta["objective"] == "supervised" and meta["task"] == "digits"
+    assert "layer1.0.conv1.weight" in tensors and not any(k.startswith("head") for k in tensors)
+    # ... and it is accepted as θp by model.checkpoint
+    as_theta_p = tiny_config(model={"name": "resnet20", "options": {"width": 4}, "checkpoint": str(checkpoint)},
+                             baselines=[], prune={"rounds": 1})
+    run_dir = run_experiment(parse_config(as_theta_p), tmp_path, progress=False)
+    theta_p, _ = load_tensors(run_dir / "init/theta_p.safetensors")
+    assert torch.equal(theta_p["backbone.layer2.0.conv1.weight"], tensors["layer2.0.conv1.weight"])
+    bad = tmp_path / "nopretrain.yaml"
+    bad.write_text(json.dumps(tiny_config()))
+    assert cli.main(["pretrain", str(bad), "--runs-dir", str(tmp_path), "-q"]) == 2

@@ -20,12 +20,12 @@ def _runs_dir(args: argparse.Namespace) -> Path:
 
 def cmd_find(args: argparse.Namespace) -> None:
     from ticketlab.config import load_config
-    from ticketlab.experiment import run_experiment
-    from ticketlab.report import results_table, write_report
+    from ticketlab.experiment import load_run, run_experiment
+    from ticketlab.report import results_table
 
     run_dir = run_experiment(load_config(args.config), _runs_dir(args), progress=not args.quiet)
     if not args.quiet:
-        print(results_table(write_report(run_dir)))
+        print(results_table(load_run(run_dir)))
         print(f"plot: {run_dir / 'sparsity_accuracy.png'}")
     print(run_dir)
 

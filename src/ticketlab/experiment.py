@@ -69,6 +69,7 @@ class RunContext:
                                                   config.prune.sparsities)]
         self.pretrained_state = cache(self._pretrained_state)
         self.random_init_state = cache(self._random_init_state)
+        self.prunable = cache(self._prunable)
 
     # models and weights -----------------------------------------------------------------------
     def fresh_model(self, random_init: bool = False) -> TicketModel:
@@ -93,7 +94,7 @@ class RunContext:
         return load_tensors(self.branch_dir(IMP, 0) / "rewind_early.safetensors")[0]
 
     # masks -------------------------------------------------------------------------------------
-    def prunable(self) -> list[str]:
+    def _prunable(self) -> list[str]:
         return prunable_names(self.fresh_model(), self.config.prune.prunable)
 
     def dense_mask(self) -> Mask:

@@ -48,9 +48,9 @@ class Registry(Generic[T]):
         return factory(**kwargs)  # type: ignore[operator]
 
 
-def check_kwargs(func: Callable[..., Any], kwargs: dict[str, Any], what: str, skip: int = 0) -> None:
-    """Raise a ConfigError naming any keyword ``func`` does not take (the first ``skip`` params are internal)."""
-    params = list(inspect.signature(func).parameters.values())[skip:]
+def check_kwargs(func: Callable[..., Any], kwargs: dict[str, Any], what: str) -> None:
+    """Raise a ConfigError naming any keyword ``func`` does not take."""
+    params = list(inspect.signature(func).parameters.values())
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
         return
     allowed = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
