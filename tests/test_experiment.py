@@ -167,3 +167,11 @@ def test_cli_pretrain_writes_a_checkpoint_every_command_accepts(tmp_path, capsys
     bad = tmp_path / "nopretrain.yaml"
     bad.write_text(json.dumps(tiny_config()))
     assert cli.main(["pretrain", str(bad), "--runs-dir", str(tmp_path), "-q"]) == 2
+
+
+def test_find_on_an_existing_run_folder_resumes_it(finished, capsys):
+    _, _, run_dir = finished
+    stamp = (run_dir / "rounds/round_001/metrics.json").stat().st_mtime_ns
+    assert cli.main(["find", str(run_dir), "-q"]) == 0
+    assert capsys.readouterr().out.strip() == str(run_dir)
+    assert (run_dir / "rounds/round_001/metrics.json").stat().st_mtime_ns == stamp

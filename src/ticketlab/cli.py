@@ -19,11 +19,17 @@ def _runs_dir(args: argparse.Namespace) -> Path:
 
 
 def cmd_find(args: argparse.Namespace) -> None:
-    from ticketlab.config import load_config
+    from ticketlab.config import load_config, parse_config
     from ticketlab.experiment import load_run, run_experiment
+    from ticketlab.fileio import read_json
     from ticketlab.report import results_table
 
-    run_dir = run_experiment(load_config(args.config), _runs_dir(args), progress=not args.quiet)
+    source = Path(args.config)
+    if (source / "config.json").is_file():  # an existing run folder: resume it where it lives
+        config, runs_dir = parse_config(read_json(source / "config.json")), source.parent
+    else:
+        config, runs_dir = load_config(source), _runs_dir(args)
+    run_dir = run_experiment(config, runs_dir, progress=not args.quiet)
     if not args.quiet:
         print(results_table(load_run(run_dir)))
         print(f"plot: {run_dir / 'sparsity_accuracy.png'}")
@@ -104,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     def add(name: str, func, help_text: str, config: bool = False) -> argparse.ArgumentParser:  # noqa: ANN001
         p = sub.add_parser(name, help=help_text, description=help_text)
         if config:
-            p.add_argument("config", help="experiment YAML file")
+            p.add_argument("config", help="experiment YAML file (for find: or an existing run folder, to resume it)")
         p.add_argument("--runs-dir", default=DEFAULT_RUNS_DIR, help="where runs live (default: %(default)s)")
         p.set_defaults(func=func)
         return p
