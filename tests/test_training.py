@@ -7,6 +7,7 @@ from ticketlab.data import build_task
 from ticketlab.errors import NonFiniteLossError
 from ticketlab.masks import Mask
 from ticketlab.models import build_model
+from ticketlab.objectives import Objective
 from ticketlab.prunable import prunable_names
 from ticketlab.pruning import prune
 from ticketlab.train import lr_factor, train_model
@@ -53,10 +54,10 @@ def test_best_validation_epoch_is_reported(task):
 
 
 def test_nan_loss_raises(task):
-    class Diverging:
+    class Diverging(Objective):
         name = "diverging"
 
-        def loss(self, model, inputs, labels):
+        def loss(self, model, inputs, labels, generator):
             return model(inputs).sum() * float("nan")
 
     model = build_model("resnet20", task.num_classes, {"width": 4}, seed=1)

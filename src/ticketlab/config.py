@@ -66,6 +66,7 @@ class PretrainConfig:
     """Pre-train the backbone on a task with an objective; the result is θp."""
 
     objective: str = "supervised"
+    objective_options: dict[str, Any] = field(default_factory=dict)  # e.g. {temperature: 0.5}
     task: TaskConfig = field(default_factory=TaskConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
@@ -89,6 +90,8 @@ class ExperimentConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     prune: PruneConfig = field(default_factory=PruneConfig)
     pretrain: PretrainConfig | None = None
+    objective: str = "supervised"  # the loss of every IMP round: a downstream task, or a pre-training objective
+    objective_options: dict[str, Any] = field(default_factory=dict)
     baselines: list[str] = field(default_factory=lambda: ["omp", "random_prune", "random_reinit"])
     seed: int = 0
     deterministic: bool = False
@@ -189,6 +192,7 @@ def validate(cfg: ExperimentConfig) -> None:
     TASKS.get(cfg.task.name)
     PRUNING_METHODS.get(cfg.prune.method)
     REWIND_POINTS.get(cfg.prune.rewind)
+    OBJECTIVES.get(cfg.objective)
     for name in cfg.baselines:
         BASELINES.get(name)
     if cfg.pretrain is not None:

@@ -38,6 +38,7 @@ from ticketlab.fileio import (
 )
 from ticketlab.masks import Mask
 from ticketlab.models import TicketModel, build_model
+from ticketlab.objectives import OBJECTIVES
 from ticketlab.pretrain import PretrainRun, run_pretraining
 from ticketlab.prunable import prunable_names
 from ticketlab.pruning import prune
@@ -146,7 +147,8 @@ def train_branch(run: RunContext, branch: str, k: int, mask: Mask, start: dict[s
     snapshot = None
     if branch == IMP and k == 0 and run.config.prune.rewind == "early":
         snapshot = SnapshotAtStep(run.config.prune.rewind_steps)
-    result = train_model(model, run.task, run.config.train, seed=run.config.seed, mask=mask,
+    objective = OBJECTIVES.build(run.config.objective, **run.config.objective_options)
+    result = train_model(model, run.task, run.config.train, seed=run.config.seed, mask=mask, objective=objective,
                          callbacks=[snapshot] if snapshot else [], deterministic=run.config.deterministic,
                          progress=f"{branch} round {k} ({mask.sparsity():.1%})" if progress else None)
     metrics = {"round": k, "branch": branch, "target_sparsity": run.sparsity(k), "sparsity": mask.sparsity(),

@@ -36,7 +36,7 @@ def run_pretraining(run: PretrainRun, runs_dir: Path, deterministic: bool = Fals
     task = build_task(run.pretrain.task.name, run.pretrain.task.options)
     model = build_model(run.model.name, task.num_classes, run.model.options, seed=run.seed)
     model.reset_head(task.num_classes, run.seed)
-    objective = OBJECTIVES.build(run.pretrain.objective)
+    objective = OBJECTIVES.build(run.pretrain.objective, **run.pretrain.objective_options)
     result = train_model(model, task, run.pretrain.train, seed=run.seed, objective=objective,
                          deterministic=deterministic,
                          progress=f"pre-train {run.pretrain.objective} on {task.name}" if progress else None)

@@ -18,10 +18,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ticketlab.config import TrainConfig
-from ticketlab.data import Split, Task
+from ticketlab.data import Task
 from ticketlab.errors import NonFiniteLossError
 from ticketlab.masks import Mask
-from ticketlab.objectives import OBJECTIVES, Objective
+from ticketlab.objectives import Objective
 
 
 class MaskEnforcer:
@@ -85,25 +85,16 @@ def lr_factor(step: int, total: int, recipe: TrainConfig) -> float:
     return 1.0
 
 
-def build_optimizer(model: nn.Module, recipe: TrainConfig) -> torch.optim.Optimizer:
+def build_optimizer(model: nn.Module, recipe: TrainConfig, extra: nn.Module | None = None) -> torch.optim.Optimizer:
+    """Backbone (+ the objective's trainable parts) at ``lr``; the head at ``lr * head_lr_mult``."""
     head = [p for n, p in model.named_parameters() if n.startswith("head.")]
     body = [p for n, p in model.named_parameters() if not n.startswith("head.")]
+    if extra is not None:
+        body += [p for p in extra.parameters() if p.requires_grad]
     groups = [{"params": body, "lr": recipe.lr}, {"params": head, "lr": recipe.lr * recipe.head_lr_mult}]
     if recipe.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=recipe.lr, betas=tuple(recipe.betas), weight_decay=recipe.weight_decay)
     return torch.optim.SGD(groups, lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay)
-
-
-@torch.no_grad()
-def accuracy(model: nn.Module, split: Split, batch_size: int = 512) -> float:
-    was_training = model.training
-    model.eval()
-    correct = 0
-    for start in range(0, len(split), batch_size):
-        logits = model(split.x[start : start + batch_size])
-        correct += int((logits.argmax(-1) == split.y[start : start + batch_size]).sum())
-    model.train(was_training)
-    return correct / len(split)
 
 
 def train_model(
@@ -122,13 +113,15 @@ def train_model(
 
     The data order depends only on ``seed``, so re-running a round reproduces it exactly.
     """
-    objective = objective or OBJECTIVES.build("supervised")
+    objective = objective or Objective()
     callbacks = callbacks or []
     torch.use_deterministic_algorithms(deterministic)
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
+    augment_generator = torch.Generator().manual_seed(seed + 1)
     enforcer = MaskEnforcer(model, mask) if mask is not None else None
-    optimizer = build_optimizer(model, recipe)
+    objective.setup(model, mask)
+    optimizer = build_optimizer(model, recipe, objective)
     steps_per_epoch = math.ceil(len(task.train) / recipe.batch_size)
     total = steps_per_epoch * recipe.epochs
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total, recipe))
@@ -142,7 +135,7 @@ def train_model(
         running, batches = 0.0, 0
         for start in range(0, len(order), recipe.batch_size):
             idx = order[start : start + recipe.batch_size]
-            loss = objective.loss(model, task.train.x[idx], task.train.y[idx])
+            loss = objective.loss(model, task.train.x[idx], task.train.y[idx], augment_generator)
             if not torch.isfinite(loss):
                 raise NonFiniteLossError(
                     f"the loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}; lower train.lr or "
@@ -158,12 +151,13 @@ def train_model(
             scheduler.step()
             if enforcer:
                 enforcer.apply_weights()
+            objective.after_step(model)
             step += 1
             running, batches = running + loss.item(), batches + 1
             for callback in callbacks:
                 callback.on_step_end(step, model)
         loss_value = running / max(batches, 1)
-        val = accuracy(model, task.val)
+        val = objective.evaluate(model, task, "val")
         if val > best_val:
             best_val, best_epoch = val, epoch + 1
             best_state = copy.deepcopy(model.state_dict())
@@ -176,12 +170,13 @@ def train_model(
     model.load_state_dict(best_state)
     metrics = {
         "val_acc": best_val,
-        "test_acc": accuracy(model, task.test),
+        "test_acc": objective.evaluate(model, task, "test"),
         "best_epoch": best_epoch,
         "final_train_loss": loss_value,
         "epochs": recipe.epochs,
         "steps": step,
         "seed": seed,
+        "objective": objective.name,
         "train_seconds": round(time.perf_counter() - started, 2),
     }
     return TrainResult(metrics, best_state)
