@@ -45,25 +45,27 @@ def test_same_seed_same_init_and_heads_reset_reproducibly():
     assert a.head.out_features == 7 and torch.equal(a.head.weight, b.head.weight)
 
 
+@pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
 @pytest.mark.parametrize("prefix", ["", "module.", "module.encoder_q.", "backbone."])
-def test_torchvision_style_checkpoint_loads_into_our_resnet(tmp_path, prefix):
-    source = build_model("resnet18", 10, {"width": 8}, seed=1).backbone.state_dict()
+def test_torchvision_style_checkpoint_loads_into_our_resnet(tmp_path, prefix, arch):
+    source = build_model(arch, 10, {"width": 8}, seed=1).backbone.state_dict()
     state = {f"{prefix}{k}": v for k, v in source.items()}
     state[f"{prefix}conv1.weight"] = torch.randn(8, 3, 7, 7)  # ImageNet 7x7 stem does not fit a 3x3 stem
-    state[f"{prefix}fc.weight"] = torch.randn(1000, 64)
+    state[f"{prefix}fc.weight"] = torch.randn(1000, source["layer4.1.conv2.weight"].shape[0])
     state[f"{prefix}fc.bias"] = torch.randn(1000)
     if prefix == "module.encoder_q.":
         state["module.encoder_k.layer1.0.conv1.weight"] = source["layer1.0.conv1.weight"]
         state["module.queue"] = torch.randn(128, 64)
     path = tmp_path / "ckpt.pth"
     torch.save({"state_dict": state}, path)
-    target = build_model("resnet18", 10, {"width": 8}, seed=2)
+    target = build_model(arch, 10, {"width": 8}, seed=2)
     report = load_backbone(target.backbone, path)
     assert any("conv1.weight" in s for s in report.shape_mismatch)
     assert f"{prefix}fc.weight" in report.unused
     assert report.missing == ["conv1.weight"]
     loaded = target.backbone.state_dict()
     assert torch.equal(loaded["layer4.1.conv2.weight"], source["layer4.1.conv2.weight"])
+    assert torch.equal(loaded["layer3.0.downsample.0.weight"], source["layer3.0.downsample.0.weight"])
     assert torch.equal(loaded["layer1.0.bn1.running_mean"], source["layer1.0.bn1.running_mean"])
     assert "missing" in report.summary()
 

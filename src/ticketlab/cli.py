@@ -97,6 +97,114 @@ def cmd_prunable(args: argparse.Namespace) -> None:
     print(f"{len(names)} tensors, {prunable:,} of {total:,} parameters prunable ({prunable / total:.1%})")
 
 
+def _mask_of(ref: str) -> tuple[str, object]:
+    from ticketlab.experiment import round_name
+    from ticketlab.masks import Mask
+    from ticketlab.transfer import available_rounds, parse_mask_ref
+
+    run, k = parse_mask_ref(ref)
+    k = available_rounds(run)[-1] if k is None else k
+    return f"{run.name}:{k}", Mask.load(run / "rounds" / round_name(k) / "mask.safetensors")
+
+
+def _transfer_spec(args: argparse.Namespace, run: Path, seed: int, variant: str = "ticket"):  # noqa: ANN202
+    import dataclasses
+
+    from ticketlab.config import TaskConfig, parse_config
+    from ticketlab.fileio import read_json
+    from ticketlab.transfer import TransferSpec
+
+    recipe = parse_config(read_json(run / "config.json")).train
+    overrides = {k: v for k, v in (("epochs", args.epochs), ("lr", args.lr)) if v is not None}
+    options = json.loads(args.task_options) if args.task_options else {}
+    return TransferSpec(TaskConfig(args.task, options), dataclasses.replace(recipe, **overrides), seed, variant)
+
+
+def cmd_transfer(args: argparse.Namespace) -> None:
+    from ticketlab.analysis import mean_std, summarize_transfer
+    from ticketlab.data import build_task
+    from ticketlab.transfer import available_rounds, parse_mask_ref, transfer_ticket
+
+    run, k = parse_mask_ref(args.mask)
+    rounds = available_rounds(run) if k is None else [k]
+    seeds = [int(s) for s in args.seeds.split(",")]
+    spec0 = _transfer_spec(args, run, seeds[0])
+    task = build_task(spec0.target.name, spec0.target.options)
+    rows = [{**transfer_ticket(run, r, _transfer_spec(args, run, s), task, progress=not args.quiet).metrics,
+             "source": run.name} for r in rounds for s in seeds]
+    print(f"transfer of {run.name} to {task.name} (fresh head, θp ⊙ mask, seeds {seeds})")
+    for r in rounds:
+        accs = [row["test_acc"] for row in rows if row["round"] == r]
+        mean, std = mean_std(accs)
+        sparsity = next(row["sparsity"] for row in rows if row["round"] == r)
+        print(f"round {r:>2}  sparsity {sparsity:7.2%}  test_acc {mean:.2%} ± {std:.2%}")
+    if 0 in rounds and len(rounds) > 1:
+        summary = summarize_transfer(rows, within_std=args.within_std)
+        pair = summary["pairs"][(run.name, task.name)]
+        best = {key: "none" if pair[key] is None else f"{pair[key]:.2%}" for key in ("matching", "relaxed")}
+        print(f"highest matching sparsity {best['matching']}; highest relaxed {best['relaxed']} "
+              f"({summary['criterion']})")
+
+
+def cmd_analyze(args: argparse.Namespace) -> None:
+    from ticketlab.analysis import PERTURBATIONS, mean_std, overlap, perturb
+    from ticketlab.data import build_task
+    from ticketlab.transfer import parse_mask_ref, transfer_ticket
+
+    if args.analysis in ("overlap", "layers"):
+        masks = dict(_mask_of(ref) for ref in args.masks)
+        if args.analysis == "overlap":
+            names = list(masks)
+            print("IoU of kept weights (row / column), shared = fraction of the row's kept weights kept by the column")
+            for a in names:
+                cells = [f"{overlap(masks[a], masks[b])['iou']:.3f}/{overlap(masks[a], masks[b])['shared']:.3f}"
+                         for b in names]
+                print(f"{a:<28} " + "  ".join(cells))
+            if args.plot:
+                import numpy as np
+
+                from ticketlab.study_report import plot_heatmap
+
+                iou = np.array([[100 * overlap(masks[a], masks[b])["iou"] for b in names] for a in names])
+                plot_heatmap(iou, names, names, [[f"{v:.1f}" for v in row] for row in iou], "IoU of kept weights (%)",
+                             Path(args.plot), cmap="magma")
+        else:
+            for label, mask in masks.items():
+                print(f"{label}: {mask.sparsity():.2%} of the prunable weights")
+                for name, value in mask.layer_sparsity().items():
+                    print(f"  {name:<48} {value:7.2%}")
+            if args.plot:
+                from ticketlab.study_report import plot_layer_sparsity
+
+                plot_layer_sparsity(masks, Path(args.plot))
+        if args.plot:
+            print(f"plot: {args.plot}")
+        return
+    if not args.task:
+        raise TicketlabError("analyze perturb needs --task NAME (the task to fine-tune on)")
+    label, ticket = _mask_of(args.masks[0])
+    run, _ = parse_mask_ref(args.masks[0])
+    k = int(label.rsplit(":", 1)[1])
+    seeds = [int(s) for s in args.seeds.split(",")]
+    task = build_task(args.task, json.loads(args.task_options) if args.task_options else {})
+    print(f"perturbation sensitivity of {label} ({ticket.sparsity():.2%}) on {task.name}, seeds {seeds}")
+    for variant in ("ticket", *PERTURBATIONS):
+        accs = []
+        for seed in seeds:
+            mask = None if variant == "ticket" else perturb(ticket, variant, seed)
+            accs.append(transfer_ticket(run, k, _transfer_spec(args, run, seed, variant), task, mask=mask,
+                                        progress=not args.quiet).metrics["test_acc"])
+        mean, std = mean_std(accs)
+        print(f"{variant:<11} test_acc {mean:.2%} ± {std:.2%}")
+
+
+def cmd_study(args: argparse.Namespace) -> None:
+    from ticketlab.study import load_study, run_study
+
+    out = run_study(load_study(args.config), _runs_dir(args), progress=not args.quiet)
+    print(out / "report.md")
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     config = resources.files("ticketlab") / "configs" / "demo.yaml"
     args.config = str(config)
@@ -125,6 +233,26 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("run", help="run folder or run id")
     show.add_argument("--json", action="store_true", help="machine-readable output")
     add("prunable", cmd_prunable, "list the weights a config will prune", config=True)
+
+    def transfer_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--task", help="target task name (see README)")
+        p.add_argument("--task-options", help='JSON options of the task, e.g. \'{"n_train": 300}\'')
+        p.add_argument("--seeds", default="0", help="comma-separated seeds (mean ± std is reported)")
+        p.add_argument("--epochs", type=int, help="override the source run's epochs")
+        p.add_argument("--lr", type=float, help="override the source run's learning rate")
+        p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
+    transfer = add("transfer", cmd_transfer, "fine-tune a run's ticket(s) from its θp on another task")
+    transfer.add_argument("--mask", required=True, help="RUN_FOLDER[:ROUND] (all rounds if no round)")
+    transfer.add_argument("--within-std", action="store_true", help="matching = within one std of dense")
+    transfer_options(transfer)
+    analyze = add("analyze", cmd_analyze, "mask overlap, per-layer sparsity, perturbation sensitivity")
+    analyze.add_argument("analysis", choices=["overlap", "layers", "perturb"])
+    analyze.add_argument("masks", nargs="+", help="RUN_FOLDER[:ROUND] (last round if no round)")
+    analyze.add_argument("--plot", help="write a PNG here (overlap, layers)")
+    transfer_options(analyze)
+    add("study", cmd_study, "run the CV pre-training ticket study of a study config", config=True).add_argument(
+        "-q", "--quiet", action="store_true", help="no progress bars")
     return parser
 
 
