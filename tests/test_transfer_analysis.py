@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from tests.conftest import tiny_config
 from ticketlab.analysis import overlap, perturb, summarize_transfer
 from ticketlab.config import TaskConfig, TrainConfig, parse_config
 from ticketlab.errors import MaskMismatchError, TicketlabError
@@ -9,7 +10,6 @@ from ticketlab.fileio import load_tensors
 from ticketlab.masks import Mask
 from ticketlab.pruning import prune
 from ticketlab.transfer import TransferSpec, parse_mask_ref, transfer_ticket
-from tests.conftest import tiny_config
 
 
 def random_mask(sparsity=0.7, seed=0):
