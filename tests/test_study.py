@@ -1,6 +1,8 @@
 """The CV pre-training study end to end, on a reduced setting (tiny data, 1 epoch, 2 rounds)."""
 
+import copy
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -11,24 +13,33 @@ from ticketlab.study import load_study
 
 pytestmark = pytest.mark.slow
 
-SMALL = {"n_train": 128, "n_val": 64, "n_test": 64}
-TINY_STUDY = {
-    "model": {"name": "resnet20", "options": {"width": 4}},
-    "pretrainings": [
-        {"label": label, "objective": label, "task": {"name": "scenes_shape_colour", "options": SMALL},
-         "train": {"lr": 0.05, "epochs": 1, "batch_size": 64}, "imp_train": {"lr": 0.01, "epochs": 1, "batch_size": 64},
-         **({"objective_options": {"queue_size": 128}} if label == "moco" else {})}
-        for label in ("supervised", "simclr", "moco")
-    ],
-    "downstream": [{"name": "scenes_shape", "options": {"n_train": 64, "n_val": 32, "n_test": 32}},
-                   {"name": "scenes_shifted_shape", "options": {"n_train": 64, "n_val": 32, "n_test": 32}}],
-    "downstream_train": {"lr": 0.02, "epochs": 1, "batch_size": 64},
-    "downstream_imp_from": ["supervised", "simclr"],
-    "prune": {"rounds": 2},
-    "baselines": ["random_prune"],
-    "transfer_seeds": [0, 1],
-    "analysis_round": 2,
-}
+EXAMPLE = Path(__file__).parent.parent / "examples" / "cv_pretraining_study.yaml"
+
+
+def reduced(config: dict) -> dict:
+    """The shipped study config shrunk to seconds: tiny data, one epoch, two rounds, same structure."""
+    small = {"n_train": 96, "n_val": 48, "n_test": 48}
+    out = copy.deepcopy(config)
+    out["model"]["options"]["width"] = 4
+    for p in out["pretrainings"]:
+        p["task"]["options"] = dict(small)
+        p["train"].update(epochs=1, batch_size=48)
+        p["imp_train"].update(epochs=1, batch_size=48)
+        if p["objective"] == "moco":
+            p["objective_options"]["queue_size"] = 96
+    for t in out["downstream"]:
+        if t["name"].startswith("scenes"):
+            t["options"] = dict(small)
+    out["downstream_train"].update(epochs=1)
+    out["prune"]["rounds"] = 2
+    out["analysis_round"] = 2
+    return out
+
+
+TINY_STUDY = reduced(yaml.safe_load(EXAMPLE.read_text()))
+LABELS = [p["label"] for p in TINY_STUDY["pretrainings"]]
+TARGETS = len(TINY_STUDY["downstream"])
+SEEDS = len(TINY_STUDY["transfer_seeds"])
 
 
 @pytest.fixture(scope="module")
@@ -50,15 +61,17 @@ def test_study_writes_report_figures_and_summary(study_out):
     for figure in ("curves.png", "transfer_heatmap.png", "overlap.png", "layer_sparsity.png"):
         assert (out / figure).stat().st_size > 5_000, figure
     summary = json.loads((out / "summary.json").read_text())
-    assert set(summary["universal"]) == {"supervised", "simclr", "moco"}
-    assert len(summary["pairs"]) == 3 * 2
+    assert set(summary["universal"]) == set(LABELS) == {"supervised", "simclr", "moco"}
+    assert len(summary["pairs"]) == 3 * TARGETS
     variants = {(r["source"], r["variant"]) for r in summary["sensitivity"]}
     assert len(variants) == 3 * 4
     rows = json.loads((out / "transfer_rows.json").read_text())
-    assert len(rows) == 3 * 2 * 2 * 3  # sources x targets x seeds x rounds (0..2)
+    assert len(rows) == 3 * TARGETS * SEEDS * 3  # sources x targets x seeds x rounds (0..2)
     imp_runs = list((root / "runs").glob("imp-*"))
-    assert len(imp_runs) == 3 + 2 * 2
+    assert len(imp_runs) == 3 + 3 * TARGETS  # pre-training tickets + downstream tickets from each θp
     assert len(list((root / "runs").glob("pretrain-*"))) == 3  # each θp pre-trained once, shared by its runs
+    baselines = [p for p in imp_runs if (p / "baselines").is_dir()]
+    assert len(baselines) == TARGETS  # baselines from the first θp only
 
 
 def test_rerunning_the_study_recomputes_nothing(study_out):

@@ -44,8 +44,11 @@ def random_pruning(run: RunContext, k: int) -> tuple[Mask, dict[str, torch.Tenso
 
 @BASELINES.register("random_reinit")
 def random_reinitialisation(run: RunContext, k: int) -> tuple[Mask, dict[str, torch.Tensor]]:
-    """The ticket's mask on a random initialisation θ0: does the ticket need θp?"""
-    return run.imp_mask(k), run.random_init_state()
+    """The ticket's mask on a freshly drawn random initialisation: does the ticket need its weights?
+
+    Drawn from seed + 1, so it differs from θ0 even when the run starts from θ0 (no pre-training).
+    """
+    return run.imp_mask(k), run.redrawn_init_state()
 
 
 @BASELINES.register("reversed")

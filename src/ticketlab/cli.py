@@ -205,6 +205,20 @@ def cmd_study(args: argparse.Namespace) -> None:
     print(out / "report.md")
 
 
+def cmd_select(args: argparse.Namespace) -> None:
+    from ticketlab.patches.study import SelectorConfig, load_yaml, run_selection
+
+    path = run_selection(load_yaml(args.config, SelectorConfig), _runs_dir(args), progress=not args.quiet)
+    print(f"tickets: {path}\npicture: {path.parent / 'tickets.png'}")
+
+
+def cmd_patch_study(args: argparse.Namespace) -> None:
+    from ticketlab.patches.study import PatchStudyConfig, load_yaml, run_patch_study
+
+    out = run_patch_study(load_yaml(args.config, PatchStudyConfig), _runs_dir(args), progress=not args.quiet)
+    print(out / "report.md")
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     config = resources.files("ticketlab") / "configs" / "demo.yaml"
     args.config = str(config)
@@ -251,8 +265,12 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("masks", nargs="+", help="RUN_FOLDER[:ROUND] (last round if no round)")
     analyze.add_argument("--plot", help="write a PNG here (overlap, layers)")
     transfer_options(analyze)
-    add("study", cmd_study, "run the CV pre-training ticket study of a study config", config=True).add_argument(
-        "-q", "--quiet", action="store_true", help="no progress bars")
+    for name, func, text in (
+        ("study", cmd_study, "run the CV pre-training ticket study of a study config"),
+        ("select", cmd_select, "patch tickets: (fine-tune and) run a token-reducing ViT selector over a dataset"),
+        ("patch-study", cmd_patch_study, "ticket vs random-patch ViT students, and weight-level IMP vs re-init"),
+    ):
+        add(name, func, text, config=True).add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     return parser
 
 

@@ -73,17 +73,23 @@ class RunContext:
         self.prunable = cache(self._prunable)
 
     # models and weights -----------------------------------------------------------------------
-    def fresh_model(self, random_init: bool = False) -> TicketModel:
-        """The architecture with the run's seeded head (and seeded random weights θ0 if ``random_init``)."""
+    def fresh_model(self, random_init: bool = False, init_seed: int | None = None) -> TicketModel:
+        """The architecture with the run's seeded head (and random weights drawn from ``init_seed``)."""
         options = dict(self.config.model.options)
         if random_init and options.get("path"):
             options["random_init"] = True  # a Hugging Face model: its architecture, not its weights
-        model = build_model(self.config.model.name, self.task.num_classes, options, seed=self.config.seed)
+        seed = self.config.seed if init_seed is None else init_seed
+        model = build_model(self.config.model.name, self.task.num_classes, options, seed=seed)
         model.reset_head(self.task.num_classes, self.config.seed)
         return model
 
     def _random_init_state(self) -> dict[str, torch.Tensor]:
+        """θ0: the run's own random initialisation (what a run without pre-training starts from)."""
         return self.fresh_model(random_init=True).state_dict()
+
+    def redrawn_init_state(self) -> dict[str, torch.Tensor]:
+        """A *new* random initialisation (seed + 1), for the random re-initialisation baseline."""
+        return self.fresh_model(random_init=True, init_seed=self.config.seed + 1).state_dict()
 
     def _pretrained_state(self) -> dict[str, torch.Tensor]:
         return load_tensors(self.dir / "init" / "theta_p.safetensors")[0]

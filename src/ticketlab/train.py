@@ -135,7 +135,7 @@ def train_model(
         running, batches = 0.0, 0
         for start in range(0, len(order), recipe.batch_size):
             idx = order[start : start + recipe.batch_size]
-            loss = objective.loss(model, task.train.x[idx], task.train.y[idx], augment_generator)
+            loss = objective.loss(model, task.train.inputs(idx), task.train.y[idx], augment_generator)
             if not torch.isfinite(loss):
                 raise NonFiniteLossError(
                     f"the loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}; lower train.lr or "

@@ -21,9 +21,14 @@ from ticketlab.registry import Registry
 class Split:
     x: torch.Tensor
     y: torch.Tensor
+    patches: torch.Tensor | None = None  # optional per-sample patch indices [N, K] (patch-ticket students)
 
     def __len__(self) -> int:
         return len(self.y)
+
+    def inputs(self, index: torch.Tensor | slice) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Model inputs of the selected samples: images, or (images, patch indices)."""
+        return self.x[index] if self.patches is None else (self.x[index], self.patches[index])
 
 
 @dataclass

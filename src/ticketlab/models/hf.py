@@ -44,14 +44,38 @@ def _load(model_cls: Any, config_cls: Any, path: str | None, config: dict[str, A
 
 
 class ViTBackbone(nn.Module):
-    """[CLS] token of the last layer (after the final LayerNorm)."""
+    """[CLS] token of the last layer (after the final LayerNorm).
+
+    Inputs are images, or ``(images, patch_indices)`` to run on a subset of patches (a patch-ticket
+    student). With :meth:`set_token_reduction` it prunes tokens EViT-style and records, in
+    ``last_alive``, the patches that survived the last reduction (the image's ticket).
+    """
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
+        self.keep_rate = 1.0
+        self.reduction_layers: tuple[int, ...] = ()
+        self.last_alive: torch.Tensor | None = None
 
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self.model(pixel_values=pixel_values).last_hidden_state[:, 0]
+    def set_token_reduction(self, keep_rate: float, layers: tuple[int, ...] | None = None) -> None:
+        from ticketlab.patches.tokens import default_reduction_layers, keep_count
+        from ticketlab.patches.vit import use_eager_attention
+
+        keep_count(1, keep_rate)  # validates the rate
+        use_eager_attention(self.model)
+        self.keep_rate = keep_rate
+        self.reduction_layers = tuple(layers) if layers else default_reduction_layers(len(self.model.layers))
+
+    def forward(self, inputs: torch.Tensor | tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        pixel_values, patches = inputs if isinstance(inputs, tuple) else (inputs, None)
+        if self.keep_rate >= 1.0 and patches is None:
+            return self.model(pixel_values=pixel_values).last_hidden_state[:, 0]
+        from ticketlab.patches.vit import vit_forward
+
+        features, self.last_alive = vit_forward(self.model, pixel_values, self.keep_rate, self.reduction_layers,
+                                                patches)
+        return features
 
 
 class PooledBackbone(nn.Module):

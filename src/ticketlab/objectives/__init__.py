@@ -26,7 +26,7 @@ def accuracy(model: nn.Module, split: Split, batch_size: int = 512) -> float:
     model.eval()
     correct = 0
     for start in range(0, len(split), batch_size):
-        logits = model(split.x[start : start + batch_size])
+        logits = model(split.inputs(slice(start, start + batch_size)))
         correct += int((logits.argmax(-1) == split.y[start : start + batch_size]).sum())
     model.train(was_training)
     return correct / len(split)
@@ -53,4 +53,4 @@ class Objective(nn.Module):
 
 OBJECTIVES.register("supervised")(Objective)
 
-from ticketlab.objectives import contrastive  # noqa: E402,F401  (registration)
+from ticketlab.objectives import contrastive, patches  # noqa: E402,F401  (registration)
