@@ -175,3 +175,12 @@ def test_find_on_an_existing_run_folder_resumes_it(finished, capsys):
     assert cli.main(["find", str(run_dir), "-q"]) == 0
     assert capsys.readouterr().out.strip() == str(run_dir)
     assert (run_dir / "rounds/round_001/metrics.json").stat().st_mtime_ns == stamp
+
+
+def test_random_reinit_draws_a_new_initialisation(finished):
+    cfg, _, run_dir = finished
+    ctx = RunContext(cfg, run_dir, build_task(cfg.task.name, cfg.task.options))
+    theta0, redrawn = ctx.random_init_state(), ctx.redrawn_init_state()
+    name = "backbone.layer1.0.conv1.weight"
+    assert not torch.equal(theta0[name], redrawn[name])
+    assert torch.equal(theta0["head.weight"], redrawn["head.weight"])  # the head init is the run's, as in IMP
