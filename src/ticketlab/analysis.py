@@ -39,8 +39,7 @@ def perturb(mask: Mask, kind: str, seed: int = 0) -> Mask:
     gen = torch.Generator().manual_seed(seed)
     if kind == "complement":
         return mask.complement()
-    names = mask.names()
-    flat = torch.cat([mask.tensors[n].flatten() for n in names])
+    flat = mask.flat()
     if kind == "random":
         new = torch.zeros_like(flat)
         new[torch.randperm(len(flat), generator=gen)[: int(flat.sum())]] = True
@@ -50,12 +49,7 @@ def perturb(mask: Mask, kind: str, seed: int = 0) -> Mask:
         new[_choose(torch.nonzero(~flat).flatten(), 0.1, gen)] = True
     else:
         raise ValueError(f"unknown perturbation {kind!r}; known: complement, random, delta10")
-    out, offset = {}, 0
-    for n in names:
-        size = mask.tensors[n].numel()
-        out[n] = new[offset : offset + size].view_as(mask.tensors[n])
-        offset += size
-    return Mask(out)
+    return mask.with_flat(new)
 
 
 PERTURBATIONS = ("complement", "random", "delta10")

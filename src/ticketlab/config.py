@@ -157,19 +157,24 @@ def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     return cls(**kwargs)
 
 
-def load_config(path: str | Path) -> ExperimentConfig:
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """A YAML mapping from a file, with one-line errors for a missing file, bad YAML or a non-mapping."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {str(exc).splitlines()[0]} (see line/column above)") from exc
+        raise ConfigError(f"{path} is not valid YAML: {' '.join(str(exc).split())}") from exc
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path} must hold a YAML mapping of config keys, got {type(data).__name__}")
-    return parse_config(data)
+    return data
+
+
+def load_config(path: str | Path) -> ExperimentConfig:
+    return parse_config(read_yaml(path))
 
 
 def parse_config(data: dict[str, Any]) -> ExperimentConfig:

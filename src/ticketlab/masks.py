@@ -29,6 +29,18 @@ class Mask:
         params = dict(model.named_parameters())
         return cls({n: torch.ones_like(params[n], dtype=torch.bool, device="cpu") for n in names})
 
+    def flat(self) -> torch.Tensor:
+        """All keep-flags concatenated in parameter order (the view global pruning works on)."""
+        return torch.cat([t.flatten() for t in self.tensors.values()])
+
+    def with_flat(self, flat: torch.Tensor) -> Mask:
+        """A mask of the same layout from flags in :meth:`flat` order."""
+        out, offset = {}, 0
+        for name, t in self.tensors.items():
+            out[name] = flat[offset : offset + t.numel()].view_as(t)
+            offset += t.numel()
+        return Mask(out)
+
     # accounting -------------------------------------------------------------------------------
     def names(self) -> list[str]:
         return list(self.tensors)

@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 from tqdm.auto import tqdm
 
 from ticketlab.analysis import PERTURBATIONS, mean_std, overlap, perturb, summarize_transfer
@@ -31,6 +30,7 @@ from ticketlab.config import (
     TrainConfig,
     config_hash,
     from_dict,
+    read_yaml,
     to_dict,
     validate,
 )
@@ -68,13 +68,7 @@ class StudyConfig:
 
 
 def load_study(path: str | Path) -> StudyConfig:
-    try:
-        data = yaml.safe_load(Path(path).read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from exc
-    except OSError as exc:
-        raise ConfigError(f"cannot read study config {path}: {exc.strerror}") from exc
-    study: StudyConfig = from_dict(StudyConfig, data)
+    study: StudyConfig = from_dict(StudyConfig, read_yaml(path))
     if not study.pretrainings or not study.downstream:
         raise ConfigError("a study needs at least one entry in 'pretrainings' and one in 'downstream'")
     labels = [p.label for p in study.pretrainings]

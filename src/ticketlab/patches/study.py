@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 from tqdm.auto import tqdm
 
 from ticketlab.analysis import mean_std
@@ -26,6 +25,7 @@ from ticketlab.config import (
     TrainConfig,
     config_hash,
     from_dict,
+    read_yaml,
     to_dict,
     validate,
 )
@@ -69,13 +69,7 @@ class PatchStudyConfig:
 
 
 def load_yaml(path: str | Path, cls: type) -> Any:
-    try:
-        data = yaml.safe_load(Path(path).read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from exc
-    except OSError as exc:
-        raise ConfigError(f"cannot read config {path}: {exc.strerror}") from exc
-    cfg = from_dict(cls, data)
+    cfg = from_dict(cls, read_yaml(path))
     for run in getattr(cfg, "weight_level", []):
         validate(run.experiment)
     return cfg

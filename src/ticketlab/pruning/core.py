@@ -72,16 +72,10 @@ def select_to_sparsity(
             "pruning never regrows weights, so use an increasing schedule"
         )
     if scope == "global":
-        keep_flat = torch.cat([current.tensors[n].flatten() for n in names])
+        keep_flat = current.flat()
         score_flat = torch.cat([scores[n].detach().cpu().flatten().double() for n in names])
         num_keep = keep_flat.numel() - target_pruned_count(sparsity, keep_flat.numel())
-        kept = _keep_top(score_flat, keep_flat, num_keep)
-        out, offset = {}, 0
-        for n in names:
-            size = current.tensors[n].numel()
-            out[n] = kept[offset : offset + size].view_as(current.tensors[n])
-            offset += size
-        return Mask(out)
+        return current.with_flat(_keep_top(score_flat, keep_flat, num_keep))
     if scope == "layerwise":
         sizes = [current.tensors[n].numel() for n in names]
         out = {}
