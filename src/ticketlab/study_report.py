@@ -27,9 +27,9 @@ def _pct(value: float | None) -> str:
 
 def plot_curves(downstream: dict[tuple[str, str], dict[str, Any]], path: Path) -> None:
     plt = _plt()
-    tasks = sorted({t for _, t in downstream})
-    sources = sorted({s for s, _ in downstream})
-    fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.6), dpi=130, squeeze=False)
+    tasks = list(dict.fromkeys(t for _, t in downstream))
+    sources = list(dict.fromkeys(s for s, _ in downstream))
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 4.2), dpi=130, squeeze=False)
     for ax, task in zip(axes[0], tasks, strict=True):
         for i, source in enumerate(sources):
             run = downstream.get((source, task))
@@ -40,17 +40,17 @@ def plot_curves(downstream: dict[tuple[str, str], dict[str, Any]], path: Path) -
             ax.plot([100 * r["sparsity"] for r in rows], [100 * r["metrics"]["test_acc"] for r in rows], marker="o",
                     color=color, linewidth=2, label=f"IMP from {source} θp")
             ax.axhline(100 * run["rounds"][0]["metrics"]["test_acc"], color=color, linestyle="--", linewidth=1)
-            if i == 0:
-                for j, (branch, brows) in enumerate(run["baselines"].items()):
-                    ax.plot([100 * r["sparsity"] for r in brows], [100 * r["metrics"]["test_acc"] for r in brows],
-                            marker="x", linestyle=":", color=f"C{len(sources) + j}",
-                            label=f"{BRANCH_LABELS.get(branch, branch)} ({source})")
+            for j, (branch, brows) in enumerate(run["baselines"].items()):  # baselines exist for one θp
+                ax.plot([100 * r["sparsity"] for r in brows], [100 * r["metrics"]["test_acc"] for r in brows],
+                        marker="x", linestyle=":", color=f"C{len(sources) + j}",
+                        label=f"{BRANCH_LABELS.get(branch, branch)} ({source})")
         ax.set_title(task, fontsize=10)
         ax.set_xlabel("sparsity (%)")
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("test accuracy (%)  (dashed: dense)")
-    axes[0][-1].legend(fontsize=7, loc="lower left")
-    fig.tight_layout()
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=7, loc="lower center", ncol=min(len(labels), 6))
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
     fig.savefig(path)
     plt.close(fig)
 
