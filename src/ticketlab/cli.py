@@ -155,17 +155,16 @@ def cmd_analyze(args: argparse.Namespace) -> None:
         masks = dict(_mask_of(ref) for ref in args.masks)
         if args.analysis == "overlap":
             names = list(masks)
+            pairs = {(a, b): overlap(masks[a], masks[b]) for a in names for b in names}
             print("IoU of kept weights (row / column), shared = fraction of the row's kept weights kept by the column")
             for a in names:
-                cells = [f"{overlap(masks[a], masks[b])['iou']:.3f}/{overlap(masks[a], masks[b])['shared']:.3f}"
-                         for b in names]
-                print(f"{a:<28} " + "  ".join(cells))
+                print(f"{a:<28} " + "  ".join(f"{pairs[a, b]['iou']:.3f}/{pairs[a, b]['shared']:.3f}" for b in names))
             if args.plot:
                 import numpy as np
 
                 from ticketlab.study_report import plot_heatmap
 
-                iou = np.array([[100 * overlap(masks[a], masks[b])["iou"] for b in names] for a in names])
+                iou = np.array([[100 * pairs[a, b]["iou"] for b in names] for a in names])
                 plot_heatmap(iou, names, names, [[f"{v:.1f}" for v in row] for row in iou], "IoU of kept weights (%)",
                              Path(args.plot), cmap="magma")
         else:

@@ -35,7 +35,7 @@ from ticketlab.config import (
     validate,
 )
 from ticketlab.data import build_task
-from ticketlab.experiment import load_run, round_name, run_experiment
+from ticketlab.experiment import round_name, run_experiment
 from ticketlab.fileio import ensure_writable_dir, write_json
 from ticketlab.masks import Mask
 from ticketlab.schedules import round_sparsities
@@ -163,7 +163,3 @@ def sensitivity_table(sensitivity: list[dict[str, Any]]) -> dict[str, dict[str, 
     for row in sensitivity:
         out.setdefault(row["source"], {}).setdefault(row["variant"], []).append(row["test_acc"])
     return {s: {v: mean_std(vals) for v, vals in d.items()} for s, d in out.items()}
-
-
-def downstream_curves(downstream_runs: dict[tuple[str, str], Path]) -> dict[tuple[str, str], dict[str, Any]]:
-    return {key: load_run(run) for key, run in downstream_runs.items()}

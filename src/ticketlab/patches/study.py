@@ -157,13 +157,14 @@ def run_patch_study(cfg: PatchStudyConfig, runs_dir: Path, progress: bool = True
     return out
 
 
-def summarize_students(rows: list[dict[str, Any]]) -> dict[tuple[float, str], dict[str, tuple[float, float]]]:
+def summarize_students(rows: list[dict[str, Any]]) -> dict[tuple[float, str], dict[str, Any]]:
+    """Per (keep rate, variant): (mean, std) of dense and sparse test accuracy, and the patch counts."""
     groups: dict[tuple[float, str], list[dict[str, Any]]] = {}
     for row in rows:
         groups.setdefault((row["keep_rate"], row["variant"]), []).append(row)
     return {key: {"dense": mean_std(r["dense_test_acc"] for r in group),
-                  "sparse": mean_std(r["sparse_test_acc"] for r in group), "n": (len(group), 0.0),
-                  "patches": (group[0]["patches"], float(group[0]["num_patches"]))}
+                  "sparse": mean_std(r["sparse_test_acc"] for r in group),
+                  "patches": f"{group[0]['patches']}/{group[0]['num_patches']}"}
             for key, group in groups.items()}
 
 
@@ -182,7 +183,7 @@ def write_patch_report(out: Path, cfg: PatchStudyConfig, rows: list[dict[str, An
              "dense = all patches at test time, sparse = the selector's patches.", "",
              "| keep rate | patches | variant | dense | sparse |", "|---|---|---|---|---|"]
     for (k, variant), s in sorted(summary.items()):
-        lines.append(f"| {k} | {s['patches'][0]}/{int(s['patches'][1])} | {variant} | "
+        lines.append(f"| {k} | {s['patches']} | {variant} | "
                      f"{100 * s['dense'][0]:.1f} ± {100 * s['dense'][1]:.1f} | "
                      f"{100 * s['sparse'][0]:.1f} ± {100 * s['sparse'][1]:.1f} |")
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), dpi=130)
@@ -222,8 +223,9 @@ def write_patch_report(out: Path, cfg: PatchStudyConfig, rows: list[dict[str, An
             ax.grid(alpha=0.3)
             for r in imp:
                 other = reinit.get(r["round"])
+                other_acc = f"{100 * other['metrics']['test_acc']:.1f}" if other else "—"
                 lines.append(f"| {label} | {100 * r['sparsity']:.1f} % | {100 * r['metrics']['test_acc']:.1f} | "
-                             f"{100 * other['metrics']['test_acc']:.1f} |" if other else "")
+                             f"{other_acc} |")
         axes[0][0].set_ylabel("test accuracy (%)")
         axes[0][0].legend(fontsize=8)
         fig.tight_layout()
