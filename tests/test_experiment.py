@@ -184,3 +184,19 @@ def test_random_reinit_draws_a_new_initialisation(finished):
     name = "backbone.layer1.0.conv1.weight"
     assert not torch.equal(theta0[name], redrawn[name])
     assert torch.equal(theta0["head.weight"], redrawn["head.weight"])  # the head init is the run's, as in IMP
+
+
+def test_early_rewind_point_is_the_snapshot_after_k_steps(tmp_path):
+    from ticketlab.errors import ConfigError
+
+    cfg = parse_config(tiny_config(prune={"rounds": 1, "rewind": "early", "rewind_steps": 2}, baselines=[]))
+    run_dir = run_experiment(cfg, tmp_path, progress=False)
+    early, meta = load_tensors(run_dir / "rounds/round_000/rewind_early.safetensors")
+    assert meta["step"] == 2
+    ctx = RunContext(cfg, run_dir, build_task(cfg.task.name, cfg.task.options))
+    name = "backbone.layer1.0.conv1.weight"
+    assert not torch.equal(early[name], ctx.pretrained_state()[name])
+    assert not torch.equal(early[name], ctx.dense_trained_state()[name])
+    too_late = parse_config(tiny_config(prune={"rounds": 1, "rewind": "early", "rewind_steps": 4}, baselines=[]))
+    with pytest.raises(ConfigError, match="exceeds the 3 steps"):
+        run_experiment(too_late, tmp_path, progress=False)

@@ -16,6 +16,7 @@ each round is a pure function of stored files and seeds, ends with the same mask
 
 from __future__ import annotations
 
+import math
 import shutil
 from functools import cache
 from pathlib import Path
@@ -26,7 +27,7 @@ from tqdm.auto import tqdm
 
 from ticketlab.baselines import BASELINES
 from ticketlab.checkpoints import load_backbone
-from ticketlab.config import ExperimentConfig, config_hash, to_dict
+from ticketlab.config import ConfigError, ExperimentConfig, config_hash, to_dict
 from ticketlab.data import Task, build_task
 from ticketlab.fileio import (
     atomic_dir,
@@ -94,8 +95,12 @@ class RunContext:
     def _pretrained_state(self) -> dict[str, torch.Tensor]:
         return load_tensors(self.dir / "init" / "theta_p.safetensors")[0]
 
+    def imp_weights(self, k: int) -> dict[str, torch.Tensor]:
+        """The trained weights of IMP round ``k`` (round 0: the dense task-trained weights)."""
+        return load_tensors(self.branch_dir(IMP, k) / "weights.safetensors")[0]
+
     def dense_trained_state(self) -> dict[str, torch.Tensor]:
-        return load_tensors(self.branch_dir(IMP, 0) / "weights.safetensors")[0]
+        return self.imp_weights(0)
 
     def early_state(self) -> dict[str, torch.Tensor]:
         return load_tensors(self.branch_dir(IMP, 0) / "rewind_early.safetensors")[0]
@@ -105,7 +110,9 @@ class RunContext:
         return prunable_names(self.fresh_model(), self.config.prune.prunable)
 
     def dense_mask(self) -> Mask:
-        return Mask.ones(self.fresh_model(), self.prunable())
+        """All ones over the prunable set (shapes from θp, so no model is built)."""
+        theta_p = self.pretrained_state()
+        return Mask({n: torch.ones_like(theta_p[n], dtype=torch.bool) for n in self.prunable()})
 
     def sparsity(self, k: int) -> float:
         return self.sparsities[k]
@@ -152,6 +159,11 @@ def train_branch(run: RunContext, branch: str, k: int, mask: Mask, start: dict[s
     model.load_state_dict(start)
     snapshot = None
     if branch == IMP and k == 0 and run.config.prune.rewind == "early":
+        recipe = run.config.train
+        steps = math.ceil(len(run.task.train) / recipe.batch_size) * recipe.epochs
+        if run.config.prune.rewind_steps > steps:
+            raise ConfigError(f"prune.rewind_steps={run.config.prune.rewind_steps} exceeds the {steps} steps of "
+                              "dense training; lower it")
         snapshot = SnapshotAtStep(run.config.prune.rewind_steps)
     objective = OBJECTIVES.build(run.config.objective, **run.config.objective_options)
     result = train_model(model, run.task, run.config.train, seed=run.config.seed, mask=mask, objective=objective,
@@ -165,9 +177,6 @@ def train_branch(run: RunContext, branch: str, k: int, mask: Mask, start: dict[s
         if branch == IMP:
             save_tensors(tmp / "weights.safetensors", result.state, {"round": k})
         if snapshot is not None:
-            if snapshot.state is None:
-                raise ValueError(f"prune.rewind_steps={run.config.prune.rewind_steps} exceeds the "
-                                 f"{result.metrics['steps']} steps of training; lower it")
             save_tensors(tmp / "rewind_early.safetensors", snapshot.state, {"step": run.config.prune.rewind_steps})
         write_json(tmp / "metrics.json", metrics)
     return metrics
@@ -198,8 +207,7 @@ def run_experiment(config: ExperimentConfig, runs_dir: str | Path = "runs", prog
             if k == 0:
                 mask, start = run.dense_mask(), run.pretrained_state()
             else:
-                previous = run.imp_mask(k - 1)
-                weights = load_tensors(run.branch_dir(IMP, k - 1) / "weights.safetensors")[0]
+                previous, weights = run.imp_mask(k - 1), run.imp_weights(k - 1)
                 generator = torch.Generator().manual_seed(config.seed * 7919 + k)
                 mask = prune(config.prune.method, weights, previous, run.sparsity(k), generator)
                 start = REWIND_POINTS.get(config.prune.rewind)(run)
