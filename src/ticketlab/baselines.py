@@ -55,3 +55,25 @@ def random_reinitialisation(run: RunContext, k: int) -> tuple[Mask, dict[str, to
 def reversed_mask(run: RunContext, k: int) -> tuple[Mask, dict[str, torch.Tensor]]:
     """The complement of the ticket's mask (keeps exactly what IMP pruned), on the rewind weights."""
     return run.imp_mask(k).complement(), _rewound(run)
+
+
+@BASELINES.register("base_checkpoint")
+def mask_on_base_checkpoint(run: RunContext, k: int) -> tuple[Mask, dict[str, torch.Tensor]]:
+    """The ticket's mask on the weights the model had *before* pre-training (``model.options.path``).
+
+    For a V+L model initialised from a text checkpoint this is the study's "mask on BERT weights":
+    does the ticket need the V+L pre-training, or only the text pre-training?
+    """
+    return run.imp_mask(k), run.base_checkpoint_state()
+
+
+@BASELINES.register("shuffled_pretrained")
+def mask_on_shuffled_pretrained(run: RunContext, k: int) -> tuple[Mask, dict[str, torch.Tensor]]:
+    """The ticket's mask on θp whose prunable layers are each randomly permuted: every layer keeps its
+    weight distribution but loses its learned arrangement."""
+    generator = torch.Generator().manual_seed(run.config.seed * 7919 + 2000 + k)
+    state = dict(run.pretrained_state())
+    for name in run.prunable():
+        flat = state[name].flatten()
+        state[name] = flat[torch.randperm(len(flat), generator=generator)].view_as(state[name])
+    return run.imp_mask(k), state

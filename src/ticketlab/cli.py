@@ -38,13 +38,12 @@ def cmd_find(args: argparse.Namespace) -> None:
 
 def cmd_pretrain(args: argparse.Namespace) -> None:
     from ticketlab.config import ConfigError, load_config
-    from ticketlab.pretrain import PretrainRun, run_pretraining
+    from ticketlab.pretrain import pretrain_run_for, run_pretraining
 
     cfg = load_config(args.config)
     if cfg.pretrain is None:
         raise ConfigError(f"{args.config} has no 'pretrain' section (objective, task, train)")
-    print(run_pretraining(PretrainRun(cfg.model, cfg.pretrain, cfg.seed), _runs_dir(args), cfg.deterministic,
-                          progress=not args.quiet))
+    print(run_pretraining(pretrain_run_for(cfg), _runs_dir(args), cfg.deterministic, progress=not args.quiet))
 
 
 def cmd_ls(args: argparse.Namespace) -> None:
@@ -204,6 +203,13 @@ def cmd_study(args: argparse.Namespace) -> None:
     print(out / "report.md")
 
 
+def cmd_vl_study(args: argparse.Namespace) -> None:
+    from ticketlab.vl.study import load_vl_study, run_vl_study
+
+    out = run_vl_study(load_vl_study(args.config), _runs_dir(args), progress=not args.quiet)
+    print(out / "report.md")
+
+
 def cmd_select(args: argparse.Namespace) -> None:
     from ticketlab.patches.study import SelectorConfig, load_yaml, run_selection
 
@@ -266,6 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     transfer_options(analyze)
     for name, func, text in (
         ("study", cmd_study, "run the CV pre-training ticket study of a study config"),
+        ("vl-study", cmd_vl_study, "run the V+L ticket study (pre-training, 7 tasks, universal tickets, VILLA)"),
         ("select", cmd_select, "patch tickets: (fine-tune and) run a token-reducing ViT selector over a dataset"),
         ("patch-study", cmd_patch_study, "ticket vs random-patch ViT students, and weight-level IMP vs re-init"),
     ):

@@ -69,6 +69,7 @@ class PretrainConfig:
     objective_options: dict[str, Any] = field(default_factory=dict)  # e.g. {temperature: 0.5}
     task: TaskConfig = field(default_factory=TaskConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    seed: int | None = None  # None: the experiment's seed; fix it to share one θp across seeds of IMP
 
 
 @dataclass(frozen=True)
@@ -93,6 +94,7 @@ class ExperimentConfig:
     objective: str = "supervised"  # the loss of every IMP round: a downstream task, or a pre-training objective
     objective_options: dict[str, Any] = field(default_factory=dict)
     baselines: list[str] = field(default_factory=lambda: ["omp", "random_prune", "random_reinit"])
+    baseline_rounds: list[int] = field(default_factory=list)  # rounds the baselines run at; empty = every round
     seed: int = 0
     deterministic: bool = False
 
@@ -207,7 +209,10 @@ def validate(cfg: ExperimentConfig) -> None:
             raise ConfigError("give either model.checkpoint or a pretrain section for θp, not both")
     if cfg.prune.rewind == "early" and cfg.prune.rewind_steps <= 0:
         raise ConfigError("prune.rewind 'early' needs prune.rewind_steps > 0 (fine-tuning steps before the snapshot)")
-    round_sparsities(cfg.prune.schedule, cfg.prune.rounds, cfg.prune.rate, cfg.prune.sparsities)
+    rounds = len(round_sparsities(cfg.prune.schedule, cfg.prune.rounds, cfg.prune.rate, cfg.prune.sparsities))
+    bad = [k for k in cfg.baseline_rounds if not 1 <= k <= rounds]
+    if bad:
+        raise ConfigError(f"baseline_rounds {bad} are outside the run's rounds 1..{rounds}")
 
 
 # -- hashing ---------------------------------------------------------------------------------------

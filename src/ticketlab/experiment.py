@@ -40,7 +40,7 @@ from ticketlab.fileio import (
 from ticketlab.masks import Mask
 from ticketlab.models import TicketModel, build_model
 from ticketlab.objectives import OBJECTIVES
-from ticketlab.pretrain import PretrainRun, run_pretraining
+from ticketlab.pretrain import pretrain_run_for, run_pretraining
 from ticketlab.prunable import prunable_names
 from ticketlab.pruning import prune
 from ticketlab.rewind import REWIND_POINTS
@@ -80,7 +80,7 @@ class RunContext:
         if random_init and options.get("path"):
             options["random_init"] = True  # a Hugging Face model: its architecture, not its weights
         seed = self.config.seed if init_seed is None else init_seed
-        model = build_model(self.config.model.name, self.task.num_classes, options, seed=seed)
+        model = build_model(self.config.model.name, self.task.num_classes, options, seed=seed, head=self.task.head)
         model.reset_head(self.task.num_classes, self.config.seed)
         return model
 
@@ -91,6 +91,10 @@ class RunContext:
     def redrawn_init_state(self) -> dict[str, torch.Tensor]:
         """A *new* random initialisation (seed + 1), for the random re-initialisation baseline."""
         return self.fresh_model(random_init=True, init_seed=self.config.seed + 1).state_dict()
+
+    def base_checkpoint_state(self) -> dict[str, torch.Tensor]:
+        """The model as built from its options, before any pre-training (a text checkpoint, or θ0)."""
+        return self.fresh_model().state_dict()
 
     def _pretrained_state(self) -> dict[str, torch.Tensor]:
         return load_tensors(self.dir / "init" / "theta_p.safetensors")[0]
@@ -138,7 +142,7 @@ def prepare_theta_p(run: RunContext, runs_dir: Path, progress: bool) -> None:
     model = run.fresh_model()
     source = "random-init"
     if cfg.pretrain is not None:
-        checkpoint = run_pretraining(PretrainRun(cfg.model, cfg.pretrain, cfg.seed), runs_dir, cfg.deterministic,
+        checkpoint = run_pretraining(pretrain_run_for(cfg), runs_dir, cfg.deterministic,
                                      progress)
         load_backbone(model.backbone, checkpoint)
         source = str(checkpoint.relative_to(runs_dir))
@@ -197,7 +201,8 @@ def run_experiment(config: ExperimentConfig, runs_dir: str | Path = "runs", prog
     run = RunContext(config, run_dir, task)
     prepare_theta_p(run, runs_dir, progress)
     rounds = len(run.sparsities) - 1
-    units = [(IMP, k) for k in range(rounds + 1)] + [(b, k) for b in config.baselines for k in range(1, rounds + 1)]
+    baseline_rounds = config.baseline_rounds or range(1, rounds + 1)
+    units = [(IMP, k) for k in range(rounds + 1)] + [(b, k) for b in config.baselines for k in baseline_rounds]
     bar = tqdm(units, desc="ticketlab", disable=not progress, unit="round", dynamic_ncols=True)
     for branch, k in bar:
         bar.set_description(f"{branch} round {k}/{rounds} target {run.sparsity(k):.2%}")

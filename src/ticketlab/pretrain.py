@@ -6,10 +6,10 @@ the same pre-training reuse it, and re-running after a kill redoes only what did
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from ticketlab.config import ModelConfig, PretrainConfig, config_hash, to_dict
+from ticketlab.config import ExperimentConfig, ModelConfig, PretrainConfig, config_hash, to_dict
 from ticketlab.data import build_task
 from ticketlab.fileio import atomic_dir, ensure_writable_dir, save_tensors, write_json
 from ticketlab.models import build_model
@@ -26,6 +26,13 @@ class PretrainRun:
     seed: int = 0
 
 
+def pretrain_run_for(cfg: ExperimentConfig) -> PretrainRun:
+    """The pre-training an experiment's θp comes from (its own seed unless ``pretrain.seed`` fixes one)."""
+    assert cfg.pretrain is not None
+    seed = cfg.seed if cfg.pretrain.seed is None else cfg.pretrain.seed
+    return PretrainRun(cfg.model, replace(cfg.pretrain, seed=None), seed)  # one folder per computation
+
+
 def run_pretraining(run: PretrainRun, runs_dir: Path, deterministic: bool = False,
                     progress: bool = True) -> Path:
     """Pre-train (or find the finished pre-training) and return the backbone checkpoint path."""
@@ -34,7 +41,7 @@ def run_pretraining(run: PretrainRun, runs_dir: Path, deterministic: bool = Fals
     if checkpoint.is_file():
         return checkpoint
     task = build_task(run.pretrain.task.name, run.pretrain.task.options)
-    model = build_model(run.model.name, task.num_classes, run.model.options, seed=run.seed)
+    model = build_model(run.model.name, task.num_classes, run.model.options, seed=run.seed, head=task.head)
     model.reset_head(task.num_classes, run.seed)
     objective = OBJECTIVES.build(run.pretrain.objective, **run.pretrain.objective_options)
     result = train_model(model, task, run.pretrain.train, seed=run.seed, objective=objective,

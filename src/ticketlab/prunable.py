@@ -24,7 +24,7 @@ MODULE_TYPES: dict[str, tuple[type[nn.Module], ...]] = {
 # default excludes embeddings rather than listing encoder names.
 FAMILY_DEFAULTS: dict[str, dict[str, list[str]]] = {
     "cnn": {"module_types": ["conv"], "include": [], "exclude": []},
-    "transformer": {"module_types": ["linear"], "include": [], "exclude": [r"(^|\.)embeddings\."]},
+    "transformer": {"module_types": ["linear"], "include": [], "exclude": [r"(^|[._])embeddings\."]},
 }
 HEAD_PREFIX = "head."
 

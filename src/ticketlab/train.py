@@ -168,9 +168,11 @@ def train_model(
     bar.close()
     assert best_state is not None
     model.load_state_dict(best_state)
+    test_score = objective.evaluate(model, task, "test")
     metrics = {
         "val_acc": best_val,
-        "test_acc": objective.evaluate(model, task, "test"),
+        "test_acc": test_score,
+        **{f"test_{k}": v for k, v in objective.details.get("test", {}).items() if k != "score"},
         "best_epoch": best_epoch,
         "final_train_loss": loss_value,
         "epochs": recipe.epochs,

@@ -20,6 +20,7 @@ from ticketlab.experiment import round_name
 from ticketlab.fileio import atomic_dir, load_tensors, read_json, write_json
 from ticketlab.masks import Mask
 from ticketlab.models import build_model
+from ticketlab.objectives import OBJECTIVES
 from ticketlab.train import train_model
 
 
@@ -31,6 +32,8 @@ class TransferSpec:
     train: TrainConfig = field(default_factory=TrainConfig)
     seed: int = 0
     variant: str = "ticket"  # or a mask perturbation: complement, random, delta10
+    objective: str = "supervised"  # the fine-tuning loss, e.g. villa (adversarial)
+    objective_options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -71,12 +74,14 @@ def transfer_ticket(run_dir: Path, k: int, spec: TransferSpec, task: Task | None
         raise TicketlabError(f"{run_dir.name} has no finished round {k}; finished: {available_rounds(run_dir)}")
     source = parse_config(read_json(run_dir / "config.json"))
     task = task or build_task(spec.target.name, spec.target.options)
-    model = build_model(source.model.name, task.num_classes, source.model.options, seed=spec.seed)
+    model = build_model(source.model.name, task.num_classes, source.model.options, seed=spec.seed,
+                        head=task.head)
     model.load_state_dict(theta_p_backbone(run_dir), strict=False)
     model.reset_head(task.num_classes, spec.seed)
     ticket = Mask.load(run_dir / "rounds" / round_name(k) / "mask.safetensors")
     mask = mask or ticket
-    result = train_model(model, task, spec.train, seed=spec.seed, mask=mask,
+    objective = OBJECTIVES.build(spec.objective, **spec.objective_options)
+    result = train_model(model, task, spec.train, seed=spec.seed, mask=mask, objective=objective,
                          progress=f"transfer {run_dir.name}:{k} -> {task.name}" if progress else None)
     metrics = {"source": run_dir.name, "round": k, "target": spec.target.name, "variant": spec.variant,
                "sparsity": mask.sparsity(), "source_sparsity": ticket.sparsity(), "num_classes": task.num_classes,

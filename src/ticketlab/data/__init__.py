@@ -16,19 +16,26 @@ import torch.nn.functional as F
 from ticketlab.errors import DataError
 from ticketlab.registry import Registry
 
+Inputs = torch.Tensor | tuple[torch.Tensor, torch.Tensor] | dict[str, torch.Tensor]
+
 
 @dataclass
 class Split:
-    x: torch.Tensor
+    x: torch.Tensor | dict[str, torch.Tensor]  # images, or named tensors (V+L: token ids, region features...)
     y: torch.Tensor
     patches: torch.Tensor | None = None  # optional per-sample patch indices [N, K] (patch-ticket students)
 
     def __len__(self) -> int:
         return len(self.y)
 
-    def inputs(self, index: torch.Tensor | slice) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """Model inputs of the selected samples: images, or (images, patch indices)."""
+    def inputs(self, index: torch.Tensor | slice) -> Inputs:
+        """Model inputs of the selected samples: images, (images, patch indices) or a dict of named tensors."""
+        if isinstance(self.x, dict):
+            return {k: v[index] for k, v in self.x.items()}
         return self.x[index] if self.patches is None else (self.x[index], self.patches[index])
+
+    def input_tensors(self) -> dict[str, torch.Tensor]:
+        return dict(self.x) if isinstance(self.x, dict) else {"x": self.x}
 
 
 @dataclass
@@ -39,6 +46,8 @@ class Task:
     val: Split
     test: Split
     class_names: list[str] = field(default_factory=list)
+    head: str = "linear"  # the head kind this task needs (``HEADS``): a V+L pointer, multiple choice...
+    metric: str = "accuracy"  # how the task is scored (``METRICS``): accuracy, retrieval recall...
 
     def validate(self) -> Task:
         """Reject empty splits and labels that do not fit ``num_classes``, naming the split."""
@@ -48,10 +57,12 @@ class Task:
             split: Split = getattr(self, split_name)
             if len(split) == 0:
                 raise DataError(f"task {self.name!r}: the {split_name} split is empty; provide data for it")
-            if split.x.shape[0] != split.y.shape[0]:
-                raise DataError(
-                    f"task {self.name!r}: {split_name} has {split.x.shape[0]} inputs but {split.y.shape[0]} labels"
-                )
+            for key, tensor in split.input_tensors().items():
+                if tensor.shape[0] != split.y.shape[0]:
+                    raise DataError(f"task {self.name!r}: {split_name} has {tensor.shape[0]} inputs ({key}) but "
+                                    f"{split.y.shape[0]} labels")
+                if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+                    raise DataError(f"task {self.name!r}: {split_name} inputs ({key}) contain NaN or infinite values")
             if split.y.dtype.is_floating_point or split.y.dtype == torch.bool:
                 raise DataError(f"task {self.name!r}: {split_name} labels must be integers, got {split.y.dtype}")
             low, high = int(split.y.min()), int(split.y.max())
@@ -60,8 +71,6 @@ class Task:
                     f"task {self.name!r}: {split_name} labels span [{low}, {high}] but the task has "
                     f"{self.num_classes} classes (labels must be 0..{self.num_classes - 1}); fix the labels"
                 )
-            if split.x.is_floating_point() and not torch.isfinite(split.x).all():
-                raise DataError(f"task {self.name!r}: {split_name} inputs contain NaN or infinite values")
         return self
 
 
@@ -109,3 +118,4 @@ def task_from_arrays(name: str, x: torch.Tensor, y: torch.Tensor, num_classes: i
 
 
 from ticketlab.data import digits, files, scenes  # noqa: E402,F401  (registration)
+from ticketlab.vl import tasks  # noqa: E402,F401  (registration: the vl_* tasks)

@@ -27,42 +27,60 @@ class Backbone:
 MODELS: Registry[Any] = Registry("model")
 
 
-class TicketModel(nn.Module):
-    """Backbone + linear head. Parameter names are ``backbone.*`` and ``head.*``."""
+HEADS: Registry[Any] = Registry("head")
 
-    def __init__(self, backbone: Backbone, num_classes: int) -> None:
+
+@HEADS.register("linear")
+def linear_head(feature_dim: int, num_classes: int, generator: torch.Generator) -> nn.Module:
+    head = nn.Linear(feature_dim, num_classes)
+    bound = 1.0 / feature_dim**0.5
+    with torch.no_grad():
+        head.weight.copy_(torch.empty_like(head.weight).uniform_(-bound, bound, generator=generator))
+        head.bias.zero_()
+    return head
+
+
+class TicketModel(nn.Module):
+    """Backbone + task head. Parameter names are ``backbone.*`` and ``head.*`` (heads are never pruned)."""
+
+    def __init__(self, backbone: Backbone, num_classes: int, head: str = "linear") -> None:
         super().__init__()
         self.backbone = backbone.module
         self.feature_dim = backbone.feature_dim
         self.family = backbone.family
+        HEADS.get(head)  # an unknown kind fails here, naming the known ones
+        self.head_kind = head
         self.head = nn.Linear(backbone.feature_dim, max(num_classes, 1))
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_features(self, x: Any) -> Any:
         return self.backbone(x)
 
-    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+    def forward_head(self, features: Any) -> torch.Tensor:
         return self.head(features)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: Any) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
 
     def reset_head(self, num_classes: int, seed: int) -> None:
-        """A fresh head for a task, initialised from ``seed`` so runs are reproducible."""
+        """A fresh head of the model's kind for a task, initialised from ``seed`` so runs are reproducible."""
         generator = torch.Generator().manual_seed(seed)
-        head = nn.Linear(self.feature_dim, num_classes)
-        bound = 1.0 / self.feature_dim**0.5
-        with torch.no_grad():
-            head.weight.copy_(torch.empty_like(head.weight).uniform_(-bound, bound, generator=generator))
-            head.bias.zero_()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)  # heads with several layers use their default initialisers
+            head = HEADS.get(self.head_kind)(self.feature_dim, num_classes, generator)
         self.head = head.to(next(self.backbone.parameters()).device)
 
 
-def build_model(name: str, num_classes: int, options: dict[str, Any] | None = None, seed: int = 0) -> TicketModel:
+def build_model(name: str, num_classes: int, options: dict[str, Any] | None = None, seed: int = 0,
+                head: str = "linear") -> TicketModel:
     """Build a model; its random initialisation (θ0) is a function of ``seed`` alone."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         backbone = MODELS.build(name, **(options or {}))
-        return TicketModel(backbone, num_classes)
+        model = TicketModel(backbone, num_classes, head)
+    if head != "linear":
+        model.reset_head(num_classes, seed)
+    return model
 
 
 from ticketlab.models import hf, resnet  # noqa: E402,F401  (registration)
+from ticketlab.vl import model  # noqa: E402,F401  (registration: uniter and the V+L heads)

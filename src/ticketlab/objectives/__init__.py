@@ -13,29 +13,23 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ticketlab.data import Split, Task
+from ticketlab.data import Task
 from ticketlab.masks import Mask
+from ticketlab.metrics import METRICS, accuracy
 from ticketlab.registry import Registry
 
 OBJECTIVES: Registry = Registry("pre-training objective")
-
-
-@torch.no_grad()
-def accuracy(model: nn.Module, split: Split, batch_size: int = 512) -> float:
-    was_training = model.training
-    model.eval()
-    correct = 0
-    for start in range(0, len(split), batch_size):
-        logits = model(split.inputs(slice(start, start + batch_size)))
-        correct += int((logits.argmax(-1) == split.y[start : start + batch_size]).sum())
-    model.train(was_training)
-    return correct / len(split)
+__all__ = ["OBJECTIVES", "Objective", "accuracy"]
 
 
 class Objective(nn.Module):
-    """Base objective: supervised cross-entropy on the model's head."""
+    """Base objective: supervised cross-entropy on the model's head, scored by the task's metric."""
 
     name = "supervised"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.details: dict[str, dict[str, float]] = {}  # split -> every number the last evaluation gave
 
     def setup(self, model: nn.Module, mask: Mask | None) -> None:
         """Build parts sized to the model (projection heads, key encoders)."""
@@ -48,9 +42,11 @@ class Objective(nn.Module):
         """Called after each optimiser step and mask re-application."""
 
     def evaluate(self, model: nn.Module, task: Task, split: str) -> float:
-        return accuracy(model, getattr(task, split))
+        self.details[split] = METRICS.get(task.metric)(model, getattr(task, split))
+        return self.details[split]["score"]
 
 
 OBJECTIVES.register("supervised")(Objective)
 
 from ticketlab.objectives import contrastive, patches  # noqa: E402,F401  (registration)
+from ticketlab.vl import adversarial, metrics, pretraining  # noqa: E402,F401  (registration)

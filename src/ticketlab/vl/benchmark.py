@@ -20,6 +20,12 @@ COUNT_WORDS = ("zero", "one", "two", "three", "four", "five")
 ANSWERS = (*COLOURS, *SHAPES, *COUNT_WORDS, "yes", "no")  # the closed VQA/GQA answer set
 NEUTRAL_TEMPLATES = ("the {c} {s} is made of metal", "the {c} {s} was drawn first", "the {c} {s} is heavy")
 ENTAILMENT, NEUTRAL, CONTRADICTION = 0, 1, 2
+VCR_DISTRACTORS = ("star", "heart")
+# every word the generator can write (the closed language; the tokenizer keeps only these pieces)
+VOCABULARY = (*COLOURS, *SHAPES, *COUNT_WORDS, *VCR_DISTRACTORS, "yes", "no", "how", "many", "objects", "are",
+              "there", "is", "a", "what", "colour", "shape", "the", "largest", "object", "closest", "to", "from",
+              "left", "right", "made", "of", "metal", "was", "drawn", "first", "heavy", "has", "more", "than",
+              "image", "?", ":", ",")
 
 
 @dataclass(frozen=True)
@@ -84,7 +90,9 @@ def snli_ve(scene: Scene, index: int, rng: np.random.Generator) -> VLSample:
 
 
 def nlvr2(left: Scene, right: Scene, pair: tuple[int, int], rng: np.random.Generator) -> VLSample:
-    colour = COLOURS[rng.integers(len(COLOURS))]
+    """A colour present in at least one image, so true and false are about equally likely."""
+    present = sorted({o.colour for o in (*left.objects, *right.objects)}, key=COLOURS.index)
+    colour = present[rng.integers(len(present))]
     n_left = sum(o.colour == colour for o in left.objects)
     n_right = sum(o.colour == colour for o in right.objects)
     return VLSample(f"the left image has more {colour} objects than the right image", int(n_left > n_right), pair)
@@ -101,7 +109,7 @@ def refcoco(scene: Scene, index: int, rng: np.random.Generator) -> VLSample | No
 def vcr(scene: Scene, index: int, rng: np.random.Generator) -> VLSample:
     """'what shape is the largest object?' with 4 choices, one right."""
     right = scene.largest.shape
-    wrong = [s for s in (*SHAPES, "star", "heart") if s != right]
+    wrong = [s for s in (*SHAPES, *VCR_DISTRACTORS) if s != right]
     picks = [wrong[i] for i in rng.permutation(len(wrong))[:3]]
     slot = int(rng.integers(4))
     choices = tuple(picks[:slot] + [right] + picks[slot:])

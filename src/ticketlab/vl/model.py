@@ -1,0 +1,214 @@
+"""A UNITER-style single-stream V+L transformer over any BERT-family checkpoint, and its task heads.
+
+Text tokens get BERT's word + position + type-0 embeddings; each image region (or patch) gets
+``LN(LN(W_f·feature) + LN(W_b·box)) + type-1`` (UNITER's image embedder); both streams are
+concatenated and run through the checkpoint's own encoder layers with one padding mask; the pooler
+reads [CLS]. The embedding stage and the encoder are separate methods (:meth:`UniterBackbone.embed`,
+:meth:`UniterBackbone.encode`) so adversarial training can perturb the embeddings in between.
+
+Inputs are a dict of tensors with a group axis ``G`` (two images for NLVR2, four answers for VCR,
+one otherwise): ``text_ids [N, G, L]``, ``image_feats [N, G, R, D]``, ``image_boxes [N, G, R, 7]``,
+``image_mask [N, G, R]``. Heads (``answer``, ``choice``, ``pair``, ``pointer``) read :class:`VLFeatures`;
+they sit outside ``backbone.*`` and are never pruned.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from ticketlab.errors import ConfigError, DataError
+from ticketlab.models import HEADS, MODELS, Backbone
+from ticketlab.vl.features import BOX_DIM
+from ticketlab.vl.text import VLTokenizer, tokenizer_for
+
+PADDING_LOGIT = -1e4  # finite, so softmax/KL over a pointer's padded slots stay NaN-free
+
+
+@dataclass
+class VLFeatures:
+    pooled: torch.Tensor  # [N·G, H]
+    text_states: torch.Tensor  # [N·G, L, H]
+    image_states: torch.Tensor  # [N·G, R, H]
+    image_mask: torch.Tensor  # [N·G, R]
+    groups: int
+
+    def grouped(self) -> torch.Tensor:
+        """Pooled features as ``[N, G, H]``."""
+        return self.pooled.view(-1, self.groups, self.pooled.shape[-1])
+
+
+class ImageEmbeddings(nn.Module):
+    def __init__(self, feature_dim: int, hidden: int, eps: float, dropout: float) -> None:
+        super().__init__()
+        self.feature = nn.Linear(feature_dim, hidden)
+        self.feature_norm = nn.LayerNorm(hidden, eps=eps)
+        self.box = nn.Linear(BOX_DIM, hidden)
+        self.box_norm = nn.LayerNorm(hidden, eps=eps)
+        self.LayerNorm = nn.LayerNorm(hidden, eps=eps)
+        self.dropout = nn.Dropout(dropout)
+
+    def project(self, feats: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+        return self.feature_norm(self.feature(feats)) + self.box_norm(self.box(boxes))
+
+    def finish(self, projected: torch.Tensor, type_embedding: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.LayerNorm(projected + type_embedding))
+
+
+class UniterBackbone(nn.Module):
+    def __init__(self, bert: nn.Module, feature_dim: int, tokenizer: VLTokenizer) -> None:
+        super().__init__()
+        cfg = bert.config
+        self.bert = bert
+        self.image_embeddings = ImageEmbeddings(feature_dim, cfg.hidden_size, cfg.layer_norm_eps,
+                                                cfg.hidden_dropout_prob)
+        self.feature_dim = feature_dim
+        self.tokenizer = tokenizer
+        self.pad_id = tokenizer.pad_id
+
+    @property
+    def vocab_size(self) -> int:
+        return self.bert.embeddings.word_embeddings.num_embeddings
+
+    def embed(self, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Word embeddings ``[N·G, L, H]`` and projected image features ``[N·G, R, H]`` (where δ is added)."""
+        missing = {"text_ids", "image_feats", "image_boxes", "image_mask"} - set(inputs)
+        if missing:
+            raise DataError(f"V+L inputs lack {sorted(missing)}; build them with a vl_* task")
+        ids, feats = inputs["text_ids"].flatten(0, 1), inputs["image_feats"].flatten(0, 1)
+        if feats.shape[-1] != self.feature_dim:
+            raise DataError(f"image features have {feats.shape[-1]} dims but the model expects {self.feature_dim}; "
+                            "set model.options.image_feature_dim to 3·patch²")
+        if int(ids.max()) >= self.vocab_size:
+            raise DataError(f"token id {int(ids.max())} is outside the model's {self.vocab_size}-word vocabulary; "
+                            "the task and the model must use the same tokenizer")
+        word = self.bert.embeddings.word_embeddings(ids)
+        return word, self.image_embeddings.project(feats, inputs["image_boxes"].flatten(0, 1))
+
+    def encode(self, word: torch.Tensor, image: torch.Tensor, inputs: dict[str, torch.Tensor]) -> VLFeatures:
+        from transformers.masking_utils import create_bidirectional_mask
+
+        groups = inputs["text_ids"].shape[1]
+        text_mask = inputs["text_ids"].flatten(0, 1) != self.pad_id
+        image_mask = inputs["image_mask"].flatten(0, 1)
+        embeddings = self.bert.embeddings
+        text = embeddings(inputs_embeds=word)  # + position + type 0, LayerNorm, dropout
+        type_one = embeddings.token_type_embeddings.weight[1 % embeddings.token_type_embeddings.num_embeddings]
+        hidden = torch.cat([text, self.image_embeddings.finish(image, type_one)], dim=1)
+        mask = torch.cat([text_mask, image_mask], dim=1).long()
+        attention = create_bidirectional_mask(config=self.bert.config, inputs_embeds=hidden, attention_mask=mask)
+        states = self.bert.encoder(hidden, attention_mask=attention).last_hidden_state
+        length = word.shape[1]
+        pooled = self.bert.pooler(states) if self.bert.pooler is not None else states[:, 0]
+        return VLFeatures(pooled, states[:, :length], states[:, length:], image_mask, groups)
+
+    def forward(self, inputs: dict[str, torch.Tensor]) -> VLFeatures:
+        return self.encode(*self.embed(inputs), inputs)
+
+
+def compact_word_embeddings(bert: nn.Module, tokenizer: VLTokenizer) -> None:
+    """Keep only the embedding rows of the benchmark's word pieces (pre-trained rows copied unchanged)."""
+    table = bert.embeddings.word_embeddings
+    if table.num_embeddings <= max(tokenizer.compact_ids):
+        raise ConfigError(f"the tokenizer's ids reach {max(tokenizer.compact_ids)} but the checkpoint has "
+                          f"{table.num_embeddings} word embeddings; use the checkpoint's own tokenizer")
+    compact = nn.Embedding(tokenizer.vocab_size, table.embedding_dim, padding_idx=tokenizer.pad_id)
+    with torch.no_grad():
+        compact.weight.copy_(table.weight[tokenizer.compact_ids])
+    bert.embeddings.word_embeddings = compact
+    bert.config.vocab_size = tokenizer.vocab_size
+
+
+@MODELS.register("uniter")
+def uniter(path: str | None = None, config: dict[str, Any] | None = None, num_layers: int | None = None,
+           tokenizer: str | None = None, image_feature_dim: int = 192, random_init: bool = False,
+           attn_implementation: str = "sdpa") -> Backbone:
+    """UNITER-style model initialised from a BERT-family checkpoint (default: the shipped MiniLM-L6).
+
+    ``config`` builds that BERT architecture with random weights instead (tests); ``num_layers`` keeps
+    the checkpoint's first layers (a small-scale simplification); ``random_init`` keeps the
+    checkpoint's architecture but not its weights (θ0).
+    """
+    from transformers import BertConfig, BertModel
+
+    from ticketlab.models.hf import _load, minilm_path
+
+    text = tokenizer_for(tokenizer or path)
+    if config is not None:
+        try:
+            bert = BertModel(BertConfig(**{**config, "vocab_size": max(text.compact_ids) + 1}),
+                             add_pooling_layer=True)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"bad model.options.config for BertConfig: {exc}") from exc
+    else:
+        bert = _load(BertModel, BertConfig, path or minilm_path(), {}, random_init,
+                     attn_implementation=attn_implementation)
+    compact_word_embeddings(bert, text)
+    if num_layers is not None:
+        if not 1 <= num_layers <= len(bert.encoder.layer):
+            raise ConfigError(f"model.options.num_layers must be in 1..{len(bert.encoder.layer)}, got {num_layers}")
+        bert.encoder.layer = bert.encoder.layer[:num_layers]
+        bert.config.num_hidden_layers = num_layers
+    return Backbone(UniterBackbone(bert, image_feature_dim, text), bert.config.hidden_size, "transformer")
+
+
+# -- heads (never pruned: they live under ``head.``) ---------------------------------------------------
+def mlp(in_dim: int, hidden: int, out_dim: int) -> nn.Module:
+    """UNITER's classifier: Linear -> GELU -> LayerNorm -> Linear."""
+    return nn.Sequential(nn.Linear(in_dim, hidden), nn.GELU(), nn.LayerNorm(hidden, eps=1e-12),
+                         nn.Linear(hidden, out_dim))
+
+
+class AnswerHead(nn.Module):
+    """Classification over a closed answer set (VQA, GQA, SNLI-VE, ITM) from the pooled [CLS]."""
+
+    def __init__(self, hidden: int, num_classes: int) -> None:
+        super().__init__()
+        self.mlp = mlp(hidden, 2 * hidden, num_classes)
+
+    def forward(self, features: VLFeatures) -> torch.Tensor:
+        return self.mlp(features.pooled)
+
+
+class ChoiceHead(nn.Module):
+    """Multiple choice (VCR): one score per (question + answer_g, image) pair, softmax over the G answers."""
+
+    def __init__(self, hidden: int, num_classes: int) -> None:
+        super().__init__()
+        self.score = nn.Linear(hidden, 1)
+
+    def forward(self, features: VLFeatures) -> torch.Tensor:
+        return self.score(features.grouped()).squeeze(-1)
+
+
+class PairHead(nn.Module):
+    """Two-image reasoning (NLVR2, UNITER's 'paired' set-up): classify the two [CLS] features concatenated."""
+
+    def __init__(self, hidden: int, num_classes: int) -> None:
+        super().__init__()
+        self.mlp = mlp(2 * hidden, 2 * hidden, num_classes)
+
+    def forward(self, features: VLFeatures) -> torch.Tensor:
+        grouped = features.grouped()
+        if grouped.shape[1] != 2:
+            raise DataError(f"the pair head needs 2 images per sample, got {grouped.shape[1]}")
+        return self.mlp(grouped.flatten(1))
+
+
+class PointerHead(nn.Module):
+    """Referring expressions (RefCOCO): one logit per image region; padded regions get a very low logit."""
+
+    def __init__(self, hidden: int, num_classes: int) -> None:
+        super().__init__()
+        self.score = nn.Linear(hidden, 1)
+
+    def forward(self, features: VLFeatures) -> torch.Tensor:
+        logits = self.score(features.image_states).squeeze(-1)
+        return logits.masked_fill(~features.image_mask, PADDING_LOGIT)
+
+
+for _name, _cls in (("answer", AnswerHead), ("choice", ChoiceHead), ("pair", PairHead), ("pointer", PointerHead)):
+    HEADS.register(_name)(lambda dim, classes, generator, cls=_cls: cls(dim, classes))

@@ -1,0 +1,135 @@
+"""The V+L ticket study (MISSION.md section 2) as one resumable pipeline.
+
+1. V+L pre-training (MLM + ITM + MRM) from the text checkpoint -> θp;
+2. task-agnostic IMP on the pre-training objectives (each round a short pre-training run);
+3. task-specific IMP on every downstream task from θp, for several seeds, with baselines (random
+   pruning, the mask on the text checkpoint, the mask on layer-wise shuffled θp) at chosen rounds;
+4. transfer of the pre-training masks to every task (round 0 = dense θp) -> the universal-ticket table;
+5. standard vs adversarial (VILLA) fine-tuning of the universal tickets at chosen sparsities;
+6. ``report.md`` with tables and figures in ``<runs-dir>/vl-study-<hash>/``.
+Every step is content-addressed (IMP runs, transfers), so re-running the command resumes it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from ticketlab.config import (
+    ConfigError,
+    ExperimentConfig,
+    ModelConfig,
+    PretrainConfig,
+    PruneConfig,
+    TaskConfig,
+    TrainConfig,
+    config_hash,
+    from_dict,
+    read_yaml,
+    to_dict,
+    validate,
+)
+from ticketlab.data import build_task
+from ticketlab.experiment import load_run, run_experiment
+from ticketlab.fileio import ensure_writable_dir, write_json
+from ticketlab.schedules import round_sparsities
+from ticketlab.transfer import TransferSpec, transfer_ticket
+
+
+@dataclass(frozen=True)
+class VLStudyConfig:
+    model: ModelConfig = field(default_factory=lambda: ModelConfig(name="uniter"))
+    pretrain: PretrainConfig = field(default_factory=lambda: PretrainConfig(
+        objective="vl_pretrain", task=TaskConfig(name="vl_pretrain")))
+    pretrain_imp_train: TrainConfig = field(default_factory=TrainConfig)  # each IMP round on the pre-training tasks
+    tasks: list[TaskConfig] = field(default_factory=list)
+    downstream_train: TrainConfig = field(default_factory=TrainConfig)
+    prune: PruneConfig = field(default_factory=lambda: PruneConfig(schedule="original", rate=0.1, rounds=9))
+    seeds: list[int] = field(default_factory=lambda: [0, 1])  # task-specific IMP seeds (θp is shared)
+    baselines: list[str] = field(default_factory=lambda: ["random_prune", "base_checkpoint", "shuffled_pretrained"])
+    baseline_rounds: list[int] = field(default_factory=lambda: [7])
+    transfer_rounds: list[int] = field(default_factory=lambda: [5, 6, 7, 8])  # pre-training mask -> every task
+    adversarial_tasks: list[str] = field(default_factory=list)  # empty = every task
+    adversarial_rounds: list[int] = field(default_factory=lambda: [6, 7])
+    adversarial_options: dict[str, Any] = field(default_factory=dict)  # villa options (steps, step_size, ...)
+    relaxed: float = 0.99
+    seed: int = 0  # θp's seed
+
+
+def load_vl_study(path: str | Path) -> VLStudyConfig:
+    study: VLStudyConfig = from_dict(VLStudyConfig, read_yaml(path))
+    check_study(study)
+    return study
+
+
+def check_study(study: VLStudyConfig) -> None:
+    """Everything a long run would otherwise trip over later, checked before any work starts."""
+    if not study.tasks or not study.seeds:
+        raise ConfigError("a V+L study needs at least one entry in 'tasks' and one in 'seeds'")
+    names = [t.name for t in study.tasks]
+    for name in study.adversarial_tasks:
+        if name not in names:
+            raise ConfigError(f"adversarial_tasks names {name!r}; the study's tasks are {', '.join(names)}")
+    rounds = len(round_sparsities(study.prune.schedule, study.prune.rounds, study.prune.rate, study.prune.sparsities))
+    for key in ("transfer_rounds", "adversarial_rounds"):
+        bad = [k for k in getattr(study, key) if not 1 <= k <= rounds]
+        if bad:
+            raise ConfigError(f"{key} {bad} are outside the study's rounds 1..{rounds}")
+    if not 0 < study.relaxed <= 1:
+        raise ConfigError(f"relaxed must be in (0, 1], got {study.relaxed}")
+    for cfg in [pretraining_config(study), *task_configs(study).values()]:
+        validate(cfg)
+
+
+def shared_pretraining(study: VLStudyConfig) -> PretrainConfig:
+    return PretrainConfig(study.pretrain.objective, study.pretrain.objective_options, study.pretrain.task,
+                          study.pretrain.train, seed=study.seed)
+
+
+def pretraining_config(study: VLStudyConfig) -> ExperimentConfig:
+    """Task-agnostic IMP: every round trains on the pre-training objectives from θp."""
+    return ExperimentConfig(model=study.model, task=study.pretrain.task, train=study.pretrain_imp_train,
+                            prune=study.prune, pretrain=shared_pretraining(study), objective=study.pretrain.objective,
+                            objective_options=study.pretrain.objective_options, baselines=[], seed=study.seed)
+
+
+def task_configs(study: VLStudyConfig) -> dict[tuple[str, int], ExperimentConfig]:
+    """Task-specific IMP per (task, seed); baselines only with the first seed, to bound the cost."""
+    return {(t.name, s): ExperimentConfig(model=study.model, task=t, train=study.downstream_train, prune=study.prune,
+                                          pretrain=shared_pretraining(study),
+                                          baselines=study.baselines if i == 0 else [],
+                                          baseline_rounds=study.baseline_rounds, seed=s)
+            for t in study.tasks for i, s in enumerate(study.seeds)}
+
+
+def run_vl_study(study: VLStudyConfig, runs_dir: Path, progress: bool = True) -> Path:
+    check_study(study)
+    runs_dir = ensure_writable_dir(Path(runs_dir))
+    out = runs_dir / f"vl-study-{config_hash(study)}"
+    out.mkdir(exist_ok=True)
+    write_json(out / "study.json", to_dict(study))
+    pretraining_run = run_experiment(pretraining_config(study), runs_dir, progress)
+    task_runs = {key: run_experiment(cfg, runs_dir, progress) for key, cfg in task_configs(study).items()}
+
+    tasks = {t.name: build_task(t.name, t.options) for t in study.tasks}
+    adversarial = {"objective": "villa", "objective_options": study.adversarial_options}
+    adv_tasks = study.adversarial_tasks or list(tasks)
+    jobs = [(t, k, "standard") for t in study.tasks for k in [0, *study.transfer_rounds]]
+    jobs += [(t, k, "adversarial") for t in study.tasks if t.name in adv_tasks for k in [0, *study.adversarial_rounds]]
+    transfers = []
+    for target, k, kind in tqdm(jobs, desc="transfer", disable=not progress, unit="fine-tune"):
+        spec = TransferSpec(target, study.downstream_train, study.seed,
+                            **(adversarial if kind == "adversarial" else {}))
+        metrics = transfer_ticket(pretraining_run, k, spec, tasks[target.name], progress=progress).metrics
+        transfers.append({"target": target.name, "round": k, "kind": kind, "sparsity": metrics["sparsity"],
+                          "test_acc": metrics["test_acc"], "val_acc": metrics["val_acc"]})
+    write_json(out / "transfer_rows.json", transfers)
+
+    from ticketlab.vl.study_report import write_vl_report
+
+    runs = {key: load_run(path) for key, path in task_runs.items()}
+    write_vl_report(out, study, load_run(pretraining_run), runs, transfers)
+    return out

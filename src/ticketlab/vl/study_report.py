@@ -1,0 +1,188 @@
+"""Tables, figures and ``report.md`` of a V+L ticket study."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from ticketlab.analysis import mean_std
+from ticketlab.report import BRANCH_LABELS
+from ticketlab.study_report import _plt
+
+# Gan et al. (AAAI 2022), relaxed (99 %) UNITER-B ticket sparsity per task (MISSION.md section 2), for comparison
+PAPER_RELAXED = {"vl_vqa": 0.7, "vl_gqa": 0.7, "vl_vcr": 0.5, "vl_nlvr2": 0.6, "vl_snli_ve": 0.6, "vl_refcoco": 0.7,
+                 "vl_retrieval": 0.6}
+BRANCH_LABELS_VL = {**BRANCH_LABELS, "base_checkpoint": "mask on text checkpoint",
+                    "shuffled_pretrained": "mask on shuffled θp"}
+
+
+def highest(rounds: list[dict[str, Any]], threshold: float) -> float:
+    """Highest sparsity whose score reaches ``threshold`` (0 when none does)."""
+    return max((r["sparsity"] for r in rounds[1:] if r["metrics"]["test_acc"] >= threshold), default=0.0)
+
+
+def task_summary(runs: dict[tuple[str, int], dict[str, Any]], relaxed: float) -> dict[str, dict[str, Any]]:
+    """Per task: per-round mean ± std over seeds; matching and relaxed sparsity per seed, then mean ± std."""
+    out: dict[str, dict[str, Any]] = {}
+    for task in dict.fromkeys(t for t, _ in runs):
+        seeds = [run for (t, _), run in runs.items() if t == task]
+        by_round = defaultdict(list)
+        for run in seeds:
+            for r in run["rounds"]:
+                by_round[r["round"]].append((r["sparsity"], r["metrics"]["test_acc"]))
+        curve = [(vals[0][0], *mean_std(v for _, v in vals)) for _, vals in sorted(by_round.items())]
+        dense = [run["rounds"][0]["metrics"]["test_acc"] for run in seeds]
+        matching = [highest(run["rounds"], d) for run, d in zip(seeds, dense, strict=True)]
+        relaxed_s = [highest(run["rounds"], relaxed * d) for run, d in zip(seeds, dense, strict=True)]
+        baselines = {name: rows for run in seeds for name, rows in run["baselines"].items() if rows}
+        out[task] = {"curve": curve, "matching": mean_std(matching), "relaxed": mean_std(relaxed_s),
+                     "seeds": len(seeds), "baselines": baselines}
+    return out
+
+
+def universal_table(transfers: list[dict[str, Any]], kind: str = "standard") -> tuple[list[str], list[dict]]:
+    """Table 2 layout: per sparsity, each task's score and the average drop from dense (points and relative)."""
+    rows = [r for r in transfers if r["kind"] == kind]
+    tasks = list(dict.fromkeys(r["target"] for r in rows))
+    score = {(r["target"], r["round"]): r for r in rows}
+    dense = {t: score[(t, 0)]["test_acc"] for t in tasks}
+    table = []
+    for k in sorted({r["round"] for r in rows}):
+        cells = {t: score[(t, k)]["test_acc"] for t in tasks if (t, k) in score}
+        drops = [dense[t] - v for t, v in cells.items()]
+        table.append({"round": k, "sparsity": next(score[(t, k)]["sparsity"] for t in cells), "scores": cells,
+                      "drop": sum(drops) / len(drops), "relative_drop": sum(d / dense[t] for t, d in
+                                                                            zip(cells, drops, strict=True)) / len(drops)})
+    return tasks, table
+
+
+def plot_task_curves(summary: dict[str, dict[str, Any]], transfers: list[dict[str, Any]], path: Path) -> None:
+    plt = _plt()
+    tasks = list(summary)
+    cols = min(len(tasks), 4)
+    fig, axes = plt.subplots((len(tasks) + cols - 1) // cols, cols, figsize=(4 * cols, 3.6 * ((len(tasks) + cols - 1)
+                                                                                          // cols)), dpi=130,
+                             squeeze=False)
+    for ax, task in zip(axes.flat, tasks, strict=False):
+        s, mean, std = zip(*summary[task]["curve"], strict=True)
+        x = [100 * v for v in s]
+        ax.plot(x, [100 * m for m in mean], marker="o", color="C0", label="task-specific IMP")
+        ax.fill_between(x, [100 * (m - d) for m, d in zip(mean, std, strict=True)],
+                        [100 * (m + d) for m, d in zip(mean, std, strict=True)], color="C0", alpha=0.2)
+        ax.axhline(100 * mean[0], color="C0", linestyle="--", linewidth=1)
+        pre = sorted((r["sparsity"], r["test_acc"]) for r in transfers if r["target"] == task
+                     and r["kind"] == "standard")
+        ax.plot([100 * a for a, _ in pre], [100 * b for _, b in pre], marker="s", color="C1",
+                label="pre-training (universal) ticket")
+        for j, (name, rows) in enumerate(summary[task]["baselines"].items()):
+            ax.scatter([100 * r["sparsity"] for r in rows], [100 * r["metrics"]["test_acc"] for r in rows],
+                       marker="x", s=50, color=f"C{2 + j}", label=BRANCH_LABELS_VL.get(name, name), zorder=3)
+        ax.set_title(task, fontsize=10)
+        ax.set_xlabel("sparsity (%)")
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(tasks):]:
+        ax.axis("off")
+    axes[0][0].set_ylabel("test score (%)  (dashed: dense)")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=8, loc="lower center", ncol=len(labels))
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def plot_adversarial(transfers: list[dict[str, Any]], path: Path) -> None:
+    plt = _plt()
+    adv = {(r["target"], r["round"]): r for r in transfers if r["kind"] == "adversarial"}
+    std = {(r["target"], r["round"]): r for r in transfers if r["kind"] == "standard"}
+    keys = [k for k in adv if k in std]
+    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(keys)), 3.8), dpi=130)
+    x = range(len(keys))
+    ax.bar([i - 0.2 for i in x], [100 * std[k]["test_acc"] for k in keys], width=0.4, label="standard fine-tuning")
+    ax.bar([i + 0.2 for i in x], [100 * adv[k]["test_acc"] for k in keys], width=0.4, label="adversarial (VILLA)")
+    ax.set_xticks(list(x), [f"{t}\n{100 * adv[(t, k)]['sparsity']:.0f} %" for t, k in keys], fontsize=7)
+    ax.set_ylabel("test score (%)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _pm(pair: tuple[float, float], scale: float = 100) -> str:
+    return f"{scale * pair[0]:.1f} ± {scale * pair[1]:.1f}"
+
+
+def write_vl_report(out: Path, study: Any, pretraining: dict[str, Any], runs: dict[tuple[str, int], dict[str, Any]],
+                    transfers: list[dict[str, Any]]) -> Path:
+    summary = task_summary(runs, study.relaxed)
+    lines = [f"# V+L ticket study ({out.name})", "",
+             f"Model `{study.model.name}` {study.model.options}; IMP {study.prune.method}, schedule "
+             f"{study.prune.schedule} (rate {study.prune.rate}, {study.prune.rounds} rounds), rewind to θp; "
+             f"task-specific IMP seeds {study.seeds}; relaxed = ≥ {study.relaxed:.0%} of dense, matching = ≥ dense "
+             "(per seed, against that seed's dense score). Scores are test accuracy, or mean R@1 (both directions) "
+             "for retrieval.", ""]
+
+    lines += ["## 1. Pre-training tickets (task-agnostic IMP on MLM + ITM + MRM)", "",
+              "| round | sparsity | score | MLM acc | ITM acc | MRC acc |", "|---|---|---|---|---|---|"]
+    for r in pretraining["rounds"]:
+        m = r["metrics"]
+        lines.append(f"| {r['round']} | {100 * r['sparsity']:.1f} % | {100 * m['test_acc']:.1f} | "
+                     + " | ".join(f"{100 * m[k]:.1f}" if k in m else "—" for k in
+                                  ("test_mlm_acc", "test_itm_acc", "test_mrm_acc")) + " |")
+    lines += ["", "Round 0 is θp itself (the pre-trained model, briefly trained on the objectives once more).", ""]
+
+    sparsities = [c[0] for c in next(iter(summary.values()))["curve"]]
+    lines += ["## 2. Task-specific tickets", "", "Mean ± std over seeds of the test score at each sparsity.", "",
+              "| task | " + " | ".join("dense" if s == 0 else f"{100 * s:.0f} %" for s in sparsities) + " |",
+              "|---|" + "---|" * len(sparsities)]
+    for task, info in summary.items():
+        lines.append(f"| {task} | " + " | ".join(_pm((m, d)) for _, m, d in info["curve"]) + " |")
+    lines += ["", "| task | relaxed sparsity | matching sparsity | paper's relaxed (UNITER-B) |", "|---|---|---|---|"]
+    for task, info in summary.items():
+        paper = PAPER_RELAXED.get(task)
+        lines.append(f"| {task} | {_pm(info['relaxed'])} % | {_pm(info['matching'])} % | "
+                     f"{'—' if paper is None else f'{100 * paper:.0f} %'} |")
+    lines += ["", "Baselines (seed " + str(study.seeds[0]) + ") against the IMP ticket at the same sparsity:", "",
+              "| task | sparsity | IMP ticket | " + " | ".join(BRANCH_LABELS_VL.get(b, b) for b in study.baselines)
+              + " |", "|---|---|---|" + "---|" * len(study.baselines)]
+    for (task, seed), run in runs.items():
+        if seed != study.seeds[0]:
+            continue
+        imp = {r["round"]: r for r in run["rounds"]}
+        for k in sorted({r["round"] for rows in run["baselines"].values() for r in rows}):
+            cells = []
+            for b in study.baselines:
+                row = next((r for r in run["baselines"].get(b, []) if r["round"] == k), None)
+                cells.append("—" if row is None else f"{100 * row['metrics']['test_acc']:.1f}")
+            lines.append(f"| {task} | {100 * imp[k]['sparsity']:.0f} % | {100 * imp[k]['metrics']['test_acc']:.1f} | "
+                         + " | ".join(cells) + " |")
+    plot_task_curves(summary, transfers, out / "task_curves.png")
+    lines += ["", "![task curves](task_curves.png)", ""]
+
+    tasks, table = universal_table(transfers)
+    lines += ["## 3. Universal pre-training tickets (the study's Table 2 layout)", "",
+              "The pre-training mask of each round, fine-tuned on every task from θp (seed "
+              f"{study.seed}); drop = mean over tasks of dense − sparse.", "",
+              "| sparsity | " + " | ".join(tasks) + " | avg drop (points) | avg relative drop |",
+              "|---|" + "---|" * (len(tasks) + 2)]
+    for row in table:
+        label = "dense" if row["round"] == 0 else f"{100 * row['sparsity']:.0f} %"
+        lines.append(f"| {label} | " + " | ".join(f"{100 * row['scores'][t]:.1f}" if t in row["scores"] else "—"
+                                                    for t in tasks)
+                     + f" | {100 * row['drop']:.2f} | {100 * row['relative_drop']:.1f} % |")
+
+    adv = {(r["target"], r["round"]): r for r in transfers if r["kind"] == "adversarial"}
+    std = {(r["target"], r["round"]): r for r in transfers if r["kind"] == "standard"}
+    lines += ["", "## 4. Standard vs adversarial (VILLA) fine-tuning of the universal tickets", "",
+              f"VILLA options: {study.adversarial_options or 'defaults (3 steps, step 1e-3, KL weight 1.5)'}.", "",
+              "| task | sparsity | standard | adversarial | Δ |", "|---|---|---|---|---|"]
+    for (task, k), row in sorted(adv.items()):
+        if (task, k) in std:
+            s, a = std[(task, k)]["test_acc"], row["test_acc"]
+            label = "dense" if k == 0 else f"{100 * row['sparsity']:.0f} %"
+            lines.append(f"| {task} | {label} | {100 * s:.1f} | {100 * a:.1f} | {100 * (a - s):+.1f} |")
+    plot_adversarial(transfers, out / "adversarial.png")
+    lines += ["", "![adversarial](adversarial.png)", ""]
+    (out / "report.md").write_text("\n".join(lines))
+    return out / "report.md"
