@@ -322,3 +322,20 @@ def test_baseline_rounds_outside_the_run_are_rejected():
 
     with pytest.raises(ConfigError, match="baseline_rounds"):
         vl_imp_config(baseline_rounds=[4])
+
+
+def test_mean_pooling_reads_both_streams_and_ignores_padding():
+    task = build_task("vl_vqa", dict(SIZES))
+    model = build_model("uniter", task.num_classes, {**TINY_UNITER["options"], "pooling": "mean"}, head="answer").eval()
+    inputs = task.train.inputs(slice(0, 16))
+    padded = inputs["image_mask"][:, 0].logical_not()
+    assert padded.any()
+    noisy = dict(inputs, image_feats=inputs["image_feats"] + 5.0 * padded[:, None, :, None])  # change padding only
+    assert torch.allclose(model.backbone(inputs).pooled, model.backbone(noisy).pooled, atol=1e-5)
+    other = dict(inputs, image_feats=inputs["image_feats"].flip(0), image_boxes=inputs["image_boxes"].flip(0),
+                 image_mask=inputs["image_mask"].flip(0))
+    assert not torch.allclose(model.backbone(inputs).pooled, model.backbone(other).pooled, atol=1e-4)
+    from ticketlab.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="pooling"):
+        build_model("uniter", 2, {**TINY_UNITER["options"], "pooling": "max"})

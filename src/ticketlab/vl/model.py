@@ -25,6 +25,7 @@ from ticketlab.models import HEADS, MODELS, Backbone
 from ticketlab.vl.features import BOX_DIM
 from ticketlab.vl.text import VLTokenizer, tokenizer_for
 
+POOLINGS = ("cls", "mean")
 PADDING_LOGIT = -1e4  # finite, so softmax/KL over a pointer's padded slots stay NaN-free
 
 
@@ -59,8 +60,9 @@ class ImageEmbeddings(nn.Module):
 
 
 class UniterBackbone(nn.Module):
-    def __init__(self, bert: nn.Module, feature_dim: int, tokenizer: VLTokenizer) -> None:
+    def __init__(self, bert: nn.Module, feature_dim: int, tokenizer: VLTokenizer, pooling: str = "cls") -> None:
         super().__init__()
+        self.pooling = pooling
         cfg = bert.config
         self.bert = bert
         self.image_embeddings = ImageEmbeddings(feature_dim, cfg.hidden_size, cfg.layer_norm_eps,
@@ -102,7 +104,12 @@ class UniterBackbone(nn.Module):
         attention = create_bidirectional_mask(config=self.bert.config, inputs_embeds=hidden, attention_mask=mask)
         states = self.bert.encoder(hidden, attention_mask=attention).last_hidden_state
         length = word.shape[1]
-        pooled = self.bert.pooler(states) if self.bert.pooler is not None else states[:, 0]
+        if self.pooling == "mean":  # every valid token, both streams
+            weights = mask.unsqueeze(-1).to(states.dtype)
+            summary = (states * weights).sum(1, keepdim=True) / weights.sum(1, keepdim=True)
+        else:
+            summary = states
+        pooled = self.bert.pooler(summary) if self.bert.pooler is not None else summary[:, 0]
         return VLFeatures(pooled, states[:, :length], states[:, length:], image_mask, groups)
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> VLFeatures:
@@ -125,7 +132,7 @@ def compact_word_embeddings(bert: nn.Module, tokenizer: VLTokenizer) -> None:
 @MODELS.register("uniter")
 def uniter(path: str | None = None, config: dict[str, Any] | None = None, num_layers: int | None = None,
            tokenizer: str | None = None, image_feature_dim: int = 192, random_init: bool = False,
-           attn_implementation: str = "sdpa") -> Backbone:
+           attn_implementation: str = "sdpa", pooling: str = "cls") -> Backbone:
     """UNITER-style model initialised from a BERT-family checkpoint (default: the shipped MiniLM-L6).
 
     ``config`` builds that BERT architecture with random weights instead (tests); ``num_layers`` keeps
@@ -152,7 +159,9 @@ def uniter(path: str | None = None, config: dict[str, Any] | None = None, num_la
             raise ConfigError(f"model.options.num_layers must be in 1..{len(bert.encoder.layer)}, got {num_layers}")
         bert.encoder.layer = bert.encoder.layer[:num_layers]
         bert.config.num_hidden_layers = num_layers
-    return Backbone(UniterBackbone(bert, image_feature_dim, text), bert.config.hidden_size, "transformer")
+    if pooling not in POOLINGS:
+        raise ConfigError(f"model.options.pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
+    return Backbone(UniterBackbone(bert, image_feature_dim, text, pooling), bert.config.hidden_size, "transformer")
 
 
 # -- heads (never pruned: they live under ``head.``) ---------------------------------------------------

@@ -53,7 +53,7 @@ class VLStudyConfig:
     baseline_rounds: list[int] = field(default_factory=lambda: [7])
     transfer_rounds: list[int] = field(default_factory=lambda: [5, 6, 7, 8])  # pre-training mask -> every task
     adversarial_tasks: list[str] = field(default_factory=list)  # empty = every task
-    adversarial_rounds: list[int] = field(default_factory=lambda: [6, 7])
+    adversarial_rounds: list[int] = field(default_factory=lambda: [6, 7])  # 0 adds the dense model
     adversarial_options: dict[str, Any] = field(default_factory=dict)  # villa options (steps, step_size, ...)
     relaxed: float = 0.99
     seed: int = 0  # θp's seed
@@ -74,8 +74,8 @@ def check_study(study: VLStudyConfig) -> None:
         if name not in names:
             raise ConfigError(f"adversarial_tasks names {name!r}; the study's tasks are {', '.join(names)}")
     rounds = len(round_sparsities(study.prune.schedule, study.prune.rounds, study.prune.rate, study.prune.sparsities))
-    for key in ("transfer_rounds", "adversarial_rounds"):
-        bad = [k for k in getattr(study, key) if not 1 <= k <= rounds]
+    for key, low in (("transfer_rounds", 1), ("adversarial_rounds", 0)):
+        bad = [k for k in getattr(study, key) if not low <= k <= rounds]
         if bad:
             raise ConfigError(f"{key} {bad} are outside the study's rounds 1..{rounds}")
     if not 0 < study.relaxed <= 1:
@@ -118,7 +118,7 @@ def run_vl_study(study: VLStudyConfig, runs_dir: Path, progress: bool = True) ->
     adversarial = {"objective": "villa", "objective_options": study.adversarial_options}
     adv_tasks = study.adversarial_tasks or list(tasks)
     jobs = [(t, k, "standard") for t in study.tasks for k in [0, *study.transfer_rounds]]
-    jobs += [(t, k, "adversarial") for t in study.tasks if t.name in adv_tasks for k in [0, *study.adversarial_rounds]]
+    jobs += [(t, k, "adversarial") for t in study.tasks if t.name in adv_tasks for k in study.adversarial_rounds]
     transfers = []
     for target, k, kind in tqdm(jobs, desc="transfer", disable=not progress, unit="fine-tune"):
         spec = TransferSpec(target, study.downstream_train, study.seed,
