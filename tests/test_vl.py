@@ -339,3 +339,37 @@ def test_mean_pooling_reads_both_streams_and_ignores_padding():
 
     with pytest.raises(ConfigError, match="pooling"):
         build_model("uniter", 2, {**TINY_UNITER["options"], "pooling": "max"})
+
+
+HF_VL_CONFIGS = {
+    "visualbert": TINY_BERT,
+    "vilt": {**TINY_BERT, "image_size": 32, "patch_size": 8},
+}
+
+
+@pytest.mark.parametrize("name", list(HF_VL_CONFIGS))
+def test_vilt_and_visualbert_share_the_inputs_heads_and_prunable_set(name):
+    for task_name in ("vl_nlvr2", "vl_refcoco"):
+        task = build_task(task_name, dict(SIZES))
+        model = build_model(name, task.num_classes, {"config": HF_VL_CONFIGS[name]}, head=task.head)
+        logits = model(task.train.inputs(slice(0, 4)))
+        assert logits.shape == (4, task.num_classes)
+        names = prunable_names(model)
+        assert len(names) == 2 * 6 + 1 and not any("embeddings" in n or n.startswith("head.") for n in names)
+        trace = AdversarialTrace()
+        adversarial_loss(model, task.train.inputs(slice(0, 4)), task.train.y[:4], 2, 0.01, 0.0, 1.5,
+                         trace=trace).backward()
+        assert len(trace.perturbed_losses) == 2
+
+
+def test_visualbert_loads_a_checkpoint_folder_into_the_compact_vocabulary(tmp_path):
+    from transformers import VisualBertConfig, VisualBertModel
+
+    torch.manual_seed(0)
+    full = VisualBertModel(VisualBertConfig(**TINY_BERT, vocab_size=30522, visual_embedding_dim=192))
+    full.save_pretrained(tmp_path)
+    model = build_model("visualbert", 2, {"path": str(tmp_path), "tokenizer": minilm_path()}, head="answer")
+    tok = tokenizer_for(minilm_path())
+    assert torch.equal(model.backbone.word_embeddings.weight, full.embeddings.word_embeddings.weight[tok.compact_ids])
+    layer = "encoder.layer.1.output.dense.weight"
+    assert torch.equal(dict(model.backbone.model.named_parameters())[layer], dict(full.named_parameters())[layer])

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from tests.test_vl import ADAMW, SIZES, TINY_UNITER
 from ticketlab.config import from_dict
 from ticketlab.errors import ConfigError
 from ticketlab.vl.study import VLStudyConfig, check_study, run_vl_study
 from ticketlab.vl.study_report import task_summary, universal_table
-
-from tests.test_vl import ADAMW, SIZES, TINY_UNITER
 
 
 def fake_run(scores: list[float], sparsities: list[float]) -> dict:

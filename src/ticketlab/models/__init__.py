@@ -83,4 +83,4 @@ def build_model(name: str, num_classes: int, options: dict[str, Any] | None = No
 
 
 from ticketlab.models import hf, resnet  # noqa: E402,F401  (registration)
-from ticketlab.vl import model  # noqa: E402,F401  (registration: uniter and the V+L heads)
+from ticketlab.vl import hf_backbones, model  # noqa: E402,F401  (registration: V+L backbones and heads)

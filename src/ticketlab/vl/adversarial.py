@@ -58,7 +58,8 @@ def adversarial_loss(model: nn.Module, inputs: dict[str, torch.Tensor], labels: 
     backbone = model.backbone
     if not hasattr(backbone, "embed"):
         raise ConfigError("adversarial training needs a V+L model (model.name: uniter) that exposes its embeddings")
-    word, image = backbone.embed(inputs)
+    # raw image features (VisualBERT's input) carry no graph: make them a leaf so δ gets a gradient
+    word, image = (e if e.requires_grad else e.detach().requires_grad_(True) for e in backbone.embed(inputs))
     clean = model.forward_head(backbone.encode(word, image, inputs))
     clean_loss = F.cross_entropy(clean, labels)
     grads = torch.autograd.grad(clean_loss, [word, image], retain_graph=True, allow_unused=True)

@@ -59,24 +59,30 @@ class ImageEmbeddings(nn.Module):
         return self.dropout(self.LayerNorm(projected + type_embedding))
 
 
-class UniterBackbone(nn.Module):
-    def __init__(self, bert: nn.Module, feature_dim: int, tokenizer: VLTokenizer, pooling: str = "cls") -> None:
+class VLBackbone(nn.Module):
+    """What every V+L backbone shares: input checks, the compact vocabulary, pooling, the output features.
+
+    Subclasses provide ``word_embeddings``, ``embed`` (word embeddings and image embeddings, where
+    adversarial δ is added) and ``encode``.
+    """
+
+    word_embeddings: nn.Embedding
+
+    def __init__(self, feature_dim: int, tokenizer: VLTokenizer, pooling: str) -> None:
         super().__init__()
-        self.pooling = pooling
-        cfg = bert.config
-        self.bert = bert
-        self.image_embeddings = ImageEmbeddings(feature_dim, cfg.hidden_size, cfg.layer_norm_eps,
-                                                cfg.hidden_dropout_prob)
+        if pooling not in POOLINGS:
+            raise ConfigError(f"model.options.pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
         self.feature_dim = feature_dim
         self.tokenizer = tokenizer
         self.pad_id = tokenizer.pad_id
+        self.pooling = pooling
 
     @property
     def vocab_size(self) -> int:
-        return self.bert.embeddings.word_embeddings.num_embeddings
+        return self.word_embeddings.num_embeddings
 
-    def embed(self, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Word embeddings ``[N·G, L, H]`` and projected image features ``[N·G, R, H]`` (where δ is added)."""
+    def checked(self, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Token ids, image features and boxes with the group axis folded into the batch."""
         missing = {"text_ids", "image_feats", "image_boxes", "image_mask"} - set(inputs)
         if missing:
             raise DataError(f"V+L inputs lack {sorted(missing)}; build them with a vl_* task")
@@ -87,46 +93,88 @@ class UniterBackbone(nn.Module):
         if int(ids.max()) >= self.vocab_size:
             raise DataError(f"token id {int(ids.max())} is outside the model's {self.vocab_size}-word vocabulary; "
                             "the task and the model must use the same tokenizer")
-        word = self.bert.embeddings.word_embeddings(ids)
-        return word, self.image_embeddings.project(feats, inputs["image_boxes"].flatten(0, 1))
+        return ids, feats, inputs["image_boxes"].flatten(0, 1)
 
-    def encode(self, word: torch.Tensor, image: torch.Tensor, inputs: dict[str, torch.Tensor]) -> VLFeatures:
-        from transformers.masking_utils import create_bidirectional_mask
+    def masks(self, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        return inputs["text_ids"].flatten(0, 1) != self.pad_id, inputs["image_mask"].flatten(0, 1)
 
-        groups = inputs["text_ids"].shape[1]
-        text_mask = inputs["text_ids"].flatten(0, 1) != self.pad_id
-        image_mask = inputs["image_mask"].flatten(0, 1)
-        embeddings = self.bert.embeddings
-        text = embeddings(inputs_embeds=word)  # + position + type 0, LayerNorm, dropout
-        type_one = embeddings.token_type_embeddings.weight[1 % embeddings.token_type_embeddings.num_embeddings]
-        hidden = torch.cat([text, self.image_embeddings.finish(image, type_one)], dim=1)
-        mask = torch.cat([text_mask, image_mask], dim=1).long()
-        attention = create_bidirectional_mask(config=self.bert.config, inputs_embeds=hidden, attention_mask=mask)
-        states = self.bert.encoder(hidden, attention_mask=attention).last_hidden_state
-        length = word.shape[1]
-        if self.pooling == "mean":  # every valid token, both streams
-            weights = mask.unsqueeze(-1).to(states.dtype)
+    def features(self, states: torch.Tensor, inputs: dict[str, torch.Tensor], pooler: nn.Module | None) -> VLFeatures:
+        """Split the joint sequence back into streams and pool it ([CLS], or the mean of every valid token)."""
+        text_mask, image_mask = self.masks(inputs)
+        length = text_mask.shape[1]
+        if self.pooling == "mean":
+            weights = torch.cat([text_mask, image_mask], dim=1).unsqueeze(-1).to(states.dtype)
             summary = (states * weights).sum(1, keepdim=True) / weights.sum(1, keepdim=True)
         else:
             summary = states
-        pooled = self.bert.pooler(summary) if self.bert.pooler is not None else summary[:, 0]
-        return VLFeatures(pooled, states[:, :length], states[:, length:], image_mask, groups)
+        pooled = pooler(summary) if pooler is not None else summary[:, 0]
+        return VLFeatures(pooled, states[:, :length], states[:, length:], image_mask, inputs["text_ids"].shape[1])
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> VLFeatures:
         return self.encode(*self.embed(inputs), inputs)
 
 
-def compact_word_embeddings(bert: nn.Module, tokenizer: VLTokenizer) -> None:
-    """Keep only the embedding rows of the benchmark's word pieces (pre-trained rows copied unchanged)."""
-    table = bert.embeddings.word_embeddings
+class UniterBackbone(VLBackbone):
+    def __init__(self, bert: nn.Module, feature_dim: int, tokenizer: VLTokenizer, pooling: str = "cls") -> None:
+        super().__init__(feature_dim, tokenizer, pooling)
+        cfg = bert.config
+        self.bert = bert
+        self.image_embeddings = ImageEmbeddings(feature_dim, cfg.hidden_size, cfg.layer_norm_eps,
+                                                cfg.hidden_dropout_prob)
+
+    @property
+    def word_embeddings(self) -> nn.Embedding:
+        return self.bert.embeddings.word_embeddings
+
+    def embed(self, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Word embeddings ``[N·G, L, H]`` and projected image features ``[N·G, R, H]`` (where δ is added)."""
+        ids, feats, boxes = self.checked(inputs)
+        return self.word_embeddings(ids), self.image_embeddings.project(feats, boxes)
+
+    def encode(self, word: torch.Tensor, image: torch.Tensor, inputs: dict[str, torch.Tensor]) -> VLFeatures:
+        from transformers.masking_utils import create_bidirectional_mask
+
+        embeddings = self.bert.embeddings
+        text = embeddings(inputs_embeds=word)  # + position + type 0, LayerNorm, dropout
+        type_one = embeddings.token_type_embeddings.weight[1 % embeddings.token_type_embeddings.num_embeddings]
+        hidden = torch.cat([text, self.image_embeddings.finish(image, type_one)], dim=1)
+        mask = torch.cat(self.masks(inputs), dim=1).long()
+        attention = create_bidirectional_mask(config=self.bert.config, inputs_embeds=hidden, attention_mask=mask)
+        states = self.bert.encoder(hidden, attention_mask=attention).last_hidden_state
+        return self.features(states, inputs, self.bert.pooler)
+
+
+def compact_word_embeddings(owner: nn.Module, config: Any, tokenizer: VLTokenizer) -> None:
+    """Keep only the embedding rows of the benchmark's word pieces (pre-trained rows copied unchanged).
+
+    ``owner`` is the module holding ``word_embeddings`` (BERT's ``embeddings``, ViLT's ``text_embeddings``).
+    """
+    table = owner.word_embeddings
     if table.num_embeddings <= max(tokenizer.compact_ids):
         raise ConfigError(f"the tokenizer's ids reach {max(tokenizer.compact_ids)} but the checkpoint has "
                           f"{table.num_embeddings} word embeddings; use the checkpoint's own tokenizer")
     compact = nn.Embedding(tokenizer.vocab_size, table.embedding_dim, padding_idx=tokenizer.pad_id)
     with torch.no_grad():
         compact.weight.copy_(table.weight[tokenizer.compact_ids])
-    bert.embeddings.word_embeddings = compact
-    bert.config.vocab_size = tokenizer.vocab_size
+    owner.word_embeddings = compact
+    config.vocab_size = tokenizer.vocab_size
+
+
+def load_text_model(model_cls: Any, config_cls: Any, path: str | None, config: dict[str, Any] | None,
+                    tokenizer: VLTokenizer, random_init: bool, **kwargs: Any) -> nn.Module:
+    """A Hugging Face model from ``path`` (pre-trained), or from ``config`` with random weights sized to the
+    tokenizer's ids (the compact vocabulary is cut from it afterwards)."""
+    from ticketlab.models.hf import _load
+
+    if config is None:
+        if path is None:
+            raise ConfigError(f"{model_cls.__name__} needs model.options.path (a local checkpoint folder) or "
+                              "model.options.config (random weights)")
+        return _load(model_cls, config_cls, path, {}, random_init, **kwargs)
+    try:
+        return model_cls(config_cls(**{**config, "vocab_size": max(tokenizer.compact_ids) + 1}))
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"bad model.options.config for {config_cls.__name__}: {exc}") from exc
 
 
 @MODELS.register("uniter")
@@ -141,26 +189,17 @@ def uniter(path: str | None = None, config: dict[str, Any] | None = None, num_la
     """
     from transformers import BertConfig, BertModel
 
-    from ticketlab.models.hf import _load, minilm_path
+    from ticketlab.models.hf import minilm_path
 
     text = tokenizer_for(tokenizer or path)
-    if config is not None:
-        try:
-            bert = BertModel(BertConfig(**{**config, "vocab_size": max(text.compact_ids) + 1}),
-                             add_pooling_layer=True)
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"bad model.options.config for BertConfig: {exc}") from exc
-    else:
-        bert = _load(BertModel, BertConfig, path or minilm_path(), {}, random_init,
-                     attn_implementation=attn_implementation)
-    compact_word_embeddings(bert, text)
+    bert = load_text_model(BertModel, BertConfig, path or minilm_path(), config, text, random_init,
+                           attn_implementation=attn_implementation)
+    compact_word_embeddings(bert.embeddings, bert.config, text)
     if num_layers is not None:
         if not 1 <= num_layers <= len(bert.encoder.layer):
             raise ConfigError(f"model.options.num_layers must be in 1..{len(bert.encoder.layer)}, got {num_layers}")
         bert.encoder.layer = bert.encoder.layer[:num_layers]
         bert.config.num_hidden_layers = num_layers
-    if pooling not in POOLINGS:
-        raise ConfigError(f"model.options.pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
     return Backbone(UniterBackbone(bert, image_feature_dim, text, pooling), bert.config.hidden_size, "transformer")
 
 
