@@ -373,3 +373,12 @@ def test_visualbert_loads_a_checkpoint_folder_into_the_compact_vocabulary(tmp_pa
     assert torch.equal(model.backbone.word_embeddings.weight, full.embeddings.word_embeddings.weight[tok.compact_ids])
     layer = "encoder.layer.1.output.dense.weight"
     assert torch.equal(dict(model.backbone.model.named_parameters())[layer], dict(full.named_parameters())[layer])
+
+
+@pytest.mark.parametrize("options,match", [({"features": "boxes"}, "features"), ({"features": "patches", "patch": 5}, "patch"),
+                                           ({"n_train": 0}, "no samples")])
+def test_bad_vl_task_options_are_clear_errors(options, match):
+    from ticketlab.errors import TicketlabError
+
+    with pytest.raises(TicketlabError, match=match):
+        build_task("vl_vqa", {**SIZES, **options})

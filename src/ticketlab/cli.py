@@ -116,7 +116,10 @@ def _transfer_spec(args: argparse.Namespace, run: Path, seed: int, variant: str 
     recipe = parse_config(read_json(run / "config.json")).train
     overrides = {k: v for k, v in (("epochs", args.epochs), ("lr", args.lr)) if v is not None}
     options = json.loads(args.task_options) if args.task_options else {}
-    return TransferSpec(TaskConfig(args.task, options), dataclasses.replace(recipe, **overrides), seed, variant)
+    objective = getattr(args, "objective", "supervised")
+    objective_options = json.loads(args.objective_options) if getattr(args, "objective_options", None) else {}
+    return TransferSpec(TaskConfig(args.task, options), dataclasses.replace(recipe, **overrides), seed, variant,
+                        objective, objective_options)
 
 
 def cmd_transfer(args: argparse.Namespace) -> None:
@@ -264,6 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
     transfer = add("transfer", cmd_transfer, "fine-tune a run's ticket(s) from its θp on another task")
     transfer.add_argument("--mask", required=True, help="RUN_FOLDER[:ROUND] (all rounds if no round)")
     transfer.add_argument("--within-std", action="store_true", help="matching = within one std of dense")
+    transfer.add_argument("--objective", default="supervised", help="fine-tuning loss, e.g. villa (adversarial)")
+    transfer.add_argument("--objective-options", help='JSON options of the objective, e.g. \'{"steps": 3}\'')
     transfer_options(transfer)
     analyze = add("analyze", cmd_analyze, "mask overlap, per-layer sparsity, perturbation sensitivity")
     analyze.add_argument("analysis", choices=["overlap", "layers", "perturb"])

@@ -1,6 +1,8 @@
-"""Vision-and-language tickets (MISSION.md §2) — work in progress for issue 6.
+"""Vision-and-language tickets (MISSION.md §2).
 
-So far: ``benchmark`` generates the seven V+L task families from the scene generator, with answers
-derived from the scene records. The UNITER-style model, pre-training objectives, IMP runs and
-adversarial training are not built yet.
+``benchmark`` generates the seven task families from scene records; ``features`` gives region or
+patch features; ``text`` the compact-vocabulary tokenizer; ``tasks`` registers the ``vl_*`` tasks;
+``model`` the UNITER-style backbone and the task heads, ``hf_backbones`` ViLT and VisualBERT;
+``pretraining`` MLM + ITM + MRM; ``adversarial`` VILLA; ``metrics`` retrieval R@k; ``study`` and
+``study_report`` the whole study.
 """

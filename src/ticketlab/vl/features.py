@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from ticketlab.data.scenes import COLOURS, MAX_OBJECTS, SHAPES, Scene, SceneObject
+from ticketlab.errors import ConfigError
 
 FEATURE_KINDS = ("regions", "patches")
 BOX_DIM = 7
@@ -47,7 +48,7 @@ def region_class(obj: SceneObject) -> int:
 def patch_features(images: torch.Tensor, scenes: list[Scene], patch: int) -> ImageFeatures:
     n, c, size, _ = images.shape
     if size % patch:
-        raise ValueError(f"image size {size} is not a multiple of the patch size {patch}")
+        raise ConfigError(f"image size {size} is not a multiple of the patch size {patch}; change task.options.patch")
     grid = size // patch
     feats = images.unfold(2, patch, patch).unfold(3, patch, patch)  # N, C, g, g, p, p
     feats = feats.permute(0, 2, 3, 1, 4, 5).reshape(n, grid * grid, c * patch * patch)
@@ -92,4 +93,4 @@ def image_features(images: torch.Tensor, scenes: list[Scene], kind: str, patch: 
         return region_features(images, scenes, patch, seed)
     if kind == "patches":
         return patch_features(images, scenes, patch)
-    raise ValueError(f"unknown image feature kind {kind!r}; known: {', '.join(FEATURE_KINDS)}")
+    raise ConfigError(f"unknown image feature kind {kind!r} in task.options.features; known: {', '.join(FEATURE_KINDS)}")

@@ -56,6 +56,8 @@ def pack(feats: ImageFeatures, images: list[tuple[int, ...]], texts: list[list[t
 
 def build_split(task: str, n: int, seed: int, image_size: int, features: str, patch: int,
                 tokenizer: str | None, gallery: bool, negative_seed: int) -> Split:
+    if n < 1:
+        raise DataError(f"V+L task {task!r}: a split of {n} scenes gives no samples; set n_train, n_val, n_test >= 1")
     images, scenes = generate_scenes(n, seed, image_size)
     feats = image_features(images_to_tensor(images, None), scenes, features, patch, seed)
     if task == "pretrain":  # every scene with its caption (duplicates allowed: ITM labels check the text)
