@@ -262,7 +262,7 @@ def test_adversarial_loss_increases_the_loss_and_respects_max_norm():
     assert all(t <= 0.08 + 1e-5 and i <= 0.08 + 1e-5 for t, i in trace.delta_norms)
     assert trace.delta_norms[0][0] == pytest.approx(0.05, rel=1e-4)
     total.backward()
-    assert float(total) > trace.clean_loss
+    assert float(total.detach()) > trace.clean_loss
 
 
 def test_villa_objective_trains_under_a_mask_without_regrowth(tmp_path):
@@ -375,7 +375,8 @@ def test_visualbert_loads_a_checkpoint_folder_into_the_compact_vocabulary(tmp_pa
     assert torch.equal(dict(model.backbone.model.named_parameters())[layer], dict(full.named_parameters())[layer])
 
 
-@pytest.mark.parametrize("options,match", [({"features": "boxes"}, "features"), ({"features": "patches", "patch": 5}, "patch"),
+@pytest.mark.parametrize("options,match", [({"features": "boxes"}, "features"),
+                                           ({"features": "patches", "patch": 5}, "patch"),
                                            ({"n_train": 0}, "no samples")])
 def test_bad_vl_task_options_are_clear_errors(options, match):
     from ticketlab.errors import TicketlabError
