@@ -383,3 +383,8 @@ def test_bad_vl_task_options_are_clear_errors(options, match):
 
     with pytest.raises(TicketlabError, match=match):
         build_task("vl_vqa", {**SIZES, **options})
+
+
+def test_retrieval_with_a_single_caption_is_an_error_not_an_endless_search():
+    with pytest.raises(DataError, match="two different captions"):
+        build_task("vl_retrieval", {**SIZES, "n_train": 1})

@@ -193,7 +193,6 @@ def validate(cfg: ExperimentConfig) -> None:
     from ticketlab.objectives import OBJECTIVES
     from ticketlab.pruning import PRUNING_METHODS
     from ticketlab.rewind import REWIND_POINTS
-    from ticketlab.schedules import round_sparsities
 
     MODELS.get(cfg.model.name)
     TASKS.get(cfg.task.name)
@@ -209,10 +208,17 @@ def validate(cfg: ExperimentConfig) -> None:
             raise ConfigError("give either model.checkpoint or a pretrain section for θp, not both")
     if cfg.prune.rewind == "early" and cfg.prune.rewind_steps <= 0:
         raise ConfigError("prune.rewind 'early' needs prune.rewind_steps > 0 (fine-tuning steps before the snapshot)")
-    rounds = len(round_sparsities(cfg.prune.schedule, cfg.prune.rounds, cfg.prune.rate, cfg.prune.sparsities))
-    bad = [k for k in cfg.baseline_rounds if not 1 <= k <= rounds]
+    check_rounds("baseline_rounds", cfg.baseline_rounds, cfg.prune)
+
+
+def check_rounds(key: str, values: list[int], prune: PruneConfig, low: int = 1) -> None:
+    """Round numbers named in a config must exist in the pruning schedule (``low`` = 0 admits the dense round)."""
+    from ticketlab.schedules import round_sparsities
+
+    rounds = len(round_sparsities(prune.schedule, prune.rounds, prune.rate, prune.sparsities))
+    bad = [k for k in values if not low <= k <= rounds]
     if bad:
-        raise ConfigError(f"baseline_rounds {bad} are outside the run's rounds 1..{rounds}")
+        raise ConfigError(f"{key} {bad} are outside the rounds {low}..{rounds} of the pruning schedule")
 
 
 # -- hashing ---------------------------------------------------------------------------------------

@@ -71,6 +71,7 @@ class RunContext:
                                                   config.prune.sparsities)]
         self.pretrained_state = cache(self._pretrained_state)
         self.random_init_state = cache(self._random_init_state)
+        self.base_checkpoint_state = cache(self._base_checkpoint_state)
         self.prunable = cache(self._prunable)
 
     # models and weights -----------------------------------------------------------------------
@@ -92,7 +93,7 @@ class RunContext:
         """A *new* random initialisation (seed + 1), for the random re-initialisation baseline."""
         return self.fresh_model(random_init=True, init_seed=self.config.seed + 1).state_dict()
 
-    def base_checkpoint_state(self) -> dict[str, torch.Tensor]:
+    def _base_checkpoint_state(self) -> dict[str, torch.Tensor]:
         """The model as built from its options, before any pre-training (a text checkpoint, or θ0)."""
         return self.fresh_model().state_dict()
 

@@ -8,7 +8,8 @@ from typing import Any
 from ticketlab.experiment import load_run
 
 BRANCH_LABELS = {"imp": "IMP (ticket)", "omp": "one-shot magnitude", "random_prune": "random pruning",
-                 "random_reinit": "random re-init", "reversed": "reversed mask"}
+                 "random_reinit": "random re-init", "reversed": "reversed mask",
+                 "base_checkpoint": "mask on base checkpoint", "shuffled_pretrained": "mask on shuffled θp"}
 
 
 def results_table(run: dict[str, Any]) -> str:

@@ -113,7 +113,7 @@ class VLPretrainObjective(Objective):
         states = backbone(select(inputs, text_ids=masked)).text_states
         where = labels.flatten(0, 1) != IGNORE
         hidden = self.mlm_transform(states[where])
-        logits = F.linear(hidden, backbone.bert.embeddings.word_embeddings.weight, self.mlm_bias)
+        logits = F.linear(hidden, backbone.word_embeddings.weight, self.mlm_bias)
         target = labels.flatten(0, 1)[where]
         return F.cross_entropy(logits, target), logits, target
 

@@ -26,6 +26,7 @@ from ticketlab.config import (
     PruneConfig,
     TaskConfig,
     TrainConfig,
+    check_rounds,
     config_hash,
     from_dict,
     read_yaml,
@@ -35,7 +36,6 @@ from ticketlab.config import (
 from ticketlab.data import build_task
 from ticketlab.experiment import load_run, run_experiment
 from ticketlab.fileio import ensure_writable_dir, write_json
-from ticketlab.schedules import round_sparsities
 from ticketlab.transfer import TransferSpec, transfer_ticket
 
 
@@ -73,11 +73,8 @@ def check_study(study: VLStudyConfig) -> None:
     for name in study.adversarial_tasks:
         if name not in names:
             raise ConfigError(f"adversarial_tasks names {name!r}; the study's tasks are {', '.join(names)}")
-    rounds = len(round_sparsities(study.prune.schedule, study.prune.rounds, study.prune.rate, study.prune.sparsities))
-    for key, low in (("transfer_rounds", 1), ("adversarial_rounds", 0)):
-        bad = [k for k in getattr(study, key) if not low <= k <= rounds]
-        if bad:
-            raise ConfigError(f"{key} {bad} are outside the study's rounds 1..{rounds}")
+    check_rounds("transfer_rounds", study.transfer_rounds, study.prune)
+    check_rounds("adversarial_rounds", study.adversarial_rounds, study.prune, low=0)
     if not 0 < study.relaxed <= 1:
         raise ConfigError(f"relaxed must be in (0, 1], got {study.relaxed}")
     for cfg in [pretraining_config(study), *task_configs(study).values()]:

@@ -13,8 +13,6 @@ from ticketlab.study_report import _plt
 # Gan et al. (AAAI 2022), relaxed (99 %) UNITER-B ticket sparsity per task (MISSION.md section 2), for comparison
 PAPER_RELAXED = {"vl_vqa": 0.7, "vl_gqa": 0.7, "vl_vcr": 0.5, "vl_nlvr2": 0.6, "vl_snli_ve": 0.6, "vl_refcoco": 0.7,
                  "vl_retrieval": 0.6}
-BRANCH_LABELS_VL = {**BRANCH_LABELS, "base_checkpoint": "mask on text checkpoint",
-                    "shuffled_pretrained": "mask on shuffled θp"}
 
 
 def highest(rounds: list[dict[str, Any]], threshold: float) -> float:
@@ -77,7 +75,7 @@ def plot_task_curves(summary: dict[str, dict[str, Any]], transfers: list[dict[st
                 label="pre-training (universal) ticket")
         for j, (name, rows) in enumerate(summary[task]["baselines"].items()):
             ax.scatter([100 * r["sparsity"] for r in rows], [100 * r["metrics"]["test_acc"] for r in rows],
-                       marker="x", s=50, color=f"C{2 + j}", label=BRANCH_LABELS_VL.get(name, name), zorder=3)
+                       marker="x", s=50, color=f"C{2 + j}", label=BRANCH_LABELS.get(name, name), zorder=3)
         ax.set_title(task, fontsize=10)
         ax.set_xlabel("sparsity (%)")
         ax.grid(alpha=0.3)
@@ -144,7 +142,7 @@ def write_vl_report(out: Path, study: Any, pretraining: dict[str, Any], runs: di
         lines.append(f"| {task} | {_pm(info['relaxed'])} % | {_pm(info['matching'])} % | "
                      f"{'—' if paper is None else f'{100 * paper:.0f} %'} |")
     lines += ["", "Baselines (seed " + str(study.seeds[0]) + ") against the IMP ticket at the same sparsity:", "",
-              "| task | sparsity | IMP ticket | " + " | ".join(BRANCH_LABELS_VL.get(b, b) for b in study.baselines)
+              "| task | sparsity | IMP ticket | " + " | ".join(BRANCH_LABELS.get(b, b) for b in study.baselines)
               + " |", "|---|---|---|" + "---|" * len(study.baselines)]
     for (task, seed), run in runs.items():
         if seed != study.seeds[0]:

@@ -91,11 +91,14 @@ def build_split(task: str, n: int, seed: int, image_size: int, features: str, pa
 def mismatched(samples: list[VLSample], scenes: list, seed: int) -> list[VLSample]:
     """One negative per positive: the caption with another image whose caption differs."""
     rng = np.random.default_rng(seed)
+    captions = [caption(s) for s in scenes]
+    if len(set(captions)) < 2:
+        raise DataError("retrieval needs scenes with at least two different captions; raise n_train")
     out = []
     for s in samples:
-        while True:
+        while True:  # rejection sampling: terminates, another caption exists
             j = int(rng.integers(len(scenes)))
-            if caption(scenes[j]) != s.text:
+            if captions[j] != s.text:
                 out.append(VLSample(s.text, -1, (j,)))
                 break
     return out
