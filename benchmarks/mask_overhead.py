@@ -1,10 +1,12 @@
 """Cost of keeping pruned weights at zero during training, measured side by side in one run.
 
-For a small ViT and a small ResNet, times one SGD step (forward, backward, optimiser step) in three
-variants, interleaved so that machine noise hits all of them alike:
-  dense   — no mask
-  masked  — ticketlab's MaskEnforcer (mask gradients, re-mask weights after the step)
-  hooks   — torch.nn.utils.prune.custom_from_mask (weight = weight_orig * mask in a forward pre-hook)
+For a small ViT and a small ResNet, times one training step of ticketlab's real loop (``train.TrainStep``:
+objective loss, finite check, gradient masking, clipping, SGD step, LR schedule, re-masking, after_step)
+in three variants, interleaved so that machine noise hits all of them alike:
+  dense   — the trainer's step without a mask
+  masked  — the trainer's step with the mask (mask gradients, re-mask weights after the step)
+  hooks   — the trainer's step without ticketlab's mask, pruned by torch.nn.utils.prune.custom_from_mask
+            (weight = weight_orig * mask in a forward pre-hook)
 and prints the median masked/dense and hooks/dense ratios.
 
     python benchmarks/mask_overhead.py [--steps 60]
@@ -17,14 +19,16 @@ import statistics
 import time
 
 import torch
-import torch.nn.functional as F
 from torch.nn.utils import prune as torch_prune
 
+from ticketlab.config import TrainConfig
 from ticketlab.masks import Mask
 from ticketlab.models import build_model
 from ticketlab.prunable import prunable_names
 from ticketlab.pruning import prune
-from ticketlab.train import MaskEnforcer
+from ticketlab.train import TrainStep
+
+RECIPE = TrainConfig(optimizer="sgd", lr=0.01, momentum=0.9, weight_decay=5e-4, grad_clip=5.0, lr_schedule="cosine")
 
 MODELS = {
     "vit-small (6x192, 64 tokens)": ("vit", {"config": {"hidden_size": 192, "num_hidden_layers": 6,
@@ -34,35 +38,21 @@ MODELS = {
 }
 
 
-def make_variant(kind: str, name: str, options: dict, sparsity: float):
+def make_variant(kind: str, name: str, options: dict, sparsity: float, steps: int) -> TrainStep:
     model = build_model(name, 10, options, seed=0)
     names = prunable_names(model)
     params = dict(model.named_parameters())
     mask = prune("global_magnitude", {n: params[n] for n in names}, Mask.ones(model, names), sparsity)
-    enforcer = None
-    if kind == "masked":
-        enforcer = MaskEnforcer(model, mask)
-    elif kind == "hooks":
+    if kind == "hooks":
         modules = dict(model.named_modules())
         for n in names:
             torch_prune.custom_from_mask(modules[n.removesuffix(".weight")], "weight", mask.tensors[n])
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
-    return model, optimizer, enforcer
-
-
-def step(model, optimizer, enforcer, x, y) -> None:
-    loss = F.cross_entropy(model(x), y)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    if enforcer:
-        enforcer.mask_gradients()
-    optimizer.step()
-    if enforcer:
-        enforcer.apply_weights()
+    model.train()
+    return TrainStep(model, RECIPE, total_steps=steps + 5, mask=mask if kind == "masked" else None)
 
 
 def measure(name: str, options: dict, batch: int, steps: int, sparsity: float) -> dict[str, float]:
-    variants = {k: make_variant(k, name, options, sparsity) for k in ("dense", "masked", "hooks")}
+    variants = {k: make_variant(k, name, options, sparsity, steps) for k in ("dense", "masked", "hooks")}
     gen = torch.Generator().manual_seed(0)
     x, y = torch.randn(batch, 3, 32, 32, generator=gen), torch.randint(0, 10, (batch,), generator=gen)
     times: dict[str, list[float]] = {k: [] for k in variants}
@@ -71,7 +61,7 @@ def measure(name: str, options: dict, batch: int, steps: int, sparsity: float) -
         order = order[1:] + order[:1]  # rotate so no variant always runs first
         for kind in order:
             start = time.perf_counter()
-            step(*variants[kind], x, y)
+            variants[kind](x, y)
             if i >= 5:  # warm-up
                 times[kind].append(time.perf_counter() - start)
     dense = statistics.median(times["dense"])

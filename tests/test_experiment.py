@@ -5,11 +5,13 @@ import torch
 
 from tests.conftest import TINY_SCENES, tiny_config
 from ticketlab import cli
+from ticketlab.baselines import BASELINES
 from ticketlab.config import config_hash, parse_config
 from ticketlab.data import build_task
-from ticketlab.experiment import RunContext, load_run, run_dir_for, run_experiment
+from ticketlab.experiment import RunContext, run_dir_for, run_experiment
 from ticketlab.fileio import load_tensors
 from ticketlab.masks import Mask
+from ticketlab.paths import load_run
 from ticketlab.pretrain import PretrainRun
 from ticketlab.pruning import target_pruned_count
 from ticketlab.rewind import REWIND_POINTS
@@ -68,7 +70,7 @@ def test_rewinding_restores_pretrained_weights(finished):
     params = dict(model.named_parameters())
     for name, keep in mask.tensors.items():
         assert torch.equal(params[name][keep], pretrained[name.removeprefix("backbone.")][keep])
-    trained = ctx.dense_trained_state()
+    trained = REWIND_POINTS.get("trained")(ctx)
     assert any(not torch.equal(trained[k], theta_p[k]) for k in mask.names()), "round 0 should have trained"
 
 
@@ -180,7 +182,8 @@ def test_find_on_an_existing_run_folder_resumes_it(finished, capsys):
 def test_random_reinit_draws_a_new_initialisation(finished):
     cfg, _, run_dir = finished
     ctx = RunContext(cfg, run_dir, build_task(cfg.task.name, cfg.task.options))
-    theta0, redrawn = ctx.random_init_state(), ctx.redrawn_init_state()
+    theta0 = REWIND_POINTS.get("init")(ctx)
+    redrawn = BASELINES.get("random_reinit")(ctx, 1)[1]
     name = "backbone.layer1.0.conv1.weight"
     assert not torch.equal(theta0[name], redrawn[name])
     assert torch.equal(theta0["head.weight"], redrawn["head.weight"])  # the head init is the run's, as in IMP
@@ -196,7 +199,7 @@ def test_early_rewind_point_is_the_snapshot_after_k_steps(tmp_path):
     ctx = RunContext(cfg, run_dir, build_task(cfg.task.name, cfg.task.options))
     name = "backbone.layer1.0.conv1.weight"
     assert not torch.equal(early[name], ctx.pretrained_state()[name])
-    assert not torch.equal(early[name], ctx.dense_trained_state()[name])
+    assert not torch.equal(early[name], ctx.imp_weights(0)[name])
     too_late = parse_config(tiny_config(prune={"rounds": 1, "rewind": "early", "rewind_steps": 4}, baselines=[]))
     with pytest.raises(ConfigError, match="exceeds the 3 steps"):
         run_experiment(too_late, tmp_path, progress=False)

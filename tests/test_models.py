@@ -40,9 +40,12 @@ def test_same_seed_same_init_and_heads_reset_reproducibly():
     c = build_model("resnet20", 3, {"width": 4}, seed=6)
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
     assert not torch.equal(a.backbone.layer1[0].conv1.weight, c.backbone.layer1[0].conv1.weight)
-    a.reset_head(7, seed=1)
-    b.reset_head(7, seed=1)
-    assert a.head.out_features == 7 and torch.equal(a.head.weight, b.head.weight)
+    d = build_model("resnet20", 7, {"width": 4}, seed=5, head_seed=1)
+    e = build_model("resnet20", 7, {"width": 4}, seed=6, head_seed=1)
+    assert d.head.out_features == 7 and torch.equal(d.head.weight, e.head.weight)  # the head follows head_seed
+    g = build_model("resnet20", 7, {"width": 4}, seed=5, head_seed=2)
+    assert not torch.equal(d.head.weight, g.head.weight)
+    assert torch.equal(d.backbone.layer1[0].conv1.weight, g.backbone.layer1[0].conv1.weight)  # θ0 follows seed only
 
 
 @pytest.mark.parametrize("arch", ["resnet18", "resnet50"])

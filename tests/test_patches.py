@@ -11,10 +11,10 @@ from ticketlab.data import build_task
 from ticketlab.errors import DataError
 from ticketlab.models import build_model
 from ticketlab.objectives.patches import RandomPatches, TicketPatches
-from ticketlab.patches.study import SelectorConfig, run_selection
 from ticketlab.patches.tickets import find_tickets, load_tickets, save_tickets, with_tickets
 from ticketlab.patches.tokens import cls_attention, default_reduction_layers, keep_count, token_schedule, top_tokens
-from ticketlab.patches.vit import embed_patches, use_eager_attention, vit_forward
+from ticketlab.patches.vit import embed_patches, patch_vit, use_eager_attention, vit_forward
+from ticketlab.studies.patch_tickets import SelectorConfig, run_selection
 from ticketlab.train import train_model
 
 VIT = {"hidden_size": 32, "num_hidden_layers": 4, "num_attention_heads": 2, "intermediate_size": 64,
@@ -78,7 +78,7 @@ def test_students_get_exactly_the_ticket_patches_with_their_positional_embedding
 class Spy:
     def __init__(self, model):
         self.seen = []
-        original = model.backbone.forward
+        original = patch_vit(model.backbone).forward  # the adapter the patch objectives install
 
         def forward(inputs):
             if isinstance(inputs, tuple) and model.training:
@@ -113,7 +113,7 @@ def test_ticket_student_trains_on_its_tickets_and_rc_on_fresh_random_patches():
 def test_ticket_files_round_trip_and_reject_other_data(tmp_path):
     task = build_task("scenes_shape", SMALL)
     selector = vit_model()
-    selector.backbone.set_token_reduction(0.5)
+    patch_vit(selector.backbone).set_token_reduction(0.5)
     tickets = find_tickets(selector, task)
     assert tickets["train"].shape == (64, 8)
     path = tmp_path / "t.safetensors"
@@ -152,7 +152,7 @@ def test_selector_must_be_a_vit(tmp_path):
     from ticketlab.errors import ConfigError
 
     cfg = SelectorConfig(model=ModelConfig("resnet20", {"width": 4}), task=TaskConfig("scenes_shape", SMALL))
-    with pytest.raises(ConfigError, match="needs a ViT"):
+    with pytest.raises(ConfigError, match="patch tickets need a ViT"):
         run_selection(cfg, tmp_path)
 
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import tiny_config
-from ticketlab.experiment import load_run
 from ticketlab.masks import Mask
+from ticketlab.paths import load_run
 
 pytestmark = pytest.mark.slow
 

@@ -9,7 +9,7 @@ import yaml
 
 from ticketlab import cli
 from ticketlab.errors import ConfigError
-from ticketlab.study import load_study
+from ticketlab.studies import load_study
 
 pytestmark = pytest.mark.slow
 
@@ -104,8 +104,8 @@ def test_bad_study_configs(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(bad))
     with pytest.raises(ConfigError, match="known pretraining labels: supervised, simclr, moco"):
-        load_study(path)
+        load_study("cv_pretraining", path)
     bad = dict(TINY_STUDY, pretrainings=[dict(TINY_STUDY["pretrainings"][0], objective="byol")], downstream_imp_from=[])
     path.write_text(yaml.safe_dump(bad))
     with pytest.raises(ConfigError, match="unknown pre-training objective 'byol'"):
-        load_study(path)
+        load_study("cv_pretraining", path)

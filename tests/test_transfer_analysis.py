@@ -8,8 +8,9 @@ from ticketlab.errors import MaskMismatchError, TicketlabError
 from ticketlab.experiment import run_experiment
 from ticketlab.fileio import load_tensors
 from ticketlab.masks import Mask
+from ticketlab.paths import parse_ref
 from ticketlab.pruning import prune
-from ticketlab.transfer import TransferSpec, parse_mask_ref, transfer_ticket
+from ticketlab.transfer import TransferSpec, transfer_ticket
 
 
 def random_mask(sparsity=0.7, seed=0):
@@ -121,9 +122,10 @@ def test_transfer_starts_from_theta_p(source_run, monkeypatch):
 
 
 def test_mask_references(source_run):
-    assert parse_mask_ref(f"{source_run}:2") == (source_run, 2)
-    assert parse_mask_ref(str(source_run)) == (source_run, None)
-    with pytest.raises(TicketlabError, match="not a ticketlab run folder"):
-        parse_mask_ref("/nonexistent:1")
+    assert parse_ref(f"{source_run}:2") == (source_run, 2)
+    assert parse_ref(str(source_run)) == (source_run, None)
+    assert parse_ref(f"{source_run.name}:1", source_run.parent) == (source_run, 1)  # the id `ls` prints
+    with pytest.raises(TicketlabError, match="no run .*give a run folder or a run id"):
+        parse_ref("/nonexistent:1")
     with pytest.raises(TicketlabError, match="no finished round 7"):
         transfer_ticket(source_run, 7, TransferSpec(TaskConfig("digits")))

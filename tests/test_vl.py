@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from ticketlab.baselines import BASELINES
 from ticketlab.config import parse_config
 from ticketlab.data import build_task
 from ticketlab.data.scenes import generate_scenes
@@ -300,10 +301,9 @@ def test_vl_imp_with_pretraining_and_baselines(tmp_path):
         assert run.imp_mask(k).sparsity() == pytest.approx(target, abs=1e-4)
     for name in ("random_prune", "base_checkpoint", "shuffled_pretrained"):
         assert sorted(p.name for p in (run_dir / "baselines" / name).iterdir()) == ["round_002"]
-    theta_p, base = run.pretrained_state(), run.base_checkpoint_state()
+    theta_p, base = run.pretrained_state(), BASELINES.get("base_checkpoint")(run, 2)[1]
     layer = run.prunable()[0]
     assert not torch.equal(theta_p[layer], base[layer])  # V+L pre-training changed the weights
-    from ticketlab.baselines import BASELINES
 
     mask, shuffled = BASELINES.get("shuffled_pretrained")(run, 2)
     assert torch.equal(mask.tensors[layer], run.imp_mask(2).tensors[layer])

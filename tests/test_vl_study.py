@@ -7,8 +7,7 @@ import pytest
 from tests.test_vl import ADAMW, SIZES, TINY_UNITER
 from ticketlab.config import from_dict
 from ticketlab.errors import ConfigError
-from ticketlab.vl.study import VLStudyConfig, check_study, run_vl_study
-from ticketlab.vl.study_report import task_summary, universal_table
+from ticketlab.studies.vl_tickets import VLStudyConfig, check_study, run_vl_study, task_summary, universal_table
 
 
 def fake_run(scores: list[float], sparsities: list[float]) -> dict:
@@ -16,14 +15,15 @@ def fake_run(scores: list[float], sparsities: list[float]) -> dict:
                        for k, (s, a) in enumerate(zip(sparsities, scores, strict=True))], "baselines": {}}
 
 
-def test_relaxed_and_matching_sparsity_per_seed_then_mean_and_std():
+def test_relaxed_and_matching_sparsity_per_seed():
     sparsity = [0.0, 0.1, 0.2, 0.3]
     runs = {("t", 0): fake_run([0.80, 0.81, 0.795, 0.70], sparsity),   # matching 10 %, relaxed 20 %
-            ("t", 1): fake_run([0.60, 0.60, 0.61, 0.595], sparsity)}   # matching 20 %, relaxed 30 %
+            ("t", 1): fake_run([0.60, 0.60, 0.61, 0.595], sparsity),   # matching 20 %, relaxed 30 %
+            ("t", 2): fake_run([0.90, 0.80, 0.70, 0.60], sparsity)}    # neither: None, not 0 %
     summary = task_summary(runs, relaxed=0.99)["t"]
-    assert summary["matching"] == pytest.approx((0.15, 0.0707), abs=1e-3)
-    assert summary["relaxed"] == pytest.approx((0.25, 0.0707), abs=1e-3)
-    assert summary["curve"][0] == pytest.approx((0.0, 0.70, 0.1414), abs=1e-3)
+    assert summary["matching"] == [0.1, 0.2, None]
+    assert summary["relaxed"] == [0.2, 0.3, None]
+    assert summary["curve"][0] == pytest.approx((0.0, 0.7667, 0.1528), abs=1e-3)
 
 
 def test_universal_table_reports_scores_and_average_drops():

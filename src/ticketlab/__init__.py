@@ -5,8 +5,11 @@ The library is usable without the CLI::
     from ticketlab import config, experiment
     cfg = config.load_config("examples/demo.yaml")
     run = experiment.run_experiment(cfg, runs_dir="runs")
+
+Importing the package registers every built-in plug-in (``ticketlab.plugins``, the one aggregator).
 """
 
+from ticketlab import plugins as _plugins  # noqa: F401  (registration, once)
 from ticketlab.errors import TicketlabError
 from ticketlab.masks import Mask
 

@@ -1,5 +1,8 @@
+"""``python -m ticketlab`` (and ``accelerate launch -m ticketlab``): the CLI."""
+
 import sys
 
 from ticketlab.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":
+    sys.exit(main())

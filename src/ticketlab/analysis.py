@@ -1,4 +1,6 @@
-"""Mask analyses: overlap between tickets, perturbations for sensitivity tests, transfer summaries."""
+"""The one analysis layer (pure functions over masks and scores): highest matching / relaxed sparsity,
+overlap between tickets, mask perturbations, transfer summaries. Used by the CLI, the run report and
+every study; the perturbation *training* lives in :func:`ticketlab.transfer.perturbation_sensitivity`."""
 
 from __future__ import annotations
 
@@ -13,21 +15,29 @@ from ticketlab.errors import MaskMismatchError
 from ticketlab.masks import Mask
 
 
-def overlap(a: Mask, b: Mask) -> dict[str, Any]:
-    """IoU of the kept weights and the fraction of ``a``'s kept weights that ``b`` also keeps; overall and per layer."""
+def _overlap_counts(a: Mask, b: Mask) -> dict[str, tuple[int, int, int, int]]:
+    """Per layer: (kept by both, kept by either, kept by ``a``, kept by ``b``)."""
     if a.fingerprint() != b.fingerprint():
         raise MaskMismatchError("masks cover different parameters; compare tickets of the same architecture")
+    return {name: (int((x & y).sum()), int((x | y).sum()), int(x.sum()), int(y.sum()))
+            for name in a.names() for x, y in [(a.tensors[name], b.tensors[name])]}
 
-    def stats(x: torch.Tensor, y: torch.Tensor) -> tuple[int, int, int]:
-        return int((x & y).sum()), int((x | y).sum()), int(x.sum())
 
-    per_layer = {}
-    inter = union = kept = 0
-    for name in a.names():
-        i, u, k = stats(a.tensors[name], b.tensors[name])
-        per_layer[name] = {"iou": i / u if u else 1.0, "shared": i / k if k else 1.0}
-        inter, union, kept = inter + i, union + u, kept + k
-    return {"iou": inter / union if union else 1.0, "shared": inter / kept if kept else 1.0, "per_layer": per_layer}
+def _overlap_from(counts: dict[str, tuple[int, int, int, int]], swap: bool = False) -> dict[str, Any]:
+    def ratio(num: int, den: int) -> float:
+        return num / den if den else 1.0
+
+    per_layer, totals = {}, [0, 0, 0]
+    for name, (inter, union, kept_a, kept_b) in counts.items():
+        kept = kept_b if swap else kept_a
+        per_layer[name] = {"iou": ratio(inter, union), "shared": ratio(inter, kept)}
+        totals = [totals[0] + inter, totals[1] + union, totals[2] + kept]
+    return {"iou": ratio(totals[0], totals[1]), "shared": ratio(totals[0], totals[2]), "per_layer": per_layer}
+
+
+def overlap(a: Mask, b: Mask) -> dict[str, Any]:
+    """IoU of the kept weights and the fraction of ``a``'s kept weights that ``b`` also keeps; overall and per layer."""
+    return _overlap_from(_overlap_counts(a, b))
 
 
 def _choose(positions: torch.Tensor, fraction: float, gen: torch.Generator) -> torch.Tensor:
@@ -53,6 +63,26 @@ def perturb(mask: Mask, kind: str, seed: int = 0) -> Mask:
 
 
 PERTURBATIONS = ("complement", "random", "delta10")
+
+
+def highest_sparsity(curve: Iterable[tuple[float, float]], threshold: float) -> float | None:
+    """The highest sparsity whose score reaches ``threshold``; ``None`` when none does.
+
+    ``curve`` holds (sparsity, score) pairs of the sparse models (the dense point excluded).
+    """
+    return max((s for s, score in curve if score >= threshold), default=None)
+
+
+def overlap_matrix(masks: dict[str, Mask]) -> dict[tuple[str, str], dict[str, Any]]:
+    """:func:`overlap` for every ordered pair of labelled masks (each unordered pair counted once)."""
+    names = list(masks)
+    out: dict[tuple[str, str], dict[str, Any]] = {}
+    for i, a in enumerate(names):
+        for b in names[i:]:
+            counts = _overlap_counts(masks[a], masks[b])
+            out[(a, b)] = _overlap_from(counts)
+            out[(b, a)] = _overlap_from(counts, swap=True)
+    return out
 
 
 def mean_std(values: Iterable[float]) -> tuple[float, float]:
@@ -83,8 +113,8 @@ def summarize_transfer(rows: list[dict[str, Any]], relaxed: float = 0.99, within
         sparse = [(c["sparsity"], c["mean"]) for (s, t, kk), c in cells.items() if (s, t) == (source, target) and kk > 0]
         matching = [s for s, m in sparse if m >= threshold]
         relaxed_ok = [s for s, m in sparse if m >= relaxed * dense["mean"]]
-        pairs[(source, target)] = {"dense": dense, "matching": max(matching, default=None),
-                                   "relaxed": max(relaxed_ok, default=None),
+        pairs[(source, target)] = {"dense": dense, "matching": highest_sparsity(sparse, threshold),
+                                   "relaxed": highest_sparsity(sparse, relaxed * dense["mean"]),
                                    "matching_set": sorted(matching), "relaxed_set": sorted(relaxed_ok)}
     universal: dict[str, dict[str, float | None]] = {}
     for source in sorted({s for s, _ in pairs}):
@@ -97,3 +127,17 @@ def summarize_transfer(rows: list[dict[str, Any]], relaxed: float = 0.99, within
     criterion = ("matching = mean ≥ dense mean − 1 std (Chen et al.)" if within_std else "matching = mean ≥ dense mean")
     return {"cells": cells, "pairs": pairs, "universal": universal,
             "criterion": f"{criterion}; relaxed = mean ≥ {relaxed:.0%} of dense mean"}
+
+
+def sensitivity_table(rows: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:
+    """Per source and variant: mean, std and sparsity of the rows of :func:`perturbation_sensitivity`."""
+    grouped: dict[str, dict[str, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
+    for row in rows:
+        grouped[row["source"]][row["variant"]].append(row)
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for source, variants in grouped.items():
+        out[source] = {}
+        for variant, group in variants.items():
+            mean, std = mean_std(r["test_acc"] for r in group)
+            out[source][variant] = {"mean": mean, "std": std, "sparsity": group[0]["sparsity"]}
+    return out

@@ -3,13 +3,36 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
 from importlib import resources
 from pathlib import Path
 
+from ticketlab.analysis import overlap_matrix, sensitivity_table, summarize_transfer
+from ticketlab.baselines import BASELINES
+from ticketlab.config import ConfigError, TaskConfig, from_dict, load_config, parse_config, read_yaml
+from ticketlab.data import TASKS, build_task
 from ticketlab.errors import TicketlabError
+from ticketlab.experiment import run_experiment
+from ticketlab.figures import pct, plot_layer_sparsity, plot_overlap
+from ticketlab.fileio import read_json
+from ticketlab.masks import Mask
+from ticketlab.metrics import METRICS
+from ticketlab.models import HEADS, MODELS, build_model
+from ticketlab.objectives import OBJECTIVES
+from ticketlab.paths import IMP, RunPaths, is_run_dir, load_run, parse_ref, resolve_run, store_path
+from ticketlab.pretrain import pretrain_run_for, run_pretraining
+from ticketlab.prunable import prunable_names
+from ticketlab.pruning import PRUNING_METHODS
+from ticketlab.report import results_table
+from ticketlab.rewind import REWIND_POINTS
+from ticketlab.schedules import SCHEDULES
+from ticketlab.store import ResultStore
+from ticketlab.studies import STUDIES, load_study, run_study
+from ticketlab.studies.patch_tickets import SelectorConfig, run_selection
+from ticketlab.transfer import TransferSpec, perturbation_sensitivity, transfer_ticket
 
 DEFAULT_RUNS_DIR = os.environ.get("TICKETLAB_RUNS_DIR", "runs")
 
@@ -19,14 +42,9 @@ def _runs_dir(args: argparse.Namespace) -> Path:
 
 
 def cmd_find(args: argparse.Namespace) -> None:
-    from ticketlab.config import load_config, parse_config
-    from ticketlab.experiment import load_run, run_experiment
-    from ticketlab.fileio import read_json
-    from ticketlab.report import results_table
-
     source = Path(args.config)
-    if (source / "config.json").is_file():  # an existing run folder: resume it where it lives
-        config, runs_dir = parse_config(read_json(source / "config.json")), source.parent
+    if is_run_dir(source):  # an existing run folder: resume it where it lives
+        config, runs_dir = parse_config(read_json(RunPaths(source).config)), source.parent
     else:
         config, runs_dir = load_config(source), _runs_dir(args)
     run_dir = run_experiment(config, runs_dir, progress=not args.quiet)
@@ -37,9 +55,6 @@ def cmd_find(args: argparse.Namespace) -> None:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> None:
-    from ticketlab.config import ConfigError, load_config
-    from ticketlab.pretrain import pretrain_run_for, run_pretraining
-
     cfg = load_config(args.config)
     if cfg.pretrain is None:
         raise ConfigError(f"{args.config} has no 'pretrain' section (objective, task, train)")
@@ -47,10 +62,7 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
 
 
 def cmd_ls(args: argparse.Namespace) -> None:
-    from ticketlab.experiment import STORE_NAME
-    from ticketlab.store import ResultStore
-
-    path = _runs_dir(args) / STORE_NAME
+    path = store_path(_runs_dir(args))
     if not path.is_file():
         print(f"no runs yet in {_runs_dir(args)}")
         return
@@ -61,29 +73,12 @@ def cmd_ls(args: argparse.Namespace) -> None:
               f"rounds={row['rounds']}  dense={dense}  max_sparsity={top}")
 
 
-def _resolve_run(args: argparse.Namespace) -> Path:
-    path = Path(args.run)
-    if not path.is_dir():
-        path = _runs_dir(args) / args.run
-    if not (path / "config.json").is_file():
-        raise TicketlabError(f"no run {args.run!r}: give a run folder or a run id listed by 'ticketlab ls'")
-    return path
-
-
 def cmd_show(args: argparse.Namespace) -> None:
-    from ticketlab.experiment import load_run
-    from ticketlab.report import results_table
-
-    run = load_run(_resolve_run(args))
+    run = load_run(resolve_run(args.run, _runs_dir(args)))
     print(json.dumps(run, indent=2) if args.json else results_table(run))
 
 
 def cmd_prunable(args: argparse.Namespace) -> None:
-    from ticketlab.config import load_config
-    from ticketlab.data import TASKS
-    from ticketlab.models import build_model
-    from ticketlab.prunable import prunable_names
-
     cfg = load_config(args.config)
     TASKS.get(cfg.task.name)
     model = build_model(cfg.model.name, 2, cfg.model.options, seed=cfg.seed)
@@ -96,24 +91,20 @@ def cmd_prunable(args: argparse.Namespace) -> None:
     print(f"{len(names)} tensors, {prunable:,} of {total:,} parameters prunable ({prunable / total:.1%})")
 
 
-def _mask_of(ref: str) -> tuple[str, object]:
-    from ticketlab.experiment import round_name
-    from ticketlab.masks import Mask
-    from ticketlab.transfer import available_rounds, parse_mask_ref
+def _mask_of(ref: str, runs_dir: Path) -> tuple[str, Path, int, Mask]:
+    """``RUN[:K]`` -> (label, run folder, round, mask); the last finished round if no round is given."""
+    run, k = parse_ref(ref, runs_dir)
+    finished = RunPaths(run).finished_rounds()
+    if not finished:
+        raise TicketlabError(f"run {run.name} has no finished round yet; run 'ticketlab find {run}' first")
+    k = finished[-1] if k is None else k
+    if k not in finished:
+        raise TicketlabError(f"run {run.name} has no finished round {k}; finished: {finished}")
+    return f"{run.name}:{k}", run, k, Mask.load(RunPaths(run).mask(IMP, k))
 
-    run, k = parse_mask_ref(ref)
-    k = available_rounds(run)[-1] if k is None else k
-    return f"{run.name}:{k}", Mask.load(run / "rounds" / round_name(k) / "mask.safetensors")
 
-
-def _transfer_spec(args: argparse.Namespace, run: Path, seed: int, variant: str = "ticket"):  # noqa: ANN202
-    import dataclasses
-
-    from ticketlab.config import TaskConfig, parse_config
-    from ticketlab.fileio import read_json
-    from ticketlab.transfer import TransferSpec
-
-    recipe = parse_config(read_json(run / "config.json")).train
+def _transfer_spec(args: argparse.Namespace, run: Path, seed: int, variant: str = "ticket") -> TransferSpec:
+    recipe = parse_config(read_json(RunPaths(run).config)).train
     overrides = {k: v for k, v in (("epochs", args.epochs), ("lr", args.lr)) if v is not None}
     options = json.loads(args.task_options) if args.task_options else {}
     objective = getattr(args, "objective", "supervised")
@@ -123,108 +114,103 @@ def _transfer_spec(args: argparse.Namespace, run: Path, seed: int, variant: str 
 
 
 def cmd_transfer(args: argparse.Namespace) -> None:
-    from ticketlab.analysis import mean_std, summarize_transfer
-    from ticketlab.data import build_task
-    from ticketlab.transfer import available_rounds, parse_mask_ref, transfer_ticket
-
-    run, k = parse_mask_ref(args.mask)
-    rounds = available_rounds(run) if k is None else [k]
-    seeds = [int(s) for s in args.seeds.split(",")]
+    run, k = parse_ref(args.mask, _runs_dir(args))
+    rounds = RunPaths(run).finished_rounds() if k is None else [k]
+    seeds = _seeds(args)
     spec0 = _transfer_spec(args, run, seeds[0])
     task = build_task(spec0.target.name, spec0.target.options)
     rows = [{**transfer_ticket(run, r, _transfer_spec(args, run, s), task, progress=not args.quiet).metrics,
              "source": run.name} for r in rounds for s in seeds]
+    summary = summarize_transfer(rows, within_std=args.within_std)
     print(f"transfer of {run.name} to {task.name} (fresh head, θp ⊙ mask, seeds {seeds})")
     for r in rounds:
-        accs = [row["test_acc"] for row in rows if row["round"] == r]
-        mean, std = mean_std(accs)
-        sparsity = next(row["sparsity"] for row in rows if row["round"] == r)
-        print(f"round {r:>2}  sparsity {sparsity:7.2%}  test_acc {mean:.2%} ± {std:.2%}")
+        cell = summary["cells"][(run.name, spec0.target.name, r)]
+        print(f"round {r:>2}  sparsity {cell['sparsity']:7.2%}  test_acc {cell['mean']:.2%} ± {cell['std']:.2%}")
     if 0 in rounds and len(rounds) > 1:
-        summary = summarize_transfer(rows, within_std=args.within_std)
-        pair = summary["pairs"][(run.name, task.name)]
-        best = {key: "none" if pair[key] is None else f"{pair[key]:.2%}" for key in ("matching", "relaxed")}
-        print(f"highest matching sparsity {best['matching']}; highest relaxed {best['relaxed']} "
+        pair = summary["pairs"][(run.name, spec0.target.name)]
+        print(f"highest matching sparsity {pct(pair['matching'])}; highest relaxed {pct(pair['relaxed'])} "
               f"({summary['criterion']})")
 
 
 def cmd_analyze(args: argparse.Namespace) -> None:
-    from ticketlab.analysis import PERTURBATIONS, mean_std, overlap, perturb
-    from ticketlab.data import build_task
-    from ticketlab.transfer import parse_mask_ref, transfer_ticket
-
-    if args.analysis in ("overlap", "layers"):
-        masks = dict(_mask_of(ref) for ref in args.masks)
-        if args.analysis == "overlap":
-            names = list(masks)
-            pairs = {(a, b): overlap(masks[a], masks[b]) for a in names for b in names}
-            print("IoU of kept weights (row / column), shared = fraction of the row's kept weights kept by the column")
-            for a in names:
-                print(f"{a:<28} " + "  ".join(f"{pairs[a, b]['iou']:.3f}/{pairs[a, b]['shared']:.3f}" for b in names))
-            if args.plot:
-                import numpy as np
-
-                from ticketlab.study_report import plot_heatmap
-
-                iou = np.array([[100 * pairs[a, b]["iou"] for b in names] for a in names])
-                plot_heatmap(iou, names, names, [[f"{v:.1f}" for v in row] for row in iou], "IoU of kept weights (%)",
-                             Path(args.plot), cmap="magma")
-        else:
-            for label, mask in masks.items():
-                print(f"{label}: {mask.sparsity():.2%} of the prunable weights")
-                for name, value in mask.layer_sparsity().items():
-                    print(f"  {name:<48} {value:7.2%}")
-            if args.plot:
-                from ticketlab.study_report import plot_layer_sparsity
-
-                plot_layer_sparsity(masks, Path(args.plot))
+    refs = [_mask_of(ref, _runs_dir(args)) for ref in args.masks]
+    masks = {label: mask for label, _, _, mask in refs}
+    if args.analysis == "overlap":
+        names = list(masks)
+        pairs = overlap_matrix(masks)
+        print("IoU of kept weights (row / column), shared = fraction of the row's kept weights kept by the column")
+        for a in names:
+            print(f"{a:<28} " + "  ".join(f"{pairs[a, b]['iou']:.3f}/{pairs[a, b]['shared']:.3f}" for b in names))
         if args.plot:
-            print(f"plot: {args.plot}")
+            plot_overlap(pairs, names, "IoU of kept weights (%)", Path(args.plot))
+    elif args.analysis == "layers":
+        for label, mask in masks.items():
+            print(f"{label}: {mask.sparsity():.2%} of the prunable weights")
+            for name, value in mask.layer_sparsity().items():
+                print(f"  {name:<48} {value:7.2%}")
+        if args.plot:
+            plot_layer_sparsity(masks, Path(args.plot))
+    else:
+        if not args.task:
+            raise TicketlabError("analyze perturb needs --task NAME (the task to fine-tune on)")
+        label, run, k, ticket = refs[0]
+        seeds = _seeds(args)
+        spec = _transfer_spec(args, run, seeds[0])
+        task = build_task(spec.target.name, spec.target.options)
+        print(f"perturbation sensitivity of {label} ({ticket.sparsity():.2%}) on {task.name}, seeds {seeds}")
+        rows = perturbation_sensitivity(run, k, spec, task, seeds, source=label, progress=not args.quiet)
+        for variant, cell in sensitivity_table(rows)[label].items():
+            print(f"{variant:<11} sparsity {cell['sparsity']:7.2%}  test_acc {cell['mean']:.2%} ± {cell['std']:.2%}")
         return
-    if not args.task:
-        raise TicketlabError("analyze perturb needs --task NAME (the task to fine-tune on)")
-    label, ticket = _mask_of(args.masks[0])
-    run, _ = parse_mask_ref(args.masks[0])
-    k = int(label.rsplit(":", 1)[1])
-    seeds = [int(s) for s in args.seeds.split(",")]
-    task = build_task(args.task, json.loads(args.task_options) if args.task_options else {})
-    print(f"perturbation sensitivity of {label} ({ticket.sparsity():.2%}) on {task.name}, seeds {seeds}")
-    for variant in ("ticket", *PERTURBATIONS):
-        accs = []
-        for seed in seeds:
-            mask = None if variant == "ticket" else perturb(ticket, variant, seed)
-            accs.append(transfer_ticket(run, k, _transfer_spec(args, run, seed, variant), task, mask=mask,
-                                        progress=not args.quiet).metrics["test_acc"])
-        mean, std = mean_std(accs)
-        print(f"{variant:<11} test_acc {mean:.2%} ± {std:.2%}")
+    if args.plot:
+        print(f"plot: {args.plot}")
 
 
 def cmd_study(args: argparse.Namespace) -> None:
-    from ticketlab.study import load_study, run_study
-
-    out = run_study(load_study(args.config), _runs_dir(args), progress=not args.quiet)
+    if len(args.study) == 1:  # the old form `ticketlab study CONFIG`: the CV pre-training study
+        name, config = "cv_pretraining", args.study[0]
+    elif len(args.study) == 2:
+        name, config = args.study
+    else:
+        raise TicketlabError(f"usage: ticketlab study NAME CONFIG.yaml (studies: {', '.join(STUDIES.names())})")
+    out = run_study(name, load_study(name, config), _runs_dir(args), progress=not args.quiet)
     print(out / "report.md")
 
 
-def cmd_vl_study(args: argparse.Namespace) -> None:
-    from ticketlab.vl.study import load_vl_study, run_vl_study
+def study_alias(name: str):  # noqa: ANN201
+    """``vl-study CONFIG`` and ``patch-study CONFIG``: the old commands, kept as aliases of ``study NAME CONFIG``."""
+    def command(args: argparse.Namespace) -> None:
+        args.study = [name, args.config]
+        cmd_study(args)
 
-    out = run_vl_study(load_vl_study(args.config), _runs_dir(args), progress=not args.quiet)
-    print(out / "report.md")
+    return command
 
 
 def cmd_select(args: argparse.Namespace) -> None:
-    from ticketlab.patches.study import SelectorConfig, load_yaml, run_selection
-
-    path = run_selection(load_yaml(args.config, SelectorConfig), _runs_dir(args), progress=not args.quiet)
+    path = run_selection(from_dict(SelectorConfig, read_yaml(args.config)), _runs_dir(args), progress=not args.quiet)
     print(f"tickets: {path}\npicture: {path.parent / 'tickets.png'}")
 
 
-def cmd_patch_study(args: argparse.Namespace) -> None:
-    from ticketlab.patches.study import PatchStudyConfig, load_yaml, run_patch_study
+def cmd_list(args: argparse.Namespace) -> None:
+    """Everything that can be named in a config, straight from the registries."""
+    registries = {"models": MODELS, "heads": HEADS, "tasks": TASKS, "metrics": METRICS,
+                  "pruning methods": PRUNING_METHODS, "schedules": SCHEDULES, "rewind points": REWIND_POINTS,
+                  "objectives": OBJECTIVES, "baselines": BASELINES, "studies": STUDIES}
+    for title, registry in registries.items():
+        if args.kind and args.kind not in title:
+            continue
+        print(f"{title}:")
+        for name, obj in registry.items():
+            print(f"  {name:<22} {_describe(obj)}")
 
-    out = run_patch_study(load_yaml(args.config, PatchStudyConfig), _runs_dir(args), progress=not args.quiet)
-    print(out / "report.md")
+
+def _describe(obj: object) -> str:
+    text = getattr(obj, "description", "") or getattr(obj, "label", "") or (getattr(obj, "func", obj).__doc__ or "")
+    return text.strip().splitlines()[0] if text.strip() else ""
+
+
+def _seeds(args: argparse.Namespace) -> list[int]:
+    return [int(s) for s in args.seeds.split(",")]
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -265,23 +251,27 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
     transfer = add("transfer", cmd_transfer, "fine-tune a run's ticket(s) from its θp on another task")
-    transfer.add_argument("--mask", required=True, help="RUN_FOLDER[:ROUND] (all rounds if no round)")
+    transfer.add_argument("--mask", required=True, help="RUN[:ROUND], RUN a folder or a run id (all rounds if no round)")
     transfer.add_argument("--within-std", action="store_true", help="matching = within one std of dense")
     transfer.add_argument("--objective", default="supervised", help="fine-tuning loss, e.g. villa (adversarial)")
     transfer.add_argument("--objective-options", help='JSON options of the objective, e.g. \'{"steps": 3}\'')
     transfer_options(transfer)
     analyze = add("analyze", cmd_analyze, "mask overlap, per-layer sparsity, perturbation sensitivity")
     analyze.add_argument("analysis", choices=["overlap", "layers", "perturb"])
-    analyze.add_argument("masks", nargs="+", help="RUN_FOLDER[:ROUND] (last round if no round)")
+    analyze.add_argument("masks", nargs="+", help="RUN[:ROUND], RUN a folder or a run id (last round if no round)")
     analyze.add_argument("--plot", help="write a PNG here (overlap, layers)")
     transfer_options(analyze)
+    study = add("study", cmd_study, "run a whole study: ticketlab study NAME CONFIG.yaml (see 'ticketlab list studies')")
+    study.add_argument("study", nargs="+", metavar="NAME CONFIG", help="study name and its config file")
+    study.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     for name, func, text in (
-        ("study", cmd_study, "run the CV pre-training ticket study of a study config"),
-        ("vl-study", cmd_vl_study, "run the V+L ticket study (pre-training, 7 tasks, universal tickets, VILLA)"),
+        ("vl-study", study_alias("vl_tickets"), "alias of: ticketlab study vl_tickets CONFIG"),
+        ("patch-study", study_alias("patch_tickets"), "alias of: ticketlab study patch_tickets CONFIG"),
         ("select", cmd_select, "patch tickets: (fine-tune and) run a token-reducing ViT selector over a dataset"),
-        ("patch-study", cmd_patch_study, "ticket vs random-patch ViT students, and weight-level IMP vs re-init"),
     ):
         add(name, func, text, config=True).add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    listing = add("list", cmd_list, "models, tasks, pruning methods, objectives, baselines, studies (the registries)")
+    listing.add_argument("kind", nargs="?", help="only this kind, e.g. models")
     return parser
 
 

@@ -18,8 +18,14 @@ from typing import Any, Literal
 
 import yaml
 
+from ticketlab.data.base import TASKS
 from ticketlab.errors import ConfigError
+from ticketlab.models.base import MODELS
+from ticketlab.objectives.base import OBJECTIVES
 from ticketlab.prunable import PrunableConfig
+from ticketlab.pruning.base import PRUNING_METHODS
+from ticketlab.rewind import REWIND_POINTS
+from ticketlab.schedules import round_sparsities
 
 
 @dataclass(frozen=True)
@@ -188,11 +194,6 @@ def parse_config(data: dict[str, Any]) -> ExperimentConfig:
 def validate(cfg: ExperimentConfig) -> None:
     """Check names against the registries and values against their ranges, before any work starts."""
     from ticketlab.baselines import BASELINES
-    from ticketlab.data import TASKS
-    from ticketlab.models import MODELS
-    from ticketlab.objectives import OBJECTIVES
-    from ticketlab.pruning import PRUNING_METHODS
-    from ticketlab.rewind import REWIND_POINTS
 
     MODELS.get(cfg.model.name)
     TASKS.get(cfg.task.name)
@@ -213,8 +214,6 @@ def validate(cfg: ExperimentConfig) -> None:
 
 def check_rounds(key: str, values: list[int], prune: PruneConfig, low: int = 1) -> None:
     """Round numbers named in a config must exist in the pruning schedule (``low`` = 0 admits the dense round)."""
-    from ticketlab.schedules import round_sparsities
-
     rounds = len(round_sparsities(prune.schedule, prune.rounds, prune.rate, prune.sparsities))
     bad = [k for k in values if not low <= k <= rounds]
     if bad:

@@ -6,10 +6,12 @@ and a fingerprint of the model (names and shapes of the masked parameters).
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -66,6 +68,14 @@ class Mask:
 
     def fingerprint(self) -> dict[str, list[int]]:
         return {n: list(t.shape) for n, t in self.tensors.items()}
+
+    def digest(self) -> str:
+        """A short content hash of names, shapes and keep-flags (cache keys of results that used this mask)."""
+        h = hashlib.sha256()
+        for name, t in self.tensors.items():
+            h.update(f"{name}{list(t.shape)}".encode())
+            h.update(np.packbits(t.flatten().numpy()).tobytes())
+        return h.hexdigest()[:12]
 
     # algebra ----------------------------------------------------------------------------------
     def complement(self) -> Mask:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ticketlab.data import Split
+from ticketlab.data.base import Split
 from ticketlab.registry import Registry
 
 METRICS: Registry = Registry("metric")

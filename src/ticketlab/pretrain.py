@@ -10,13 +10,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ticketlab.config import ExperimentConfig, ModelConfig, PretrainConfig, config_hash, to_dict
-from ticketlab.data import build_task
+from ticketlab.data.base import build_task
 from ticketlab.fileio import atomic_dir, ensure_writable_dir, save_tensors, write_json
-from ticketlab.models import build_model
-from ticketlab.objectives import OBJECTIVES
+from ticketlab.models.base import build_model
+from ticketlab.objectives.base import OBJECTIVES
+from ticketlab.paths import CONFIG, PRETRAINED_BACKBONE, pretrain_dir
 from ticketlab.train import train_model
-
-CHECKPOINT_NAME = "backbone.safetensors"
 
 
 @dataclass(frozen=True)
@@ -36,21 +35,20 @@ def pretrain_run_for(cfg: ExperimentConfig) -> PretrainRun:
 def run_pretraining(run: PretrainRun, runs_dir: Path, deterministic: bool = False,
                     progress: bool = True) -> Path:
     """Pre-train (or find the finished pre-training) and return the backbone checkpoint path."""
-    folder = ensure_writable_dir(runs_dir) / f"pretrain-{config_hash(run)}"
-    checkpoint = folder / CHECKPOINT_NAME
+    folder = pretrain_dir(ensure_writable_dir(runs_dir), config_hash(run))
+    checkpoint = folder / PRETRAINED_BACKBONE
     if checkpoint.is_file():
         return checkpoint
     task = build_task(run.pretrain.task.name, run.pretrain.task.options)
     model = build_model(run.model.name, task.num_classes, run.model.options, seed=run.seed, head=task.head)
-    model.reset_head(task.num_classes, run.seed)
     objective = OBJECTIVES.build(run.pretrain.objective, **run.pretrain.objective_options)
     result = train_model(model, task, run.pretrain.train, seed=run.seed, objective=objective,
                          deterministic=deterministic,
                          progress=f"pre-train {run.pretrain.objective} on {task.name}" if progress else None)
     backbone = {k.removeprefix("backbone."): v for k, v in result.state.items() if k.startswith("backbone.")}
     with atomic_dir(folder) as tmp:
-        write_json(tmp / "config.json", to_dict(run))
-        save_tensors(tmp / CHECKPOINT_NAME, backbone, {
+        write_json(tmp / CONFIG, to_dict(run))
+        save_tensors(tmp / PRETRAINED_BACKBONE, backbone, {
             "kind": "ticketlab-pretrained-backbone", "objective": run.pretrain.objective,
             "task": run.pretrain.task.name, "model": to_dict(run.model), "metrics": result.metrics,
         })

@@ -1,6 +1,7 @@
 """A tiny decorator registry: one per kind of thing (models, tasks, pruning methods, ...).
 
-Adding a new model/task/method is a new file plus one ``@REGISTRY.register("name")``.
+Registries are leaves: the module defining one imports no plug-in. Plug-ins register themselves with
+``@REGISTRY.register("name")``; ``ticketlab.plugins`` imports every built-in plug-in once.
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ class Registry(Generic[T]):
 
     def register(self, name: str) -> Callable[[T], T]:
         def decorator(obj: T) -> T:
-            if name in self._items:
-                raise ValueError(f"{self.kind} {name!r} is registered twice")
+            old = self._items.get(name)
+            if old is not None and not _same_definition(old, obj):
+                raise ValueError(f"{self.kind} {name!r} is registered twice, by {_origin(old)} and {_origin(obj)}")
             self._items[name] = obj
             return obj
 
@@ -34,6 +36,9 @@ class Registry(Generic[T]):
                 f"unknown {self.kind} {name!r}; known {self.kind}s: {', '.join(sorted(self._items))}"
             )
         return self._items[name]
+
+    def items(self) -> list[tuple[str, T]]:
+        return sorted(self._items.items())
 
     def names(self) -> list[str]:
         return sorted(self._items)
@@ -57,3 +62,15 @@ def check_kwargs(func: Callable[..., Any], kwargs: dict[str, Any], what: str) ->
     for key in kwargs:
         if key not in allowed:
             raise ConfigError(f"unknown option {key!r} for {what}; allowed: {', '.join(allowed) or '(none)'}")
+
+
+def _origin(obj: Any) -> str:
+    target = getattr(obj, "func", obj)
+    return f"{getattr(target, '__module__', '?')}.{getattr(target, '__qualname__', type(target).__name__)}"
+
+
+def _same_definition(old: Any, new: Any) -> bool:
+    """The same object, or the same definition run again (a notebook cell or a module reload)."""
+    if old is new or old == new:
+        return True
+    return _origin(old) == _origin(new) and "?" not in _origin(old) and "<lambda>" not in _origin(old)

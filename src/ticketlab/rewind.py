@@ -1,6 +1,7 @@
 """Rewind points: the weights the survivors of each IMP round are reset to.
 
-Each entry maps a :class:`~ticketlab.experiment.RunContext` to a full model state dict.
+Each entry maps a :class:`~ticketlab.experiment.RunContext` to a full model state dict, computed from
+the run's generic accessors.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from ticketlab.fileio import load_tensors
 from ticketlab.registry import Registry
 
 if TYPE_CHECKING:
@@ -18,7 +20,31 @@ if TYPE_CHECKING:
 RewindPoint = Callable[["RunContext"], dict[str, torch.Tensor]]
 REWIND_POINTS: Registry[RewindPoint] = Registry("rewind point")
 
-REWIND_POINTS.register("pretrained")(lambda run: run.pretrained_state())  # θp (default)
-REWIND_POINTS.register("init")(lambda run: run.random_init_state())  # θ0: a random initialisation
-REWIND_POINTS.register("early")(lambda run: run.early_state())  # after k steps of dense fine-tuning
-REWIND_POINTS.register("trained")(lambda run: run.dense_trained_state())  # the task-trained dense weights
+
+@REWIND_POINTS.register("pretrained")
+def pretrained(run: RunContext) -> dict[str, torch.Tensor]:
+    """θp (the default)."""
+    return run.pretrained_state()
+
+
+@REWIND_POINTS.register("init")
+def random_init(run: RunContext) -> dict[str, torch.Tensor]:
+    """θ0: the run's own random initialisation of its architecture."""
+    return run.memo("random_init", lambda: run.fresh_model(random_init=True).state_dict())
+
+
+@REWIND_POINTS.register("early")
+def early(run: RunContext) -> dict[str, torch.Tensor]:
+    """The weights after ``prune.rewind_steps`` steps of dense fine-tuning."""
+    return run.memo("early", lambda: load_tensors(run.paths.early())[0])
+
+
+@REWIND_POINTS.register("trained")
+def trained(run: RunContext) -> dict[str, torch.Tensor]:
+    """The task-trained dense weights (round 0)."""
+    return run.imp_weights(0)
+
+
+def rewound_state(run: RunContext) -> dict[str, torch.Tensor]:
+    """The start weights of the run's configured rewind point."""
+    return REWIND_POINTS.get(run.config.prune.rewind)(run)

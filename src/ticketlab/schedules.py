@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ticketlab.errors import ConfigError
-from ticketlab.pruning.core import check_sparsity
+from ticketlab.pruning.base import check_sparsity
 from ticketlab.registry import Registry
 
 Schedule = Callable[[int, float, list[float]], list[float]]

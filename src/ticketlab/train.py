@@ -18,10 +18,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ticketlab.config import TrainConfig
-from ticketlab.data import Task
+from ticketlab.data.base import Task
 from ticketlab.errors import NonFiniteLossError
 from ticketlab.masks import Mask
-from ticketlab.objectives import Objective
+from ticketlab.objectives.base import Objective
 
 
 class MaskEnforcer:
@@ -97,6 +97,47 @@ def build_optimizer(model: nn.Module, recipe: TrainConfig, extra: nn.Module | No
     return torch.optim.SGD(groups, lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay)
 
 
+class TrainStep:
+    """One optimiser step of ticketlab's loop: objective loss, finite check, gradient masking, clipping, step,
+    LR schedule, weight re-masking and the objective's ``after_step`` (e.g. MoCo's momentum update).
+
+    ``train_model`` calls it for every batch; ``benchmarks/mask_overhead.py`` times exactly this object.
+    """
+
+    def __init__(self, model: nn.Module, recipe: TrainConfig, total_steps: int, *, mask: Mask | None = None,
+                 objective: Objective | None = None, augment_generator: torch.Generator | None = None) -> None:
+        self.model, self.recipe = model, recipe
+        self.objective = objective or Objective()
+        self.enforcer = MaskEnforcer(model, mask) if mask is not None else None
+        self.objective.setup(model, mask)
+        self.optimizer = build_optimizer(model, recipe, self.objective)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, total_steps, recipe))
+        self.generator = augment_generator or torch.Generator().manual_seed(0)
+        self.step = 0
+
+    def __call__(self, inputs: Any, labels: torch.Tensor) -> float:
+        loss = self.objective.loss(self.model, inputs, labels, self.generator)
+        value = loss.item()
+        if not math.isfinite(value):
+            raise NonFiniteLossError(
+                f"the loss became {value} at step {self.step + 1}; lower train.lr or set train.grad_clip "
+                "(finished rounds are kept)"
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.enforcer:
+            self.enforcer.mask_gradients()
+        if self.recipe.grad_clip > 0:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.recipe.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        if self.enforcer:
+            self.enforcer.apply_weights()
+        self.objective.after_step(self.model)
+        self.step += 1
+        return value
+
+
 def train_model(
     model: nn.Module,
     task: Task,
@@ -113,19 +154,15 @@ def train_model(
 
     The data order depends only on ``seed``, so re-running a round reproduces it exactly.
     """
-    objective = objective or Objective()
     callbacks = callbacks or []
     torch.use_deterministic_algorithms(deterministic)
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
-    augment_generator = torch.Generator().manual_seed(seed + 1)
-    enforcer = MaskEnforcer(model, mask) if mask is not None else None
-    objective.setup(model, mask)
-    optimizer = build_optimizer(model, recipe, objective)
     steps_per_epoch = math.ceil(len(task.train) / recipe.batch_size)
-    total = steps_per_epoch * recipe.epochs
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total, recipe))
-    best_val, best_epoch, best_state, step, loss_value = -1.0, -1, None, 0, float("nan")
+    train_step = TrainStep(model, recipe, steps_per_epoch * recipe.epochs, mask=mask, objective=objective,
+                           augment_generator=torch.Generator().manual_seed(seed + 1))
+    objective = train_step.objective
+    best_val, best_epoch, best_state, loss_value = -1.0, -1, None, float("nan")
     started = time.perf_counter()
     bar = tqdm(range(recipe.epochs), desc=progress or "train", disable=progress is None, leave=False,
                unit="epoch", dynamic_ncols=True)
@@ -135,27 +172,10 @@ def train_model(
         running, batches = 0.0, 0
         for start in range(0, len(order), recipe.batch_size):
             idx = order[start : start + recipe.batch_size]
-            loss = objective.loss(model, task.train.inputs(idx), task.train.y[idx], augment_generator)
-            if not torch.isfinite(loss):
-                raise NonFiniteLossError(
-                    f"the loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}; lower train.lr or "
-                    "set train.grad_clip (finished rounds are kept)"
-                )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if enforcer:
-                enforcer.mask_gradients()
-            if recipe.grad_clip > 0:
-                nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            if enforcer:
-                enforcer.apply_weights()
-            objective.after_step(model)
-            step += 1
-            running, batches = running + loss.item(), batches + 1
+            running += train_step(task.train.inputs(idx), task.train.y[idx])
+            batches += 1
             for callback in callbacks:
-                callback.on_step_end(step, model)
+                callback.on_step_end(train_step.step, model)
         loss_value = running / max(batches, 1)
         val = objective.evaluate(model, task, "val")
         if val > best_val:
@@ -176,7 +196,7 @@ def train_model(
         "best_epoch": best_epoch,
         "final_train_loss": loss_value,
         "epochs": recipe.epochs,
-        "steps": step,
+        "steps": train_step.step,
         "seed": seed,
         "objective": objective.name,
         "train_seconds": round(time.perf_counter() - started, 2),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ticketlab.data import TASKS, Task, images_to_tensor, task_from_arrays
+from ticketlab.data.base import TASKS, Task, images_to_tensor, task_from_arrays
 
 
 @TASKS.register("digits")

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ticketlab.data import TASKS, Split, Task, images_to_tensor, task_from_arrays
+from ticketlab.data.base import TASKS, Split, Task, images_to_tensor, task_from_arrays
 from ticketlab.errors import DataError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ticketlab.data import TASKS, Split, Task, images_to_tensor
+from ticketlab.data.base import TASKS, Split, Task, images_to_tensor
 
 SHAPES = ("circle", "square", "triangle")
 COLOURS = ("red", "green", "blue", "yellow", "magenta", "cyan")

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ticketlab.errors import ConfigError, TicketlabError
-from ticketlab.models import MODELS, Backbone
+from ticketlab.models.base import MODELS, Backbone
 
 
 def _load(model_cls: Any, config_cls: Any, path: str | None, config: dict[str, Any], random_init: bool,
@@ -46,36 +46,18 @@ def _load(model_cls: Any, config_cls: Any, path: str | None, config: dict[str, A
 class ViTBackbone(nn.Module):
     """[CLS] token of the last layer (after the final LayerNorm).
 
-    Inputs are images, or ``(images, patch_indices)`` to run on a subset of patches (a patch-ticket
-    student). With :meth:`set_token_reduction` it prunes tokens EViT-style and records, in
-    ``last_alive``, the patches that survived the last reduction (the image's ticket).
+    Token reduction and patch subsets (data-level tickets) are added by the adapter in
+    ``ticketlab.patches.vit`` (``patch_vit``); this host never imports it (ToMe's rule).
     """
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
-        self.keep_rate = 1.0
-        self.reduction_layers: tuple[int, ...] = ()
-        self.last_alive: torch.Tensor | None = None
 
-    def set_token_reduction(self, keep_rate: float, layers: tuple[int, ...] | None = None) -> None:
-        from ticketlab.patches.tokens import default_reduction_layers, keep_count
-        from ticketlab.patches.vit import use_eager_attention
-
-        keep_count(1, keep_rate)  # validates the rate
-        use_eager_attention(self.model)
-        self.keep_rate = keep_rate
-        self.reduction_layers = tuple(layers) if layers else default_reduction_layers(len(self.model.layers))
-
-    def forward(self, inputs: torch.Tensor | tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        pixel_values, patches = inputs if isinstance(inputs, tuple) else (inputs, None)
-        if self.keep_rate >= 1.0 and patches is None:
-            return self.model(pixel_values=pixel_values).last_hidden_state[:, 0]
-        from ticketlab.patches.vit import vit_forward
-
-        features, self.last_alive = vit_forward(self.model, pixel_values, self.keep_rate, self.reduction_layers,
-                                                patches)
-        return features
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        if isinstance(inputs, tuple):
+            raise TicketlabError("a patch subset needs the patch adapter: ticketlab.patches.vit.patch_vit(backbone)")
+        return self.model(pixel_values=inputs).last_hidden_state[:, 0]
 
 
 class PooledBackbone(nn.Module):

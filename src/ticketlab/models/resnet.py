@@ -1,5 +1,8 @@
 """CIFAR-style ResNets (3x3 stem, no max-pool), since torchvision does not import here.
 
+Their weights are always freshly drawn (``random_init`` is accepted for the common factory contract);
+θp comes from ``model.checkpoint`` or a pre-training stage.
+
 Module names follow torchvision (``conv1``, ``bn1``, ``layerN.i.conv1``, ``downsample.0``) so that
 torchvision/timm/MoCo/SimCLR checkpoints map onto them by stripping prefixes (see ``checkpoints``).
 """
@@ -9,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ticketlab.models import MODELS, Backbone
+from ticketlab.models.base import MODELS, Backbone
 
 
 class BasicBlock(nn.Module):
@@ -93,17 +96,17 @@ def _resnet(block: type[BasicBlock | Bottleneck], layers: list[int], base: int, 
 
 
 @MODELS.register("resnet20")
-def resnet20(width: int = 16, in_channels: int = 3) -> Backbone:
+def resnet20(width: int = 16, in_channels: int = 3, random_init: bool = False) -> Backbone:
     """He et al.'s CIFAR ResNet-20 (3 stages of 3 basic blocks; 1x1-conv shortcuts)."""
     return _resnet(BasicBlock, [3, 3, 3], width, 3, in_channels)
 
 
 @MODELS.register("resnet18")
-def resnet18(width: int = 64, in_channels: int = 3) -> Backbone:
+def resnet18(width: int = 64, in_channels: int = 3, random_init: bool = False) -> Backbone:
     return _resnet(BasicBlock, [2, 2, 2, 2], width, 4, in_channels)
 
 
 @MODELS.register("resnet50")
-def resnet50(width: int = 64, in_channels: int = 3) -> Backbone:
+def resnet50(width: int = 64, in_channels: int = 3, random_init: bool = False) -> Backbone:
     """The CIFAR-style ResNet-50 of Chen et al. (CVPR 2021): 3x3 stem, no max-pool."""
     return _resnet(Bottleneck, [3, 4, 6, 3], width, 4, in_channels)

@@ -15,9 +15,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ticketlab.augment import ContrastiveAugment
-from ticketlab.data import Task
+from ticketlab.data.base import Task
 from ticketlab.masks import Mask
-from ticketlab.objectives import OBJECTIVES, Objective
+from ticketlab.objectives.base import OBJECTIVES, Objective
 
 
 def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:

@@ -6,12 +6,26 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ticketlab.data import Task
-from ticketlab.objectives import OBJECTIVES, Objective, accuracy
+from ticketlab.data.base import Task
+from ticketlab.masks import Mask
+from ticketlab.metrics import accuracy
+from ticketlab.objectives.base import OBJECTIVES, Objective
+from ticketlab.patches.vit import patch_vit
+
+
+class PatchObjective(Objective):
+    """Students see patch subsets: their ViT gets the patch adapter, and checkpoints are chosen on all patches."""
+
+    def setup(self, model: nn.Module, mask: Mask | None) -> None:
+        patch_vit(model.backbone)
+
+    def evaluate(self, model: nn.Module, task: Task, split: str) -> float:
+        """Dense evaluation: all patches (the student is scored like the ticket student)."""
+        return dense_accuracy(model, task, split)
 
 
 @OBJECTIVES.register("random_patches")
-class RandomPatches(Objective):
+class RandomPatches(PatchObjective):
     """RC baseline: each step, every image shows ``count`` patches drawn afresh (seeded) from its grid."""
 
     name = "random_patches"
@@ -28,10 +42,6 @@ class RandomPatches(Objective):
         patches = scores.topk(self.count, dim=1).indices.sort(dim=1).values
         return F.cross_entropy(model((inputs, patches)), labels)
 
-    def evaluate(self, model: nn.Module, task: Task, split: str) -> float:
-        """Dense evaluation: all patches (the student is scored like the ticket student)."""
-        return dense_accuracy(model, task, split)
-
 
 def dense_accuracy(model: nn.Module, task: Task, split: str) -> float:
     from dataclasses import replace
@@ -40,10 +50,7 @@ def dense_accuracy(model: nn.Module, task: Task, split: str) -> float:
 
 
 @OBJECTIVES.register("ticket_patches")
-class TicketPatches(Objective):
+class TicketPatches(PatchObjective):
     """Train on the ticket patches the task's splits carry; select checkpoints on dense accuracy."""
 
     name = "ticket_patches"
-
-    def evaluate(self, model: nn.Module, task: Task, split: str) -> float:
-        return dense_accuracy(model, task, split)

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ticketlab.data import Task
+from ticketlab.data.base import Task
 from ticketlab.errors import DataError
 from ticketlab.fileio import load_tensors, save_tensors
 

@@ -1,5 +1,8 @@
 """Run a Hugging Face ViT with EViT token reduction, or on a chosen subset of patches.
 
+The adapter (ToMe's pattern): :func:`patch_vit` turns a ``vit`` backbone into a :class:`PatchViT` in
+place; the host module (``models.hf``) never imports this one.
+
 Written against ``transformers`` 5 ViT modules (``embeddings.patch_embeddings.projection``,
 ``layers[i].{layernorm_before, attention, layernorm_after, mlp}``); other layouts get a clear error.
 Attention maps need eager attention, which :func:`use_eager_attention` switches on.
@@ -11,8 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ticketlab.errors import TicketlabError
-from ticketlab.patches.tokens import cls_attention, keep_count, top_tokens
+from ticketlab.errors import ConfigError, TicketlabError
+from ticketlab.models.hf import ViTBackbone
+from ticketlab.patches.tokens import cls_attention, default_reduction_layers, keep_count, top_tokens
 
 
 def use_eager_attention(vit: nn.Module) -> None:
@@ -70,3 +74,39 @@ def vit_forward(vit: nn.Module, pixel_values: torch.Tensor, keep_rate: float = 1
         if kept is not None:
             alive = torch.gather(alive, 1, kept)
     return vit.layernorm(hidden)[:, 0], alive
+
+
+class PatchViT(ViTBackbone):
+    """A ViT backbone that takes images or ``(images, patch_indices)`` and can prune tokens EViT-style.
+
+    After a forward pass with reduction, ``last_alive`` holds the patches that survived the last
+    reduction (the image's ticket).
+    """
+
+    keep_rate: float = 1.0
+    reduction_layers: tuple[int, ...] = ()
+    last_alive: torch.Tensor | None = None
+
+    def set_token_reduction(self, keep_rate: float, layers: tuple[int, ...] | None = None) -> None:
+        keep_count(1, keep_rate)  # validates the rate
+        use_eager_attention(self.model)
+        self.keep_rate = keep_rate
+        self.reduction_layers = tuple(layers) if layers else default_reduction_layers(len(self.model.layers))
+
+    def forward(self, inputs: torch.Tensor | tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        pixel_values, patches = inputs if isinstance(inputs, tuple) else (inputs, None)
+        if self.keep_rate >= 1.0 and patches is None:
+            return self.model(pixel_values=pixel_values).last_hidden_state[:, 0]
+        features, self.last_alive = vit_forward(self.model, pixel_values, self.keep_rate, self.reduction_layers,
+                                                patches)
+        return features
+
+
+def patch_vit(backbone: nn.Module) -> PatchViT:
+    """Give a ``vit`` backbone token reduction and patch-subset inputs, in place (weights untouched)."""
+    if isinstance(backbone, PatchViT):
+        return backbone
+    if not isinstance(backbone, ViTBackbone):
+        raise ConfigError(f"patch tickets need a ViT ('vit' model), got a {type(backbone).__name__} backbone")
+    backbone.__class__ = PatchViT
+    return backbone

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 
 import torch
 
-from ticketlab.pruning.core import PRUNING_METHODS, PruningMethod
+from ticketlab.pruning.base import PRUNING_METHODS, PruningMethod
 
 
 def magnitude_scores(weights: Mapping[str, torch.Tensor], generator: torch.Generator) -> dict[str, torch.Tensor]:

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ticketlab.errors import ConfigError
-from ticketlab.objectives import OBJECTIVES, Objective
+from ticketlab.objectives.base import OBJECTIVES, Objective
 
 
 def symmetric_kl(logits_p: torch.Tensor, logits_q: torch.Tensor) -> torch.Tensor:

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ticketlab.models import MODELS, Backbone
+from ticketlab.models.base import MODELS, Backbone
 from ticketlab.vl.model import ImageEmbeddings, VLBackbone, VLFeatures, compact_word_embeddings, load_text_model
 from ticketlab.vl.text import VLTokenizer, tokenizer_for
 

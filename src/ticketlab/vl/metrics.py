@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ticketlab.data import Split
+from ticketlab.data.base import Split
 from ticketlab.metrics import METRICS
 
 IMAGE_KEYS = ("image_feats", "image_boxes", "image_mask", "region_labels")

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ticketlab.errors import ConfigError, DataError
-from ticketlab.models import HEADS, MODELS, Backbone
+from ticketlab.models.base import HEADS, MODELS, Backbone
 from ticketlab.vl.features import BOX_DIM
 from ticketlab.vl.text import VLTokenizer, tokenizer_for
 

@@ -15,10 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ticketlab.data import Task
+from ticketlab.data.base import Task
 from ticketlab.errors import ConfigError
 from ticketlab.masks import Mask
-from ticketlab.objectives import OBJECTIVES, Objective
+from ticketlab.objectives.base import OBJECTIVES, Objective
 from ticketlab.vl.features import REGION_CLASSES
 from ticketlab.vl.model import mlp
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ticketlab.data import TASKS, Split, Task, images_to_tensor
+from ticketlab.data.base import TASKS, Split, Task, images_to_tensor
 from ticketlab.data.scenes import generate_scenes
 from ticketlab.errors import DataError
 from ticketlab.vl.benchmark import ANSWERS, VLSample, caption, generate

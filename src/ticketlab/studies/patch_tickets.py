@@ -1,4 +1,5 @@
-"""Selector runs, ticket vs random-patch (RC) students, the weight-level comparison, and their report.
+"""The patch-ticket study (MISSION.md section 3): selector runs, ticket vs random-patch (RC) students, the
+weight-level comparison, and their report.
 
 Selection: ``runs/select-<hash>/`` (fine-tuned selector, ``tickets.safetensors``, ``tickets.png``).
 Students: ``runs/patchstudy-<hash>/k_<k>/seed_<s>/<variant>/metrics.json``, written atomically and
@@ -17,28 +18,19 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from ticketlab.analysis import mean_std
-from ticketlab.config import (
-    ConfigError,
-    ExperimentConfig,
-    ModelConfig,
-    TaskConfig,
-    TrainConfig,
-    config_hash,
-    from_dict,
-    read_yaml,
-    to_dict,
-    validate,
-)
-from ticketlab.data import build_task
-from ticketlab.experiment import load_run, run_experiment
+from ticketlab.config import ExperimentConfig, ModelConfig, TaskConfig, TrainConfig, config_hash, to_dict, validate
+from ticketlab.data.base import build_task
+from ticketlab.experiment import run_experiment
+from ticketlab.figures import markdown_table, pm, pyplot
 from ticketlab.fileio import atomic_dir, ensure_writable_dir, read_json, save_tensors, write_json
-from ticketlab.models import build_model
-from ticketlab.objectives import accuracy
+from ticketlab.metrics import accuracy
+from ticketlab.models.base import build_model
 from ticketlab.objectives.patches import RandomPatches, TicketPatches
 from ticketlab.patches.tickets import find_tickets, load_tickets, save_tickets, ticket_grid_png, with_tickets
+from ticketlab.patches.vit import patch_vit
+from ticketlab.paths import CONFIG, METRICS, REPORT, TICKETS, load_run, select_dir, student_dir, study_dir
+from ticketlab.studies.base import STUDIES, Study
 from ticketlab.train import train_model
-
-TICKETS = "tickets.safetensors"
 
 
 @dataclass(frozen=True)
@@ -68,25 +60,20 @@ class PatchStudyConfig:
     weight_level: list[WeightLevelRun] = field(default_factory=list)
 
 
-def load_yaml(path: str | Path, cls: type) -> Any:
-    cfg = from_dict(cls, read_yaml(path))
-    for run in getattr(cfg, "weight_level", []):
+def check_patch_study(cfg: PatchStudyConfig) -> None:
+    for run in cfg.weight_level:
         validate(run.experiment)
-    return cfg
 
 
-def selector_model(cfg: SelectorConfig, num_classes: int):  # noqa: ANN201
+def selector_model(cfg: SelectorConfig, num_classes: int) -> Any:
     model = build_model(cfg.model.name, num_classes, cfg.model.options, seed=cfg.seed)
-    if not hasattr(model.backbone, "set_token_reduction"):
-        raise ConfigError(f"the ticket selector needs a ViT ('vit' model), got {cfg.model.name!r}")
-    model.reset_head(num_classes, cfg.seed)
-    model.backbone.set_token_reduction(cfg.keep_rate, tuple(cfg.reduction_layers) or None)
+    patch_vit(model.backbone).set_token_reduction(cfg.keep_rate, tuple(cfg.reduction_layers) or None)
     return model
 
 
 def run_selection(cfg: SelectorConfig, runs_dir: Path, progress: bool = True) -> Path:
     """Fine-tune the selector with token reduction (if asked), then write every image's patch ticket."""
-    folder = ensure_writable_dir(Path(runs_dir)) / f"select-{config_hash(cfg)}"
+    folder = select_dir(ensure_writable_dir(Path(runs_dir)), config_hash(cfg))
     if (folder / TICKETS).is_file():
         return folder / TICKETS
     task = build_task(cfg.task.name, cfg.task.options)
@@ -100,7 +87,7 @@ def run_selection(cfg: SelectorConfig, runs_dir: Path, progress: bool = True) ->
     vit = model.backbone.model
     grid = vit.config.image_size // vit.config.patch_size
     with atomic_dir(folder) as tmp:
-        write_json(tmp / "config.json", to_dict(cfg))
+        write_json(tmp / CONFIG, to_dict(cfg))
         save_tensors(tmp / "selector.safetensors", model.state_dict(), {"metrics": metrics})
         save_tickets(tmp / TICKETS, tickets, task, cfg.keep_rate, grid * grid, grid,
                      {"model": to_dict(cfg.model), "config_hash": config_hash(cfg), "metrics": metrics,
@@ -111,11 +98,10 @@ def run_selection(cfg: SelectorConfig, runs_dir: Path, progress: bool = True) ->
 
 def train_student(cfg: PatchStudyConfig, keep_rate: float, seed: int, variant: str, tickets_path: Path,
                   folder: Path, progress: bool) -> dict[str, Any]:
-    if (folder / "metrics.json").is_file():
-        return read_json(folder / "metrics.json")
+    if (folder / METRICS).is_file():
+        return read_json(folder / METRICS)
     task = build_task(cfg.selector.task.name, cfg.selector.task.options)
     model = build_model(cfg.student.name, task.num_classes, cfg.student.options, seed=seed)
-    model.reset_head(task.num_classes, seed)
     vit = model.backbone.model
     num_patches = (vit.config.image_size // vit.config.patch_size) ** 2
     tickets, meta = load_tickets(tickets_path, task, num_patches)
@@ -133,15 +119,15 @@ def train_student(cfg: PatchStudyConfig, keep_rate: float, seed: int, variant: s
                "num_patches": num_patches, "dense_test_acc": result.metrics["test_acc"],
                "sparse_test_acc": accuracy(model, ticketed.test)}
     with atomic_dir(folder) as tmp:
-        write_json(tmp / "metrics.json", metrics)
+        write_json(tmp / METRICS, metrics)
     return metrics
 
 
 def run_patch_study(cfg: PatchStudyConfig, runs_dir: Path, progress: bool = True) -> Path:
     runs_dir = ensure_writable_dir(Path(runs_dir))
-    out = runs_dir / f"patchstudy-{config_hash(cfg)}"
+    out = study_dir(runs_dir, "patchstudy", config_hash(cfg))
     out.mkdir(exist_ok=True)
-    write_json(out / "config.json", to_dict(cfg))
+    write_json(out / CONFIG, to_dict(cfg))
     rows, ticket_files = [], {}
     for k in cfg.keep_rates:
         tickets_path = ticket_files[k] = run_selection(dataclasses.replace(cfg.selector, keep_rate=k), runs_dir,
@@ -149,7 +135,7 @@ def run_patch_study(cfg: PatchStudyConfig, runs_dir: Path, progress: bool = True
         variants = ["ticket", "rc"] + (["rc_budget"] if k in cfg.equal_budget_rates else [])
         jobs = [(seed, v) for seed in cfg.seeds for v in variants]
         for seed, variant in tqdm(jobs, desc=f"students k={k}", disable=not progress):
-            folder = out / f"k_{k:.2f}" / f"seed_{seed}" / variant
+            folder = student_dir(out, k, seed, variant)
             rows.append(train_student(cfg, k, seed, variant, tickets_path, folder, progress))
     weight_runs = {w.label: run_experiment(w.experiment, runs_dir, progress) for w in cfg.weight_level}
     write_json(out / "students.json", rows)
@@ -170,22 +156,16 @@ def summarize_students(rows: list[dict[str, Any]]) -> dict[tuple[float, str], di
 
 def write_patch_report(out: Path, cfg: PatchStudyConfig, rows: list[dict[str, Any]], weight_runs: dict[str, Path],
                        ticket_files: dict[float, Path]) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     summary = summarize_students(rows)
     lines = ["# Data-level tickets: ticket vs random-patch students", "",
              f"Selector `{cfg.selector.model.name}` on `{cfg.selector.task.name}`"
              f" ({'fine-tuned with token reduction' if cfg.selector.finetune else 'used as is'}); "
              f"students `{cfg.student.name}` trained from scratch; seeds {cfg.seeds}. Test accuracy, mean ± std; "
              "dense = all patches at test time, sparse = the selector's patches.", "",
-             "| keep rate | patches | variant | dense | sparse |", "|---|---|---|---|---|"]
-    for (k, variant), s in sorted(summary.items()):
-        lines.append(f"| {k} | {s['patches']} | {variant} | "
-                     f"{100 * s['dense'][0]:.1f} ± {100 * s['dense'][1]:.1f} | "
-                     f"{100 * s['sparse'][0]:.1f} ± {100 * s['sparse'][1]:.1f} |")
+             markdown_table(["keep rate", "patches", "variant", "dense", "sparse"],
+                            [[k, s["patches"], variant, pm(*s["dense"]), pm(*s["sparse"])]
+                             for (k, variant), s in sorted(summary.items())])]
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), dpi=130)
     for ax, mode in zip(axes, ("dense", "sparse"), strict=True):
         for variant, marker in (("ticket", "o"), ("rc", "s"), ("rc_budget", "^")):
@@ -232,5 +212,9 @@ def write_patch_report(out: Path, cfg: PatchStudyConfig, rows: list[dict[str, An
         fig.savefig(out / "weight_level.png")
         plt.close(fig)
         lines += ["", "![weight level](weight_level.png)", ""]
-    (out / "report.md").write_text("\n".join(lines) + "\n")
-    return out / "report.md"
+    (out / REPORT).write_text("\n".join(lines) + "\n")
+    return out / REPORT
+
+
+STUDIES.register("patch_tickets")(Study(PatchStudyConfig, check_patch_study, run_patch_study,
+                                        "data-level tickets: ticket vs random-patch ViT students"))

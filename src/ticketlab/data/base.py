@@ -1,0 +1,119 @@
+"""Tasks (datasets with train/val/test splits), all offline. ``TASKS`` maps a name to ``(**options) -> Task``.
+
+A leaf: task plug-ins (``data.scenes``, ``data.digits``, ``data.files``, ``vl.tasks``) register here.
+
+Every image task yields float tensors ``[N, 3, S, S]`` normalised to about [-1, 1], so a ticket found
+on one task can be transferred to any other of the same input size.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ticketlab.errors import DataError
+from ticketlab.registry import Registry
+
+Inputs = torch.Tensor | tuple[torch.Tensor, torch.Tensor] | dict[str, torch.Tensor]
+
+
+@dataclass
+class Split:
+    x: torch.Tensor | dict[str, torch.Tensor]  # images, or named tensors (V+L: token ids, region features...)
+    y: torch.Tensor
+    patches: torch.Tensor | None = None  # optional per-sample patch indices [N, K] (patch-ticket students)
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def inputs(self, index: torch.Tensor | slice) -> Inputs:
+        """Model inputs of the selected samples: images, (images, patch indices) or a dict of named tensors."""
+        if isinstance(self.x, dict):
+            return {k: v[index] for k, v in self.x.items()}
+        return self.x[index] if self.patches is None else (self.x[index], self.patches[index])
+
+    def input_tensors(self) -> dict[str, torch.Tensor]:
+        return dict(self.x) if isinstance(self.x, dict) else {"x": self.x}
+
+
+@dataclass
+class Task:
+    name: str
+    num_classes: int
+    train: Split
+    val: Split
+    test: Split
+    class_names: list[str] = field(default_factory=list)
+    head: str = "linear"  # the head kind this task needs (``HEADS``): a V+L pointer, multiple choice...
+    metric: str = "accuracy"  # how the task is scored (``METRICS``): accuracy, retrieval recall...
+
+    def validate(self) -> Task:
+        """Reject empty splits and labels that do not fit ``num_classes``, naming the split."""
+        if self.num_classes < 2:
+            raise DataError(f"task {self.name!r} has {self.num_classes} class(es); a classification task needs >= 2")
+        for split_name in ("train", "val", "test"):
+            split: Split = getattr(self, split_name)
+            if len(split) == 0:
+                raise DataError(f"task {self.name!r}: the {split_name} split is empty; provide data for it")
+            for key, tensor in split.input_tensors().items():
+                if tensor.shape[0] != split.y.shape[0]:
+                    raise DataError(f"task {self.name!r}: {split_name} has {tensor.shape[0]} inputs ({key}) but "
+                                    f"{split.y.shape[0]} labels")
+                if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+                    raise DataError(f"task {self.name!r}: {split_name} inputs ({key}) contain NaN or infinite values")
+            if split.y.dtype.is_floating_point or split.y.dtype == torch.bool:
+                raise DataError(f"task {self.name!r}: {split_name} labels must be integers, got {split.y.dtype}")
+            low, high = int(split.y.min()), int(split.y.max())
+            if low < 0 or high >= self.num_classes:
+                raise DataError(
+                    f"task {self.name!r}: {split_name} labels span [{low}, {high}] but the task has "
+                    f"{self.num_classes} classes (labels must be 0..{self.num_classes - 1}); fix the labels"
+                )
+        return self
+
+
+TASKS: Registry = Registry("task")
+
+
+def build_task(name: str, options: dict | None = None) -> Task:
+    return TASKS.build(name, **(options or {})).validate()
+
+
+def images_to_tensor(images: np.ndarray, image_size: int | None) -> torch.Tensor:
+    """uint8/float images (N,H,W), (N,H,W,C) or (N,C,H,W) -> float (N,3,S,S) in [-1, 1]."""
+    array = np.asarray(images)
+    if array.ndim == 3:
+        array = array[:, None]
+    elif array.ndim == 4 and array.shape[-1] in (1, 3, 4) and array.shape[1] not in (1, 3):
+        array = array.transpose(0, 3, 1, 2)
+    if array.ndim != 4:
+        raise DataError(f"images must have 3 or 4 dimensions (N,H,W[,C]), got shape {np.shape(images)}")
+    x = torch.as_tensor(np.ascontiguousarray(array)).float()
+    if np.issubdtype(array.dtype, np.integer) or x.max() > 1.0:
+        x = x / 255.0
+    x = x[:, :3]
+    if x.shape[1] == 1:
+        x = x.expand(-1, 3, -1, -1)
+    if image_size is not None and x.shape[-1] != image_size:
+        x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False)
+    return ((x - 0.5) / 0.5).contiguous()
+
+
+def split_indices(n: int, val_fraction: float, test_fraction: float, seed: int) -> tuple[np.ndarray, ...]:
+    """A seeded shuffle cut into train/val/test index arrays."""
+    order = np.random.default_rng(seed).permutation(n)
+    n_val, n_test = math.ceil(n * val_fraction), math.ceil(n * test_fraction)
+    return order[n_val + n_test :], order[:n_val], order[n_val : n_val + n_test]
+
+
+def task_from_arrays(name: str, x: torch.Tensor, y: torch.Tensor, num_classes: int, val_fraction: float,
+                     test_fraction: float, seed: int, class_names: list[str] | None = None) -> Task:
+    if len(y) == 0:
+        raise DataError(f"task {name!r}: the dataset is empty; check the path and its contents")
+    train, val, test = split_indices(len(y), val_fraction, test_fraction, seed)
+    splits = [Split(x[idx], y[idx]) for idx in (train, val, test)]
+    return Task(name, num_classes, *splits, class_names=class_names or [])

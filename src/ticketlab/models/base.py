@@ -1,0 +1,88 @@
+"""Models: a backbone (pre-trained, prunable) plus a task head (re-initialised per task, never pruned).
+
+``MODELS`` maps a name to a factory with one contract, ``factory(*, random_init=False, **options) ->
+Backbone``: ``random_init=True`` gives the family's architecture with freshly drawn weights (θ0 of the
+random re-initialisation baseline) whether or not the options name a checkpoint. Every model exposes
+``forward_features`` (the backbone's feature vector) and ``forward_head``. This module is a leaf: the
+families register themselves and ``ticketlab.plugins`` imports them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from ticketlab.registry import Registry
+
+
+@dataclass
+class Backbone:
+    """What a model factory returns: the feature extractor, its feature size and its family."""
+
+    module: nn.Module
+    feature_dim: int
+    family: str  # "cnn" | "transformer": picks the default prunable set
+
+
+MODELS: Registry[Any] = Registry("model")
+
+
+HEADS: Registry[Any] = Registry("head")
+
+
+@HEADS.register("linear")
+def linear_head(feature_dim: int, num_classes: int, generator: torch.Generator) -> nn.Module:
+    head = nn.Linear(feature_dim, num_classes)
+    bound = 1.0 / feature_dim**0.5
+    with torch.no_grad():
+        head.weight.copy_(torch.empty_like(head.weight).uniform_(-bound, bound, generator=generator))
+        head.bias.zero_()
+    return head
+
+
+class TicketModel(nn.Module):
+    """Backbone + task head. Parameter names are ``backbone.*`` and ``head.*`` (heads are never pruned)."""
+
+    def __init__(self, backbone: Backbone, num_classes: int, head: str = "linear") -> None:
+        super().__init__()
+        self.backbone = backbone.module
+        self.feature_dim = backbone.feature_dim
+        self.family = backbone.family
+        HEADS.get(head)  # an unknown kind fails here, naming the known ones
+        self.head_kind = head
+        self.head = nn.Linear(backbone.feature_dim, max(num_classes, 1))
+
+    def forward_features(self, x: Any) -> Any:
+        return self.backbone(x)
+
+    def forward_head(self, features: Any) -> torch.Tensor:
+        return self.head(features)
+
+    def forward(self, x: Any) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def reset_head(self, num_classes: int, seed: int) -> None:
+        """A fresh head of the model's kind for a task, initialised from ``seed`` so runs are reproducible."""
+        generator = torch.Generator().manual_seed(seed)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)  # heads with several layers use their default initialisers
+            head = HEADS.get(self.head_kind)(self.feature_dim, num_classes, generator)
+        self.head = head.to(next(self.backbone.parameters()).device)
+
+
+def build_model(name: str, num_classes: int, options: dict[str, Any] | None = None, seed: int = 0,
+                head: str = "linear", *, head_seed: int | None = None, random_init: bool = False) -> TicketModel:
+    """Build a model: the backbone's random initialisation (θ0) is a function of ``seed`` alone, the head's
+    of ``head_seed`` (default ``seed``), so a caller never re-seeds the head after building."""
+    options = dict(options or {})
+    if random_init:
+        options["random_init"] = True
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        backbone = MODELS.build(name, **options)
+        model = TicketModel(backbone, num_classes, head)
+    model.reset_head(num_classes, seed if head_seed is None else head_seed)
+    return model

@@ -1,0 +1,27 @@
+"""The one aggregator: imports every built-in plug-in so that it registers itself.
+
+Registries (``models.base``, ``data.base``, ``objectives.base``, ``pruning.base``, ``baselines.base``,
+``metrics``, ``rewind``, ``schedules``, ``studies.base``) are leaves that import no plug-in; this module is
+imported once, by the package's ``__init__``, so every public entry point sees full registries.
+A new plug-in is one new file plus one line here.
+"""
+
+from ticketlab.baselines import builtin as _baselines  # noqa: F401
+from ticketlab.data import digits as _digits  # noqa: F401
+from ticketlab.data import files as _files  # noqa: F401
+from ticketlab.data import scenes as _scenes  # noqa: F401
+from ticketlab.models import hf as _hf  # noqa: F401
+from ticketlab.models import resnet as _resnet  # noqa: F401
+from ticketlab.objectives import contrastive as _contrastive  # noqa: F401
+from ticketlab.objectives import patches as _patch_objectives  # noqa: F401
+from ticketlab.pruning import magnitude as _magnitude  # noqa: F401
+from ticketlab.pruning import random as _random  # noqa: F401
+from ticketlab.studies import cv_pretraining as _cv_study  # noqa: F401
+from ticketlab.studies import patch_tickets as _patch_study  # noqa: F401
+from ticketlab.studies import vl_tickets as _vl_study  # noqa: F401
+from ticketlab.vl import adversarial as _adversarial  # noqa: F401
+from ticketlab.vl import hf_backbones as _hf_backbones  # noqa: F401
+from ticketlab.vl import metrics as _vl_metrics  # noqa: F401
+from ticketlab.vl import model as _vl_model  # noqa: F401
+from ticketlab.vl import pretraining as _vl_pretraining  # noqa: F401
+from ticketlab.vl import tasks as _vl_tasks  # noqa: F401
