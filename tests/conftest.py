@@ -11,6 +11,17 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 TINY_SCENES = {"n_train": 96, "n_val": 48, "n_test": 48}
 
 
+def assert_figure(path, min_bytes: int = 5_000) -> None:
+    """A real, non-blank PNG: it decodes, has a sensible size and more than one colour."""
+    from PIL import Image
+
+    assert path.stat().st_size > min_bytes, path
+    with Image.open(path) as image:
+        assert image.format == "PNG" and image.width >= 300 and image.height >= 200, (path, image.size)
+        extrema = image.convert("L").getextrema()
+        assert extrema[1] - extrema[0] > 100, f"{path} is blank"
+
+
 def tiny_config(**overrides: object) -> dict:
     """A config that runs an IMP experiment in a few seconds."""
     cfg = {

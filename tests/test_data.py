@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from ticketlab.data import TASKS, build_task
+from ticketlab.data import build_task
 from ticketlab.data.scenes import COLOURS, SHAPES, generate_scenes
 
 
@@ -94,4 +94,3 @@ def test_hf_saved_dataset_loader(tmp_path):
         str(tmp_path / "hfdict"))
     task = build_task("hf_disk", {"path": str(tmp_path / "hfdict")})
     assert (len(task.train), len(task.val), len(task.test)) == (12, 4, 4)
-    assert "hf_disk" in TASKS

@@ -113,7 +113,9 @@ def test_cli_show_json_and_ls(finished, capsys):
     assert shown["rounds"][1]["round"] == 1
     assert shown["rounds"][1]["mask"] == "rounds/round_001/mask.safetensors"
     assert (run_dir / shown["rounds"][1]["mask"]).is_file()
-    assert 0 <= shown["rounds"][1]["metrics"]["test_acc"] <= 1
+    stored = json.loads((run_dir / "rounds/round_001/metrics.json").read_text())
+    assert shown["rounds"][1]["metrics"]["test_acc"] == stored["test_acc"]
+    assert shown["rounds"][1]["metrics"]["sparsity"] == pytest.approx(0.2, abs=1e-4)
     assert shown["baselines"]["omp"][0]["sparsity"] == pytest.approx(0.2, abs=1e-4)
     assert cli.main(["ls", "--runs-dir", str(runs)]) == 0
     assert run_dir.name in capsys.readouterr().out

@@ -5,6 +5,7 @@ import pytest
 import torch
 import yaml
 
+from tests.conftest import assert_figure
 from ticketlab import cli
 from ticketlab.config import ModelConfig, TaskConfig, TrainConfig
 from ticketlab.data import build_task
@@ -184,7 +185,8 @@ def test_patch_study_end_to_end(tmp_path, capsys):
     report = (out / "report.md").read_text()
     assert "| 0.5 | 8/64 | ticket |" in report and "| 0.5 | 8/64 | rc_budget |" in report
     assert "Weight-level IMP vs random re-initialisation" in report
-    assert (out / "students.png").is_file() and (out / "weight_level.png").is_file()
+    assert_figure(out / "students.png")
+    assert_figure(out / "weight_level.png")
     rows = json.loads((out / "students.json").read_text())
     assert len(rows) == 2 * (2 + 2 + 1)  # seeds x (ticket, rc at 0.9; ticket, rc, rc_budget at 0.5)
     budget = next(r for r in rows if r["variant"] == "rc_budget")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from tests.conftest import assert_figure
 from tests.test_vl import ADAMW, SIZES, TINY_UNITER
 from ticketlab.config import from_dict
 from ticketlab.errors import ConfigError
@@ -69,7 +70,8 @@ def test_tiny_vl_study_writes_its_report_and_resumes(tmp_path):
     for heading in ("Pre-training tickets", "Task-specific tickets", "Universal pre-training tickets",
                     "adversarial (VILLA)"):
         assert heading in report
-    assert (out / "task_curves.png").stat().st_size > 0 and (out / "adversarial.png").stat().st_size > 0
+    assert_figure(out / "task_curves.png")
+    assert_figure(out / "adversarial.png")
     assert report.count("| vl_vqa |") >= 3  # curve row, relaxed/matching row, baseline row
     imp_runs = sorted(tmp_path.glob("imp-*"))
     assert len(imp_runs) == 1 + 2 * 2  # pre-training IMP + 2 tasks x 2 seeds

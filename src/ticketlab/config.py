@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 import yaml
 
+from ticketlab.baselines.base import BASELINES
 from ticketlab.data.base import TASKS
 from ticketlab.errors import ConfigError
 from ticketlab.models.base import MODELS
@@ -192,9 +193,8 @@ def parse_config(data: dict[str, Any]) -> ExperimentConfig:
 
 
 def validate(cfg: ExperimentConfig) -> None:
-    """Check names against the registries and values against their ranges, before any work starts."""
-    from ticketlab.baselines import BASELINES
-
+    """Check names against the registries (leaves, filled by ``ticketlab.plugins``) and values against their
+    ranges, before any work starts."""
     MODELS.get(cfg.model.name)
     TASKS.get(cfg.task.name)
     PRUNING_METHODS.get(cfg.prune.method)

@@ -33,9 +33,13 @@ class Registry(Generic[T]):
     def get(self, name: str) -> T:
         if name not in self._items:
             raise ConfigError(
-                f"unknown {self.kind} {name!r}; known {self.kind}s: {', '.join(sorted(self._items))}"
+                f"unknown {self.kind} {name!r}; known {self.plural}: {', '.join(sorted(self._items))}"
             )
         return self._items[name]
+
+    @property
+    def plural(self) -> str:
+        return f"{self.kind[:-1]}ies" if self.kind.endswith("y") else f"{self.kind}s"
 
     def items(self) -> list[tuple[str, T]]:
         return sorted(self._items.items())
