@@ -152,3 +152,37 @@ def test_registry_accepts_the_same_definition_twice_but_not_two_different_object
         registry.register("a")(other)
     with pytest.raises(ConfigError, match="unknown thing 'b'; known things: a"):
         registry.get("b")
+
+
+def test_a_model_and_a_baseline_are_one_new_file_each(tmp_path, monkeypatch):
+    """The README's recipe: a new file registers itself; IMP, baselines, reports and `list` pick it up."""
+    from tests.conftest import TINY_SCENES
+    from ticketlab import cli
+    from ticketlab.config import parse_config
+    from ticketlab.experiment import run_experiment
+    from ticketlab.paths import load_run
+
+    (tmp_path / "my_plugin.py").write_text(textwrap.dedent('''
+        from torch import nn
+        from ticketlab.baselines.base import baseline
+        from ticketlab.models.base import MODELS, Backbone
+
+        @MODELS.register("readme_mlp")
+        def mlp(width: int = 16, random_init: bool = False) -> Backbone:
+            net = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, width), nn.ReLU(), nn.Linear(width, width))
+            return Backbone(net, width, "transformer")
+
+        @baseline("dense_start", "IMP mask on the dense-trained weights")
+        def dense_start(run, k):
+            return run.imp_mask(k), run.imp_weights(0)
+    '''))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    __import__("my_plugin")
+    cfg = parse_config({"model": {"name": "readme_mlp"}, "task": {"name": "scenes_shape", "options": TINY_SCENES},
+                        "train": {"epochs": 1, "batch_size": 32, "lr": 0.05}, "prune": {"rounds": 1},
+                        "baselines": ["dense_start"]})
+    run = load_run(run_experiment(cfg, tmp_path / "runs", progress=False))
+    assert run["rounds"][1]["sparsity"] == pytest.approx(0.2, abs=1e-3)
+    assert run["baselines"]["dense_start"][0]["sparsity"] == run["rounds"][1]["sparsity"]
+    assert "IMP mask on the dense-trained weights" in (pathlib.Path(run["path"]) / "results.md").read_text()
+    assert cli.main(["list", "models"]) == 0

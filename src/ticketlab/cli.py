@@ -205,6 +205,8 @@ def cmd_list(args: argparse.Namespace) -> None:
 
 
 def _describe(obj: object) -> str:
+    if hasattr(obj, "scorer"):  # a pruning method
+        return f"{obj.scope} scope, {obj.scorer.__name__.removesuffix('_scores')} scores"
     text = getattr(obj, "description", "") or getattr(obj, "label", "") or (getattr(obj, "func", obj).__doc__ or "")
     return text.strip().splitlines()[0] if text.strip() else ""
 
