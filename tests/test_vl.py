@@ -377,7 +377,7 @@ def test_visualbert_loads_a_checkpoint_folder_into_the_compact_vocabulary(tmp_pa
 
 @pytest.mark.parametrize("options,match", [({"features": "boxes"}, "features"),
                                            ({"features": "patches", "patch": 5}, "patch"),
-                                           ({"n_train": 0}, "no samples")])
+                                           ({"n_train": 0}, r"n_train of task .vl_vqa. must be in \[1, inf\], got 0")])
 def test_bad_vl_task_options_are_clear_errors(options, match):
     from ticketlab.errors import TicketlabError
 

@@ -171,15 +171,38 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path} is {path.stat().st_size:,} bytes; a config is at most {MAX_CONFIG_BYTES:,} bytes")
     try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path} is not valid YAML: {' '.join(str(exc).split())}") from exc
-    if data is None:
-        data = {}
+    if data is None or data == {}:
+        raise ConfigError(f"{path} is empty; give at least the model, task and train sections (see examples/demo.yaml)")
     if not isinstance(data, dict):
         raise ConfigError(f"{path} must hold a YAML mapping of config keys, got {type(data).__name__}")
+    if _expanded_size(data, MAX_CONFIG_NODES) > MAX_CONFIG_NODES:
+        raise ConfigError(f"{path} expands to more than {MAX_CONFIG_NODES:,} values (YAML aliases/anchors repeated "
+                          "in a chain?); write the values out or remove the aliases")
     return data
+
+
+MAX_CONFIG_BYTES = 1_000_000
+MAX_CONFIG_NODES = 100_000
+
+
+def _expanded_size(data: Any, budget: int) -> int:
+    """Values in ``data`` with every alias expanded, counted only up to ``budget`` (an alias bomb stops early)."""
+    count, stack = 0, [data]
+    while stack and count <= budget:
+        item = stack.pop()
+        count += 1
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return count
 
 
 def load_config(path: str | Path) -> ExperimentConfig:
@@ -195,16 +218,16 @@ def parse_config(data: dict[str, Any]) -> ExperimentConfig:
 def validate(cfg: ExperimentConfig) -> None:
     """Check names against the registries (leaves, filled by ``ticketlab.plugins``) and values against their
     ranges, before any work starts."""
-    MODELS.get(cfg.model.name)
-    TASKS.get(cfg.task.name)
+    MODELS.check(cfg.model.name, cfg.model.options, "model.options")
+    TASKS.check(cfg.task.name, cfg.task.options, "task.options")
     PRUNING_METHODS.get(cfg.prune.method)
     REWIND_POINTS.get(cfg.prune.rewind)
-    OBJECTIVES.get(cfg.objective)
+    OBJECTIVES.check(cfg.objective, cfg.objective_options, "objective_options")
     for name in cfg.baselines:
         BASELINES.get(name)
     if cfg.pretrain is not None:
-        OBJECTIVES.get(cfg.pretrain.objective)
-        TASKS.get(cfg.pretrain.task.name)
+        OBJECTIVES.check(cfg.pretrain.objective, cfg.pretrain.objective_options, "pretrain.objective_options")
+        TASKS.check(cfg.pretrain.task.name, cfg.pretrain.task.options, "pretrain.task.options")
         if cfg.model.checkpoint:
             raise ConfigError("give either model.checkpoint or a pretrain section for θp, not both")
     if cfg.prune.rewind == "early" and cfg.prune.rewind_steps <= 0:

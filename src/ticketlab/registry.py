@@ -7,6 +7,8 @@ Registries are leaves: the module defining one imports no plug-in. Plug-ins regi
 from __future__ import annotations
 
 import inspect
+import types
+import typing
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
@@ -50,11 +52,70 @@ class Registry(Generic[T]):
     def __contains__(self, name: str) -> bool:
         return name in self._items
 
+    def check(self, name: str, options: dict[str, Any], key: str = "options") -> None:
+        """Validate ``options`` of ``name`` — names, types and declared ranges — without building anything."""
+        check_options(self.get(name), options, f"{self.kind} {name!r}", key)
+
     def build(self, name: str, **kwargs: Any) -> Any:
-        """Call the registered factory, rejecting keyword arguments it does not accept by name."""
-        factory = self.get(name)
-        check_kwargs(factory, kwargs, f"{self.kind} {name!r}")
-        return factory(**kwargs)  # type: ignore[operator]
+        """Call the registered factory after :meth:`check` of its keyword arguments."""
+        self.check(name, kwargs)
+        return self.get(name)(**kwargs)  # type: ignore[operator]
+
+
+def bounds(**ranges: tuple[float | None, float | None]) -> Callable[[T], T]:
+    """Declare inclusive (low, high) ranges of a factory's numeric options (None: unbounded), checked by
+    :func:`check_options` before any run folder exists."""
+    def decorator(func: T) -> T:
+        func.__bounds__ = ranges  # type: ignore[attr-defined]
+        return func
+
+    return decorator
+
+
+def _fits(value: Any, tp: Any) -> bool:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is Any or tp is inspect.Parameter.empty:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, a) for a in args)
+    if tp is type(None):
+        return value is None
+    if tp is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp in (str, bool):
+        return isinstance(value, tp)
+    if origin in (list, tuple) or tp in (list, tuple):
+        return isinstance(value, list | tuple) and all(_fits(v, args[0]) for v in value) if args else \
+            isinstance(value, list | tuple)
+    if origin is dict or tp is dict:
+        return isinstance(value, dict)
+    return True  # an annotation this check does not model
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def check_options(func: Callable[..., Any], options: dict[str, Any], what: str, key: str = "options") -> None:
+    """Raise a ConfigError naming an option ``func`` does not take, a value of the wrong type, or one outside
+    the factory's declared :func:`bounds`."""
+    check_kwargs(func, options, what)
+    target = getattr(func, "__init__", func) if inspect.isclass(func) else func
+    try:
+        hints = typing.get_type_hints(target)
+    except Exception:  # noqa: BLE001  unresolvable annotations: names are still checked
+        hints = {}
+    limits = getattr(func, "__bounds__", {})
+    for name, value in options.items():
+        if name in hints and not _fits(value, hints[name]):
+            raise ConfigError(f"{key}.{name} of {what} must be {_type_name(hints[name])}, got {value!r}")
+        low, high = limits.get(name, (None, None))
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            if (low is not None and value < low) or (high is not None and value > high):
+                span = f"[{low if low is not None else '-inf'}, {high if high is not None else 'inf'}]"
+                raise ConfigError(f"{key}.{name} of {what} must be in {span}, got {value!r}")
 
 
 def check_kwargs(func: Callable[..., Any], kwargs: dict[str, Any], what: str) -> None:

@@ -5,9 +5,11 @@ from __future__ import annotations
 import torch
 
 from ticketlab.data.base import TASKS, Task, images_to_tensor, task_from_arrays
+from ticketlab.registry import bounds
 
 
 @TASKS.register("digits")
+@bounds(image_size=(8, 512), val_fraction=(0.01, 0.5), test_fraction=(0.01, 0.5))
 def digits(image_size: int = 32, val_fraction: float = 0.15, test_fraction: float = 0.25, seed: int = 0) -> Task:
     from sklearn.datasets import load_digits
 

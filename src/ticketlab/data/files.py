@@ -9,6 +9,7 @@ import torch
 
 from ticketlab.data.base import TASKS, Split, Task, images_to_tensor, task_from_arrays
 from ticketlab.errors import DataError
+from ticketlab.registry import bounds
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
 
@@ -36,6 +37,7 @@ def _read_folder(root: Path, classes: list[str], image_size: int) -> tuple[torch
 
 
 @TASKS.register("image_folder")
+@bounds(image_size=(1, 4096), val_fraction=(0.01, 0.5), test_fraction=(0.01, 0.5))
 def image_folder(path: str, image_size: int = 32, val_fraction: float = 0.1, test_fraction: float = 0.2,
                  seed: int = 0) -> Task:
     """``path/<class>/*.png``, or ``path/{train,val,test}/<class>/*.png`` for given splits."""
@@ -62,6 +64,7 @@ def _labels(array: np.ndarray, where: str) -> torch.Tensor:
 
 
 @TASKS.register("npz")
+@bounds(num_classes=(2, None), image_size=(1, 4096), val_fraction=(0.01, 0.5), test_fraction=(0.01, 0.5))
 def npz(path: str, image_size: int | None = None, num_classes: int | None = None, val_fraction: float = 0.1,
         test_fraction: float = 0.2, seed: int = 0) -> Task:
     """Arrays ``x``/``y`` (split here) or ``x_train``/``y_train``/``x_val``/... in one ``.npz`` file."""
@@ -85,6 +88,7 @@ def npz(path: str, image_size: int | None = None, num_classes: int | None = None
 
 
 @TASKS.register("hf_disk")
+@bounds(image_size=(1, 4096), val_fraction=(0.01, 0.5), test_fraction=(0.01, 0.5))
 def hf_disk(path: str, image_column: str = "image", label_column: str = "label", image_size: int = 32,
             val_fraction: float = 0.1, test_fraction: float = 0.2, seed: int = 0) -> Task:
     """A dataset written by ``datasets``' ``save_to_disk`` (a Dataset, or a DatasetDict with train/val/test)."""

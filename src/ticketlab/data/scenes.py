@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from ticketlab.data.base import TASKS, Split, Task, images_to_tensor
+from ticketlab.registry import bounds
 
 SHAPES = ("circle", "square", "triangle")
 COLOURS = ("red", "green", "blue", "yellow", "magenta", "cyan")
@@ -129,7 +130,7 @@ def _register(name: str, label: str, domain: str, doc: str) -> None:
         return scene_task(name, label, domain, n_train, n_val, n_test, image_size, seed)
 
     factory.__doc__ = doc
-    TASKS.register(name)(factory)
+    TASKS.register(name)(bounds(n_train=(1, None), n_val=(1, None), n_test=(1, None), image_size=(32, 64))(factory))
 
 
 _register("scenes_shape", "shape", "default", "Shape of the largest object (3 classes).")

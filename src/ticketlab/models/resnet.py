@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ticketlab.models.base import MODELS, Backbone
+from ticketlab.registry import bounds
 
 
 class BasicBlock(nn.Module):
@@ -96,17 +97,20 @@ def _resnet(block: type[BasicBlock | Bottleneck], layers: list[int], base: int, 
 
 
 @MODELS.register("resnet20")
+@bounds(width=(1, 4096), in_channels=(1, 64))
 def resnet20(width: int = 16, in_channels: int = 3, random_init: bool = False) -> Backbone:
     """He et al.'s CIFAR ResNet-20 (3 stages of 3 basic blocks; 1x1-conv shortcuts)."""
     return _resnet(BasicBlock, [3, 3, 3], width, 3, in_channels)
 
 
 @MODELS.register("resnet18")
+@bounds(width=(1, 4096), in_channels=(1, 64))
 def resnet18(width: int = 64, in_channels: int = 3, random_init: bool = False) -> Backbone:
     return _resnet(BasicBlock, [2, 2, 2, 2], width, 4, in_channels)
 
 
 @MODELS.register("resnet50")
+@bounds(width=(1, 4096), in_channels=(1, 64))
 def resnet50(width: int = 64, in_channels: int = 3, random_init: bool = False) -> Backbone:
     """The CIFAR-style ResNet-50 of Chen et al. (CVPR 2021): 3x3 stem, no max-pool."""
     return _resnet(Bottleneck, [3, 4, 6, 3], width, 4, in_channels)

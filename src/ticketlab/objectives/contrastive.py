@@ -18,6 +18,7 @@ from ticketlab.augment import ContrastiveAugment
 from ticketlab.data.base import Task
 from ticketlab.masks import Mask
 from ticketlab.objectives.base import OBJECTIVES, Objective
+from ticketlab.registry import bounds
 
 
 def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -80,6 +81,7 @@ class SelfSupervised(Objective):
 
 
 @OBJECTIVES.register("simclr")
+@bounds(temperature=(1e-6, None), projection_dim=(1, None), crop_scale=(0.01, 1.0))
 class SimCLR(SelfSupervised):
     name = "simclr"
 
@@ -97,6 +99,8 @@ class SimCLR(SelfSupervised):
 
 
 @OBJECTIVES.register("moco")
+@bounds(temperature=(1e-6, None), projection_dim=(1, None), crop_scale=(0.01, 1.0), queue_size=(1, None),
+        momentum=(0.0, 1.0))
 class MoCo(SelfSupervised):
     """MoCo v2: query encoder = the model; key encoder = its momentum average, masked like the query."""
 

@@ -22,6 +22,7 @@ from torch import nn
 
 from ticketlab.errors import ConfigError, DataError
 from ticketlab.models.base import HEADS, MODELS, Backbone
+from ticketlab.registry import bounds
 from ticketlab.vl.features import BOX_DIM
 from ticketlab.vl.text import VLTokenizer, tokenizer_for
 
@@ -178,6 +179,7 @@ def load_text_model(model_cls: Any, config_cls: Any, path: str | None, config: d
 
 
 @MODELS.register("uniter")
+@bounds(num_layers=(1, None), image_feature_dim=(1, None))
 def uniter(path: str | None = None, config: dict[str, Any] | None = None, num_layers: int | None = None,
            tokenizer: str | None = None, image_feature_dim: int = 192, random_init: bool = False,
            attn_implementation: str = "sdpa", pooling: str = "cls") -> Backbone:

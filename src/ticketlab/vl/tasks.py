@@ -14,6 +14,7 @@ import torch
 from ticketlab.data.base import TASKS, Split, Task, images_to_tensor
 from ticketlab.data.scenes import generate_scenes
 from ticketlab.errors import DataError
+from ticketlab.registry import bounds
 from ticketlab.vl.benchmark import ANSWERS, VLSample, caption, generate
 from ticketlab.vl.features import ImageFeatures, image_features
 from ticketlab.vl.text import tokenizer_for
@@ -121,7 +122,8 @@ def _register(task: str, doc: str) -> None:
         return vl_task(task, n_train, n_val, n_test, image_size, features, patch, tokenizer, seed)
 
     factory.__doc__ = doc
-    TASKS.register(f"vl_{task}")(factory)
+    TASKS.register(f"vl_{task}")(bounds(n_train=(1, None), n_val=(1, None), n_test=(1, None), image_size=(32, 64),
+                                         patch=(1, None))(factory))
 
 
 _register("vqa", "VQA-style questions (counts, existence, attributes) over a closed answer set.")
