@@ -4,6 +4,7 @@ every study; the perturbation *training* lives in :func:`ticketlab.transfer.pert
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections import defaultdict
 from collections.abc import Iterable
@@ -71,6 +72,14 @@ def highest_sparsity(curve: Iterable[tuple[float, float]], threshold: float) -> 
     ``curve`` holds (sparsity, score) pairs of the sparse models (the dense point excluded).
     """
     return max((s for s, score in curve if score >= threshold), default=None)
+
+
+def at_chance(score: float, chance: float | None, n: int | None) -> bool:
+    """The written rule for "at chance": the score is within two binomial standard errors of the majority-class
+    rate of the same test set (``chance``), i.e. not clearly above it."""
+    if chance is None or not n:
+        return False
+    return score <= chance + 2 * math.sqrt(chance * (1 - chance) / n)
 
 
 def overlap_matrix(masks: dict[str, Mask]) -> dict[tuple[str, str], dict[str, Any]]:

@@ -6,7 +6,10 @@ import argparse
 import dataclasses
 import json
 import os
+import signal
+import sqlite3
 import sys
+import threading
 from importlib import resources
 from pathlib import Path
 
@@ -17,12 +20,12 @@ from ticketlab.data import TASKS, build_task
 from ticketlab.errors import TicketlabError
 from ticketlab.experiment import run_experiment
 from ticketlab.figures import pct, plot_layer_sparsity, plot_overlap
-from ticketlab.fileio import read_json
+from ticketlab.fileio import read_json, storage_error
 from ticketlab.masks import Mask
 from ticketlab.metrics import METRICS
 from ticketlab.models import HEADS, MODELS, build_model
 from ticketlab.objectives import OBJECTIVES
-from ticketlab.paths import IMP, RunPaths, is_run_dir, load_run, parse_ref, resolve_run, store_path
+from ticketlab.paths import IMP, RunPaths, is_run_dir, load_run, parse_ref, resolve_run, verify_run
 from ticketlab.pretrain import pretrain_run_for, run_pretraining
 from ticketlab.prunable import prunable_names
 from ticketlab.pruning import PRUNING_METHODS
@@ -62,15 +65,35 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
 
 
 def cmd_ls(args: argparse.Namespace) -> None:
-    path = store_path(_runs_dir(args))
-    if not path.is_file():
-        print(f"no runs yet in {_runs_dir(args)}")
+    runs = _runs_dir(args)
+    if not runs.is_dir():
+        print(f"no runs yet in {runs}")
         return
-    for row in ResultStore(path).runs():
+    store = ResultStore(runs)
+    if args.reindex:
+        print(f"index rebuilt from the run folders: {store.reindex()} runs")
+    for row in store.runs():
         dense = f"{row['dense']:.2%}" if row["dense"] is not None else "—"
         top = f"{row['max_sparsity']:.2%}" if row["max_sparsity"] is not None else "—"
-        print(f"{row['run_id']}  {row['status']:<7}  {row['model']:<10} {row['task']:<22} {row['method']:<20} "
-              f"rounds={row['rounds']}  dense={dense}  max_sparsity={top}")
+        error = f"  error: {row['error']}" if row["status"] == "failed" and row["error"] else ""
+        print(f"{row['run_id']}  {row['status']:<11}  {row['model']:<10} {row['task']:<22} {row['method']:<20} "
+              f"rounds={row['rounds']}  dense={dense}  max_sparsity={top}{error}")
+
+
+def cmd_verify(args: argparse.Namespace) -> None:
+    """Check every finished folder of a run (or of every run) against its manifest and checksums."""
+    runs = [resolve_run(args.run, _runs_dir(args))] if args.run else \
+        sorted(p for p in _runs_dir(args).iterdir() if is_run_dir(p)) if _runs_dir(args).is_dir() else []
+    bad = []
+    for run in runs:
+        problems = verify_run(run)
+        print(f"{run.name}: " + ("ok" if not problems else f"{len(problems)} problem(s)"))
+        for problem in problems:
+            print(f"  {problem}")
+        bad += problems
+    if bad:
+        raise TicketlabError(f"{len(bad)} problem(s) found; delete the folders named above and re-run "
+                             "'ticketlab find' on their runs to recompute them")
 
 
 def cmd_show(args: argparse.Namespace) -> None:
@@ -106,9 +129,13 @@ def _mask_of(ref: str, runs_dir: Path) -> tuple[str, Path, int, Mask]:
 def _transfer_spec(args: argparse.Namespace, run: Path, seed: int, variant: str = "ticket") -> TransferSpec:
     recipe = parse_config(read_json(RunPaths(run).config)).train
     overrides = {k: v for k, v in (("epochs", args.epochs), ("lr", args.lr)) if v is not None}
-    options = json.loads(args.task_options) if args.task_options else {}
+    if not args.task:
+        raise ConfigError(f"{args.command} needs --task NAME (the task to fine-tune on; see 'ticketlab list tasks')")
+    options = _json_option(args.task_options, "--task-options")
+    TASKS.check(args.task, options, "--task-options")
     objective = getattr(args, "objective", "supervised")
-    objective_options = json.loads(args.objective_options) if getattr(args, "objective_options", None) else {}
+    objective_options = _json_option(getattr(args, "objective_options", None), "--objective-options")
+    OBJECTIVES.check(objective, objective_options, "--objective-options")
     return TransferSpec(TaskConfig(args.task, options), dataclasses.replace(recipe, **overrides), seed, variant,
                         objective, objective_options)
 
@@ -151,8 +178,6 @@ def cmd_analyze(args: argparse.Namespace) -> None:
         if args.plot:
             plot_layer_sparsity(masks, Path(args.plot))
     else:
-        if not args.task:
-            raise TicketlabError("analyze perturb needs --task NAME (the task to fine-tune on)")
         label, run, k, ticket = refs[0]
         seeds = _seeds(args)
         spec = _transfer_spec(args, run, seeds[0])
@@ -212,7 +237,23 @@ def _describe(obj: object) -> str:
 
 
 def _seeds(args: argparse.Namespace) -> list[int]:
-    return [int(s) for s in args.seeds.split(",")]
+    try:
+        seeds = [int(s) for s in args.seeds.split(",")]
+    except ValueError:
+        raise ConfigError(f"--seeds must be comma-separated integers like 0,1,2, got {args.seeds!r}") from None
+    return seeds
+
+
+def _json_option(value: str | None, flag: str) -> dict:
+    if not value:
+        return {}
+    try:
+        data = json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{flag} is not valid JSON ({exc.msg}); write it like '{{\"n_train\": 300}}'") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{flag} must be a JSON object of options, got {value!r}")
+    return data
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -238,7 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
         add(name, func, text, config=True).add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     add("demo", cmd_demo, "the demo: pre-train a small CNN on scenes, IMP + baselines, table and plot").add_argument(
         "-q", "--quiet", action="store_true", help="no progress bars")
-    add("ls", cmd_ls, "one line per run")
+    add("ls", cmd_ls, "one line per run").add_argument("--reindex", action="store_true",
+                                                      help="rebuild the index from the run folders")
     show = add("show", cmd_show, "a run's results")
     show.add_argument("run", help="run folder or run id")
     show.add_argument("--json", action="store_true", help="machine-readable output")
@@ -272,21 +314,41 @@ def build_parser() -> argparse.ArgumentParser:
         ("select", cmd_select, "patch tickets: (fine-tune and) run a token-reducing ViT selector over a dataset"),
     ):
         add(name, func, text, config=True).add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    add("verify", cmd_verify, "check every file of a run (or all runs) against its checksums").add_argument(
+        "run", nargs="?", help="run folder or run id (default: every run)")
     listing = add("list", cmd_list, "models, tasks, pruning methods, objectives, baselines, studies (the registries)")
     listing.add_argument("kind", nargs="?", help="only this kind, e.g. models")
     return parser
 
 
+def _terminate(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt("SIGTERM")
+
+
 def main(argv: list[str] | None = None) -> int:
+    """The one error boundary: every expected failure is one line naming the problem and the fix, status 2."""
     args = build_parser().parse_args(argv)
+    previous = signal.signal(signal.SIGTERM, _terminate) if threading.current_thread() is threading.main_thread() \
+        else None
     try:
         args.func(args)
     except TicketlabError as exc:
-        print(f"ticketlab: error: {exc}", file=sys.stderr)
+        print(f"ticketlab: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("ticketlab: interrupted; finished rounds are saved, re-run the same command to resume", file=sys.stderr)
-        return 130
+    except BrokenPipeError:  # `ticketlab show RUN | head`: the reader left; not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except (OSError, sqlite3.DatabaseError) as exc:
+        print(f"ticketlab: error: {storage_error(exc, getattr(exc, 'filename', None) or args.runs_dir)}",
+              file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as exc:
+        why = "terminated (SIGTERM)" if str(exc) == "SIGTERM" else "interrupted"
+        print(f"ticketlab: {why}; finished rounds are saved, re-run the same command to resume", file=sys.stderr)
+        return 130 if why == "interrupted" else 143
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return 0
 
 

@@ -59,13 +59,15 @@ class TrainConfig:
     gamma: float = 0.1
     grad_clip: float = 0.0  # max gradient norm; 0 = off
     head_lr_mult: float = 1.0
+    divergence_factor: float = 100.0  # stop when a step's loss exceeds this × its first-epoch value; 0 = off
 
     def __post_init__(self) -> None:
         _positive(self.lr, "train.lr")
         _positive(self.epochs, "train.epochs")
         _positive(self.batch_size, "train.batch_size")
-        if self.weight_decay < 0 or self.grad_clip < 0 or self.warmup_steps < 0:
-            raise ConfigError("train.weight_decay, train.grad_clip and train.warmup_steps must be >= 0")
+        if self.weight_decay < 0 or self.grad_clip < 0 or self.warmup_steps < 0 or self.divergence_factor < 0:
+            raise ConfigError("train.weight_decay, train.grad_clip, train.warmup_steps and train.divergence_factor "
+                              "must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -104,6 +106,7 @@ class ExperimentConfig:
     baseline_rounds: list[int] = field(default_factory=list)  # rounds the baselines run at; empty = every round
     seed: int = 0
     deterministic: bool = False
+    keep: Literal["needed", "all"] = "needed"  # trained weights kept: θp, round 0 and the last round; or all
 
 
 def _positive(value: float, key: str) -> None:

@@ -23,3 +23,7 @@ class DataError(TicketlabError):
 
 class NonFiniteLossError(TicketlabError):
     """Training diverged: the loss became NaN or infinite."""
+
+
+class DivergenceError(NonFiniteLossError):
+    """Training diverged: the loss exploded relative to its start, or weights stopped being finite."""

@@ -9,7 +9,9 @@ and seeds, ends with the same masks and metrics.
 from __future__ import annotations
 
 import math
+import os
 import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,15 +23,29 @@ from ticketlab.baselines.base import BASELINES
 from ticketlab.checkpoints import load_backbone
 from ticketlab.config import ConfigError, ExperimentConfig, config_hash, to_dict
 from ticketlab.data.base import Task, build_task
-from ticketlab.fileio import atomic_dir, ensure_writable_dir, load_tensors, read_json, save_tensors, write_json
+from ticketlab.errors import TicketlabError
+from ticketlab.fileio import (
+    TMP_MARK,
+    atomic_dir,
+    check_finite,
+    ensure_writable_dir,
+    load_tensors,
+    release_files,
+    remove_stale_temps,
+    save_tensors,
+    sidecar_path,
+    storage_error,
+    write_json,
+)
+from ticketlab.locks import run_lock
 from ticketlab.masks import Mask
 from ticketlab.models.base import TicketModel, build_model
 from ticketlab.objectives.base import OBJECTIVES
-from ticketlab.paths import EARLY, IMP, MASK, METRICS, WEIGHTS, RunPaths, store_path
+from ticketlab.paths import EARLY, IMP, MASK, METRICS, WEIGHTS, RunPaths, check_round
 from ticketlab.paths import run_dir as run_dir_of
 from ticketlab.pretrain import pretrain_run_for, run_pretraining
 from ticketlab.prunable import prunable_names
-from ticketlab.pruning.base import prune
+from ticketlab.pruning.base import prune, target_pruned_count
 from ticketlab.report import write_report
 from ticketlab.rewind import rewound_state
 from ticketlab.schedules import round_sparsities
@@ -75,6 +91,9 @@ class RunContext:
 
     def imp_weights(self, k: int) -> dict[str, torch.Tensor]:
         """The trained weights of IMP round ``k`` (round 0: the dense task-trained weights)."""
+        if not self.paths.weights(k).is_file() and self.paths.is_done(IMP, k):
+            raise TicketlabError(f"the weights of round {k} of {self.dir.name} were not kept (keep: needed keeps θp, "
+                                 "round 0 and the last round); set keep: all in a new run to keep every round's")
         return load_tensors(self.paths.weights(k))[0]
 
     # masks -------------------------------------------------------------------------------------
@@ -112,8 +131,10 @@ def prepare_theta_p(run: RunContext, runs_dir: Path, progress: bool) -> None:
         source = cfg.model.checkpoint
     elif cfg.model.options.get("path"):
         source = str(cfg.model.options["path"])
+    state = model.state_dict()
+    check_finite(state, f"θp (from {source})")
     target.parent.mkdir(parents=True, exist_ok=True)
-    save_tensors(target, model.state_dict(), {"source": source})
+    save_tensors(target, state, {"source": source})
 
 
 def train_branch(run: RunContext, branch: str, k: int, mask: Mask, start: dict[str, torch.Tensor],
@@ -133,7 +154,7 @@ def train_branch(run: RunContext, branch: str, k: int, mask: Mask, start: dict[s
     result = train_model(model, run.task, run.config.train, seed=run.config.seed, mask=mask, objective=objective,
                          callbacks=[snapshot] if snapshot else [], deterministic=run.config.deterministic,
                          progress=f"{branch} round {k} ({mask.sparsity():.1%})" if progress else None)
-    metrics = {"round": k, "branch": branch, "target_sparsity": run.sparsity(k), "sparsity": mask.sparsity(),
+    metrics = {"format": 2, "round": k, "branch": branch, "target_sparsity": run.sparsity(k), "sparsity": mask.sparsity(),
                "model_sparsity": mask.model_sparsity(model), **result.metrics}
     with atomic_dir(run.paths.branch(branch, k)) as tmp:
         mask.save(tmp / MASK, {"branch": branch, "round": k, "method": run.config.prune.method,
@@ -146,20 +167,65 @@ def train_branch(run: RunContext, branch: str, k: int, mask: Mask, start: dict[s
     return metrics
 
 
+def check_schedule(run: RunContext) -> None:
+    """Every round must prune more weights than the one before and keep at least one: checked before round 0."""
+    params = dict(run.fresh_model().named_parameters())
+    total = sum(params[n].numel() for n in run.prunable())
+    counts = [target_pruned_count(s, total) for s in run.sparsities]
+    for k in range(1, len(counts)):
+        if counts[k] <= counts[k - 1] or counts[k] >= total:
+            raise ConfigError(f"prune.rounds={len(counts) - 1} cannot be reached: round {k} (target sparsity "
+                              f"{run.sparsities[k]:.6f}) prunes no more of the {total:,} prunable weights than round "
+                              f"{k - 1}; use at most {k - 1} rounds or a lower prune.rate")
+
+
+def set_status(store: ResultStore, paths: RunPaths, config: ExperimentConfig, status: str,
+               error: str | None = None) -> None:
+    """Record the run's status in its folder (the source of truth) and in the index."""
+    write_json(paths.status, {"status": status, "error": error, "pid": os.getpid(), "time": time.time()})
+    store.upsert_run(paths.root.name, paths.root, to_dict(config), status, error)
+
+
 def run_experiment(config: ExperimentConfig, runs_dir: str | Path = "runs", progress: bool = True) -> Path:
-    """Run (or resume) IMP and its baselines; return the run folder."""
+    """Run (or resume) IMP and its baselines; return the run folder.
+
+    Everything that can be checked is checked before anything is written: options, data, the model, the
+    schedule. One process at a time works on a run (its lock); its status is kept in the folder and index.
+    """
     runs_dir = ensure_writable_dir(Path(runs_dir))
     paths = RunPaths(run_dir_for(config, runs_dir))
-    run_dir = paths.root
-    run_dir.mkdir(exist_ok=True)
-    for stale in run_dir.rglob(".round_*"):  # left by a kill during a folder write
-        shutil.rmtree(stale, ignore_errors=True)
-    store = ResultStore(store_path(runs_dir))
-    if not paths.config.is_file():
-        write_json(paths.config, to_dict(config))
-    store.upsert_run(run_dir.name, run_dir, to_dict(config), "running")
     task = build_task(config.task.name, config.task.options)
-    run = RunContext(config, run_dir, task)
+    run = RunContext(config, paths.root, task)
+    check_schedule(run)
+    try:
+        paths.root.mkdir(exist_ok=True)
+    except OSError as exc:
+        raise storage_error(exc, paths.root) from exc
+    with run_lock(paths.root, f"run {paths.root.name}"):
+        remove_stale_temps(paths.root)
+        for stale in paths.root.rglob(".round_*"):  # temp folders of versions before temp names carried a pid
+            if TMP_MARK not in stale.name:
+                shutil.rmtree(stale, ignore_errors=True)
+        store = ResultStore(runs_dir)
+        if not paths.config.is_file():
+            write_json(paths.config, to_dict(config))
+        set_status(store, paths, config, "running")
+        try:
+            run_units(run, store, runs_dir, progress)
+        except KeyboardInterrupt:
+            set_status(store, paths, config, "interrupted")
+            raise
+        except BaseException as exc:
+            set_status(store, paths, config, "failed", f"{type(exc).__name__}: {exc}"[:2000])
+            raise
+        write_report(paths.root)
+        set_status(store, paths, config, "done")
+    return paths.root
+
+
+def run_units(run: RunContext, store: ResultStore, runs_dir: Path, progress: bool) -> None:
+    """Every IMP round, then every baseline branch, skipping what is finished."""
+    config = run.config
     prepare_theta_p(run, runs_dir, progress)
     rounds = len(run.sparsities) - 1
     baseline_rounds = config.baseline_rounds or range(1, rounds + 1)
@@ -168,7 +234,7 @@ def run_experiment(config: ExperimentConfig, runs_dir: str | Path = "runs", prog
     for branch, k in bar:
         bar.set_description(f"{branch} round {k}/{rounds} target {run.sparsity(k):.2%}")
         if run.paths.is_done(branch, k):
-            metrics = read_json(run.paths.metrics(branch, k))
+            metrics = check_round(run.paths.branch(branch, k))
         elif branch == IMP:
             if k == 0:
                 mask, start = run.dense_mask(), run.pretrained_state()
@@ -178,12 +244,11 @@ def run_experiment(config: ExperimentConfig, runs_dir: str | Path = "runs", prog
                 mask = prune(config.prune.method, weights, previous, run.sparsity(k), generator)
                 start = rewound_state(run)
             metrics = train_branch(run, IMP, k, mask, start, progress)
+            if k >= 2 and config.keep == "needed":  # round k's mask exists: round k-1's weights are no longer needed
+                release_files(run.paths.branch(IMP, k - 1), [WEIGHTS, sidecar_path(run.paths.weights(k - 1)).name])
         else:
             mask, start = BASELINES.get(branch)(run, k)
             metrics = train_branch(run, branch, k, mask, start, progress)
-        store.record(run_dir.name, branch, metrics)
+        store.record(run.dir.name, branch, metrics)
         bar.set_postfix(test_acc=f"{metrics['test_acc']:.3f}")
     bar.close()
-    store.upsert_run(run_dir.name, run_dir, to_dict(config), "done")
-    write_report(run_dir)
-    return run_dir

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ticketlab.errors import MaskMismatchError
+from ticketlab.errors import CorruptFileError, MaskMismatchError
 from ticketlab.fileio import load_tensors, save_tensors
 
 
@@ -125,12 +125,27 @@ class Mask:
             layer_sparsity=self.layer_sparsity(),
             fingerprint=self.fingerprint(),
         )
-        save_tensors(path, {n: t.to(torch.uint8) for n, t in self.tensors.items()}, info)
+        info["packed"] = True  # one bit per weight (np.packbits of the flattened mask)
+        save_tensors(path, {n: torch.from_numpy(np.packbits(t.flatten().numpy())) for n, t in self.tensors.items()},
+                     info)
 
     @classmethod
     def load(cls, path: Path) -> Mask:
-        tensors, _ = load_tensors(path)
-        return cls({n: t.bool() for n, t in tensors.items()})
+        """A saved mask: bit-packed (current) or one byte per weight (files written before packing)."""
+        tensors, meta = load_tensors(path)
+        if not meta.get("packed"):
+            return cls({n: t.bool() for n, t in tensors.items()})
+        shapes = meta.get("fingerprint", {})
+        out = {}
+        for name, packed in tensors.items():
+            if name not in shapes:
+                raise CorruptFileError(f"{path}: no shape for {name!r} in its sidecar; delete its folder and re-run")
+            numel = int(np.prod(shapes[name]))
+            bits = np.unpackbits(packed.numpy(), count=numel) if packed.numel() * 8 >= numel else None
+            if bits is None:
+                raise CorruptFileError(f"{path}: {name!r} holds too few bits; delete its folder and re-run")
+            out[name] = torch.from_numpy(bits.astype(bool)).view(*shapes[name])
+        return cls(out)
 
     @staticmethod
     def load_meta(path: Path) -> dict[str, Any]:

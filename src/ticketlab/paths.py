@@ -5,8 +5,10 @@ Nothing else builds these paths. A runs folder holds::
     ticketlab.sqlite                          the index (a cache of the run folders)
     imp-<hash>/                               an IMP run (``RunPaths``)
         config.json                           the full config: its presence marks the folder
+        status.json, .lock                    running / done / failed (+ error) / interrupted; the run lock
         init/theta_p.safetensors              θp (pre-trained backbone + the run's fresh head)
-        rounds/round_00k/                     mask.safetensors (+.json), weights.safetensors, metrics.json
+        rounds/round_00k/                     mask.safetensors (+.json), weights.safetensors, metrics.json,
+                                              manifest.json (sha256 of every file, written last)
         rounds/round_000/rewind_early.safetensors   the 'early' rewind point (when asked)
         baselines/<name>/round_00k/           mask + metrics of each baseline branch
         transfer/<target>-<key>/round_00k/    metrics.json of a ticket transferred to another task
@@ -21,8 +23,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ticketlab.errors import TicketlabError
-from ticketlab.fileio import read_json
+from ticketlab.errors import CorruptFileError, TicketlabError
+from ticketlab.fileio import MANIFEST, load_tensors, read_json, verify_dir
 
 IMP = "imp"  # the branch name of the IMP rounds themselves
 STORE_NAME = "ticketlab.sqlite"
@@ -58,6 +60,10 @@ class RunPaths:
     @property
     def theta_p(self) -> Path:
         return self.root / "init" / "theta_p.safetensors"
+
+    @property
+    def status(self) -> Path:
+        return self.root / "status.json"
 
     @property
     def results(self) -> Path:
@@ -161,10 +167,53 @@ def load_run(run_dir: str | Path) -> dict[str, Any]:
     def rows(branch: str) -> list[dict[str, Any]]:
         out = []
         for k in paths.finished_rounds(branch):
-            metrics = read_json(paths.metrics(branch, k))
+            metrics = check_round(paths.branch(branch, k))
             out.append({"round": metrics["round"], "sparsity": metrics["sparsity"],
                         "mask": str(paths.mask(branch, k).relative_to(paths.root)), "metrics": metrics})
         return out
 
     return {"run": paths.root.name, "path": str(paths.root), "config": read_json(paths.config),
             "rounds": rows(IMP), "baselines": {name: rows(name) for name in paths.baseline_names()}}
+
+
+ROUND_KEYS = ("round", "sparsity", "test_acc", "val_acc")
+
+
+def check_round(folder: Path, hash_weights: bool = False) -> dict[str, Any]:
+    """A finished round folder's metrics, after checking it against its manifest and the metrics' shape.
+
+    Weights are hashed only when asked (they are verified against their sidecar whenever they are loaded).
+    Folders written before manifests existed (metrics without ``format``) are accepted as they are.
+    """
+    metrics = read_json(folder / METRICS)
+    if not isinstance(metrics, dict) or not all(key in metrics for key in ROUND_KEYS):
+        raise CorruptFileError(f"{folder / METRICS} is not a round's metrics (needs {', '.join(ROUND_KEYS)}); "
+                               f"delete {folder} and re-run 'ticketlab find' on its run")
+    if (folder / MANIFEST).is_file() or metrics.get("format", 1) >= 2:
+        problems = verify_dir(folder, skip=() if hash_weights else (WEIGHTS,))
+        if problems:
+            raise CorruptFileError(f"{problems[0]}; delete {folder} and re-run 'ticketlab find' on its run")
+    return metrics
+
+
+def verify_run(run_dir: str | Path) -> list[str]:
+    """Every problem of a run folder: θp, each round / baseline / transfer folder (weights hashed too)."""
+    paths, problems = RunPaths(run_dir), []
+    try:
+        read_json(paths.config)
+        if paths.theta_p.is_file():
+            load_tensors(paths.theta_p)
+    except TicketlabError as exc:
+        problems.append(str(exc))
+    folders = [f for f in sorted(paths.root.rglob("round_*")) if f.is_dir() and (f / METRICS).is_file()]
+    for folder in folders:
+        try:
+            if folder.parent.parent.name == "transfer":
+                problems += verify_dir(folder) if (folder / MANIFEST).is_file() else []
+            else:
+                check_round(folder, hash_weights=True)
+            for tensor in folder.glob("*.safetensors"):
+                load_tensors(tensor)
+        except TicketlabError as exc:
+            problems.append(str(exc))
+    return problems

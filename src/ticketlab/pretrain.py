@@ -43,7 +43,7 @@ def run_pretraining(run: PretrainRun, runs_dir: Path, deterministic: bool = Fals
     model = build_model(run.model.name, task.num_classes, run.model.options, seed=run.seed, head=task.head)
     objective = OBJECTIVES.build(run.pretrain.objective, **run.pretrain.objective_options)
     result = train_model(model, task, run.pretrain.train, seed=run.seed, objective=objective,
-                         deterministic=deterministic,
+                         deterministic=deterministic, config_key="pretrain.train",
                          progress=f"pre-train {run.pretrain.objective} on {task.name}" if progress else None)
     backbone = {k.removeprefix("backbone."): v for k, v in result.state.items() if k.startswith("backbone.")}
     with atomic_dir(folder) as tmp:

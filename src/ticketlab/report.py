@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ticketlab.analysis import highest_sparsity
+from ticketlab.analysis import at_chance, highest_sparsity
 from ticketlab.baselines.base import branch_label
 from ticketlab.figures import markdown_table, pct, pyplot
 from ticketlab.paths import IMP, RunPaths, load_run
@@ -19,16 +19,26 @@ def results_table(run: dict[str, Any]) -> str:
     rows = []
     for row in run["rounds"]:
         k, m = row["round"], row["metrics"]
-        cells = [str(k), f"{m['sparsity']:.2%}", f"{m['model_sparsity']:.2%}", f"{m['test_acc']:.2%}"]
+        cells = [str(k), f"{m['sparsity']:.2%}", f"{m['model_sparsity']:.2%}", _score(m)]
         for b in branches:
             other = by_branch[b].get(k)
-            cells.append(f"{other['metrics']['test_acc']:.2%}" if other else ("(dense)" if k == 0 else "—"))
+            cells.append(_score(other["metrics"]) if other else ("(dense)" if k == 0 else "—"))
         rows.append(cells)
     lines = [markdown_table(head, rows)]
     if run["rounds"]:
-        dense = run["rounds"][0]["metrics"]["test_acc"]
-        lines += ["", f"dense test accuracy {dense:.2%}; " + ticket_summary(run["rounds"], dense)]
+        dense = run["rounds"][0]["metrics"]
+        lines += ["", f"dense test accuracy {dense['test_acc']:.2%}; " + ticket_summary(run["rounds"], dense["test_acc"])]
+        if dense.get("chance_test") is not None:
+            lines += [f"chance (majority class of the {dense['n_test']} test examples): {dense['chance_test']:.2%}; "
+                      "† = at chance (within 2 binomial standard errors of it)"]
+            if at_chance(dense["test_acc"], dense["chance_test"], dense["n_test"]):
+                lines += ["the dense model is at chance: every comparison with it is inconclusive"]
     return "\n".join(lines)
+
+
+def _score(metrics: dict[str, Any]) -> str:
+    flag = " †" if at_chance(metrics["test_acc"], metrics.get("chance_test"), metrics.get("n_test")) else ""
+    return f"{metrics['test_acc']:.2%}{flag}"
 
 
 def ticket_summary(rounds: list[dict[str, Any]], dense: float, relaxed: float = 0.99) -> str:
@@ -53,6 +63,9 @@ def plot_sparsity_accuracy(run: dict[str, Any], path: Path) -> Path:
         dense = 100 * run["rounds"][0]["metrics"]["test_acc"]
         ax.axhline(dense, color="black", linestyle="--", linewidth=1, label=f"dense ({dense:.1f} %)")
         ax.axhspan(0.99 * dense, dense, color="grey", alpha=0.15, label="relaxed (≥ 99 % of dense)")
+        chance = run["rounds"][0]["metrics"].get("chance_test")
+        if chance is not None:
+            ax.axhline(100 * chance, color="red", linestyle=":", linewidth=1, label=f"chance ({100 * chance:.1f} %)")
     cfg = run["config"]
     ax.set_xlabel("sparsity of the prunable weights (%)")
     ax.set_ylabel("test accuracy (%)")

@@ -1,6 +1,9 @@
-"""An embedded SQLite results store (default ``<runs-dir>/ticketlab.sqlite``) for listing and comparing runs.
+"""An embedded SQLite index (``<runs-dir>/ticketlab.sqlite``) for listing and comparing runs.
 
-The run folders stay the source of truth; the store is an index rebuilt row by row as rounds finish.
+The run folders are the source of truth and the index is a cache of them: a corrupt or missing index is
+moved aside and rebuilt from the folders, run folders copied in are added when listed, and
+``ticketlab ls --reindex`` rebuilds it on demand. A run's status lives in its folder (``status.json``);
+``running`` is reported only while a live process holds the run's lock.
 """
 
 from __future__ import annotations
@@ -11,52 +14,129 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ticketlab.errors import TicketlabError
+from ticketlab.fileio import read_json, storage_error
+from ticketlab.locks import is_locked
+from ticketlab.paths import IMP, RunPaths, is_run_dir, load_run, store_path
+
+VERSION = 2
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     run_id TEXT PRIMARY KEY, path TEXT NOT NULL, model TEXT, task TEXT, method TEXT,
-    config TEXT NOT NULL, status TEXT NOT NULL, updated REAL NOT NULL);
+    config TEXT NOT NULL, status TEXT NOT NULL, error TEXT, updated REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS results (
     run_id TEXT NOT NULL, branch TEXT NOT NULL, round INTEGER NOT NULL, sparsity REAL NOT NULL,
     test_acc REAL, val_acc REAL, metrics TEXT NOT NULL, PRIMARY KEY (run_id, branch, round));
 """
 
 
+def folder_status(run_dir: Path) -> tuple[str, str | None]:
+    """(status, error) of a run folder; ``running`` only while its lock is held, else ``interrupted``."""
+    paths = RunPaths(run_dir)
+    try:
+        info = read_json(paths.status) if paths.status.is_file() else {}
+    except TicketlabError:
+        info = {}
+    status = info.get("status") if isinstance(info, dict) else None
+    if status is None:  # written before status files existed
+        status = "done" if paths.results.is_file() else "interrupted"
+    if status == "running" and not is_locked(run_dir):
+        status = "interrupted"
+    return status, info.get("error") if isinstance(info, dict) else None
+
+
 class ResultStore:
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-        with self._connect() as db:
-            db.executescript(SCHEMA)
+    def __init__(self, runs_dir: Path) -> None:
+        self.runs_dir = Path(runs_dir)
+        self.path = store_path(runs_dir)
+        try:
+            with self._connect() as db:
+                if db.execute("PRAGMA user_version").fetchone()[0] not in (0, VERSION) or not self._fits(db):
+                    raise sqlite3.DatabaseError("old schema")
+                db.executescript(SCHEMA)
+                db.execute(f"PRAGMA user_version={VERSION}")
+        except sqlite3.DatabaseError as exc:
+            if "full" in str(exc) or "readonly" in str(exc):
+                raise storage_error(exc, self.path) from exc
+            self.reindex()
 
     def _connect(self) -> sqlite3.Connection:
         return sqlite3.connect(self.path, timeout=30)
 
-    def upsert_run(self, run_id: str, path: Path, config: dict[str, Any], status: str) -> None:
+    @staticmethod
+    def _fits(db: sqlite3.Connection) -> bool:
+        columns = {row[1] for row in db.execute("PRAGMA table_info(runs)")}
+        return not columns or "error" in columns
+
+    def _write(self, sql: str, values: tuple[Any, ...]) -> None:
+        try:
+            with self._connect() as db:
+                db.execute(sql, values)
+        except sqlite3.DatabaseError as exc:
+            raise storage_error(exc, self.path) from exc
+
+    def reindex(self) -> int:
+        """Move the index aside and rebuild it from the run folders; return how many runs it lists."""
+        if self.path.exists():
+            self.path.rename(self.path.with_name(f"{self.path.name}.broken-{int(time.time())}"))
+        try:
+            with self._connect() as db:
+                db.executescript(SCHEMA)
+                db.execute(f"PRAGMA user_version={VERSION}")
+        except sqlite3.DatabaseError as exc:
+            raise storage_error(exc, self.path) from exc
+        return len(self.sync())
+
+    def sync(self) -> list[str]:
+        """Add every run folder of the runs folder that the index does not list (e.g. copied in)."""
         with self._connect() as db:
-            db.execute(
-                "INSERT INTO runs VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(run_id) DO UPDATE SET "
-                "path=excluded.path, status=excluded.status, updated=excluded.updated",
-                (run_id, str(path), config["model"]["name"], config["task"]["name"], config["prune"]["method"],
-                 json.dumps(config, sort_keys=True), status, time.time()),
-            )
+            known = {row[0] for row in db.execute("SELECT run_id FROM runs")}
+        added = []
+        for folder in sorted(p for p in self.runs_dir.iterdir() if is_run_dir(p)) if self.runs_dir.is_dir() else []:
+            if folder.name in known:
+                continue
+            try:
+                run = load_run(folder)
+            except TicketlabError:
+                continue  # unreadable folders are reported by `ticketlab verify`, not listed
+            status, error = folder_status(folder)
+            self.upsert_run(folder.name, folder, run["config"], status, error)
+            for branch, rows in [(IMP, run["rounds"]), *run["baselines"].items()]:
+                for row in rows:
+                    self.record(folder.name, branch, row["metrics"])
+            added.append(folder.name)
+        return added
+
+    def upsert_run(self, run_id: str, path: Path, config: dict[str, Any], status: str, error: str | None = None) -> None:
+        self._write(
+            "INSERT INTO runs VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT(run_id) DO UPDATE SET "
+            "path=excluded.path, status=excluded.status, error=excluded.error, updated=excluded.updated",
+            (run_id, str(path), config["model"]["name"], config["task"]["name"], config["prune"]["method"],
+             json.dumps(config, sort_keys=True), status, error, time.time()),
+        )
 
     def record(self, run_id: str, branch: str, metrics: dict[str, Any]) -> None:
-        with self._connect() as db:
-            db.execute(
-                "INSERT OR REPLACE INTO results VALUES (?,?,?,?,?,?,?)",
-                (run_id, branch, metrics["round"], metrics["sparsity"], metrics.get("test_acc"),
-                 metrics.get("val_acc"), json.dumps(metrics, sort_keys=True)),
-            )
+        self._write(
+            "INSERT OR REPLACE INTO results VALUES (?,?,?,?,?,?,?)",
+            (run_id, branch, metrics["round"], metrics["sparsity"], metrics.get("test_acc"),
+             metrics.get("val_acc"), json.dumps(metrics, sort_keys=True)),
+        )
 
     def runs(self) -> list[dict[str, Any]]:
+        """Every run, oldest first, with its live status (``running`` only while its lock is held)."""
+        self.sync()
         with self._connect() as db:
             db.row_factory = sqlite3.Row
-            rows = db.execute(
+            rows = [dict(row) for row in db.execute(
                 "SELECT r.*, (SELECT COUNT(*) FROM results x WHERE x.run_id=r.run_id AND x.branch='imp') AS rounds, "
                 "(SELECT test_acc FROM results x WHERE x.run_id=r.run_id AND x.branch='imp' AND x.round=0) AS dense, "
                 "(SELECT MAX(sparsity) FROM results x WHERE x.run_id=r.run_id AND x.branch='imp') AS max_sparsity "
                 "FROM runs r ORDER BY updated"
-            ).fetchall()
-        return [dict(row) for row in rows]
+            ).fetchall()]
+        for row in rows:
+            if row["status"] == "running" and not is_locked(Path(row["path"])):
+                row["status"] = "interrupted"
+        return rows
 
     def results(self, run_id: str) -> list[dict[str, Any]]:
         with self._connect() as db:

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from ticketlab.config import TrainConfig
 from ticketlab.data.base import Task
-from ticketlab.errors import NonFiniteLossError
+from ticketlab.errors import DivergenceError, NonFiniteLossError
 from ticketlab.masks import Mask
 from ticketlab.objectives.base import Objective
 
@@ -105,8 +105,10 @@ class TrainStep:
     """
 
     def __init__(self, model: nn.Module, recipe: TrainConfig, total_steps: int, *, mask: Mask | None = None,
-                 objective: Objective | None = None, augment_generator: torch.Generator | None = None) -> None:
-        self.model, self.recipe = model, recipe
+                 objective: Objective | None = None, augment_generator: torch.Generator | None = None,
+                 config_key: str = "train", reference_steps: int = 10) -> None:
+        self.model, self.recipe, self.config_key = model, recipe, config_key
+        self.reference_steps, self.reference = reference_steps, []
         self.objective = objective or Objective()
         self.enforcer = MaskEnforcer(model, mask) if mask is not None else None
         self.objective.setup(model, mask)
@@ -118,11 +120,7 @@ class TrainStep:
     def __call__(self, inputs: Any, labels: torch.Tensor) -> float:
         loss = self.objective.loss(self.model, inputs, labels, self.generator)
         value = loss.item()
-        if not math.isfinite(value):
-            raise NonFiniteLossError(
-                f"the loss became {value} at step {self.step + 1}; lower train.lr or set train.grad_clip "
-                "(finished rounds are kept)"
-            )
+        self.check_loss(value)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.enforcer:
@@ -137,6 +135,30 @@ class TrainStep:
         self.step += 1
         return value
 
+    def check_loss(self, value: float) -> None:
+        """Stop on a non-finite loss, or one above ``divergence_factor`` × the mean of the first steps' losses."""
+        key = self.config_key
+        if not math.isfinite(value):
+            raise NonFiniteLossError(f"the loss became {value} at step {self.step + 1}; lower {key}.lr or set "
+                                     f"{key}.grad_clip (finished rounds are kept)")
+        if len(self.reference) < self.reference_steps:
+            self.reference.append(value)
+            return
+        reference = sum(self.reference) / len(self.reference)
+        factor = self.recipe.divergence_factor
+        if factor > 0 and value > factor * max(reference, 0.1):
+            raise DivergenceError(f"training diverged: the loss reached {value:.3g} at step {self.step + 1}, over "
+                                  f"{factor:g}× its first-epoch value {reference:.3g}; lower {key}.lr or set "
+                                  f"{key}.grad_clip (or raise {key}.divergence_factor); finished rounds are kept")
+
+    def check_weights(self) -> None:
+        """Stop when a weight or a BatchNorm statistic is no longer finite."""
+        for name, tensor in self.model.state_dict().items():
+            if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+                raise DivergenceError(f"training diverged: {name} holds NaN or infinite values after step {self.step}; "
+                                      f"lower {self.config_key}.lr or set {self.config_key}.grad_clip; finished "
+                                      "rounds are kept")
+
 
 def train_model(
     model: nn.Module,
@@ -149,6 +171,7 @@ def train_model(
     callbacks: list[Callback] | None = None,
     deterministic: bool = False,
     progress: str | None = None,
+    config_key: str = "train",
 ) -> TrainResult:
     """Train ``model`` on ``task``; return the best-validation weights and their metrics.
 
@@ -160,7 +183,8 @@ def train_model(
     generator = torch.Generator().manual_seed(seed)
     steps_per_epoch = math.ceil(len(task.train) / recipe.batch_size)
     train_step = TrainStep(model, recipe, steps_per_epoch * recipe.epochs, mask=mask, objective=objective,
-                           augment_generator=torch.Generator().manual_seed(seed + 1))
+                           augment_generator=torch.Generator().manual_seed(seed + 1), config_key=config_key,
+                           reference_steps=min(10, steps_per_epoch))
     objective = train_step.objective
     best_val, best_epoch, best_state, loss_value = -1.0, -1, None, float("nan")
     started = time.perf_counter()
@@ -177,6 +201,7 @@ def train_model(
             for callback in callbacks:
                 callback.on_step_end(train_step.step, model)
         loss_value = running / max(batches, 1)
+        train_step.check_weights()
         val = objective.evaluate(model, task, "val")
         if val > best_val:
             best_val, best_epoch = val, epoch + 1
@@ -199,6 +224,8 @@ def train_model(
         "steps": train_step.step,
         "seed": seed,
         "objective": objective.name,
+        "chance_test": task.test.majority_rate() if task.metric == "accuracy" else None,
+        "n_test": len(task.test),
         "train_seconds": round(time.perf_counter() - started, 2),
     }
     return TrainResult(metrics, best_state)

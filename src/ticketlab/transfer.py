@@ -18,7 +18,7 @@ from ticketlab.analysis import PERTURBATIONS, perturb
 from ticketlab.config import TaskConfig, TrainConfig, config_hash, parse_config, to_dict
 from ticketlab.data.base import Task, build_task
 from ticketlab.errors import TicketlabError
-from ticketlab.fileio import atomic_dir, load_tensors, read_json, write_json
+from ticketlab.fileio import atomic_dir, is_writable, load_tensors, read_json, write_json
 from ticketlab.masks import Mask
 from ticketlab.models.base import build_model
 from ticketlab.objectives.base import OBJECTIVES
@@ -63,6 +63,9 @@ def transfer_ticket(run_dir: Path, k: int, spec: TransferSpec, task: Task | None
     if (folder / METRICS).is_file():
         return TransferResult(read_json(folder / METRICS))
     mask = ticket if mask is None else mask
+    if not is_writable(paths.root / "transfer"):
+        raise TicketlabError(f"run folder {run_dir} is read-only, so the transfer result could not be saved; copy the "
+                             "run into a writable runs folder and pass --runs-dir there")
     source = parse_config(read_json(paths.config))
     task = task or build_task(spec.target.name, spec.target.options)
     model = build_model(source.model.name, task.num_classes, source.model.options, seed=spec.seed,
@@ -71,7 +74,7 @@ def transfer_ticket(run_dir: Path, k: int, spec: TransferSpec, task: Task | None
     objective = OBJECTIVES.build(spec.objective, **spec.objective_options)
     result = train_model(model, task, spec.train, seed=spec.seed, mask=mask, objective=objective,
                          progress=f"transfer {run_dir.name}:{k} -> {task.name}" if progress else None)
-    metrics = {"source": run_dir.name, "round": k, "target": spec.target.name, "variant": spec.variant,
+    metrics = {"format": 2, "source": run_dir.name, "round": k, "target": spec.target.name, "variant": spec.variant,
                "sparsity": mask.sparsity(), "source_sparsity": ticket.sparsity(), "num_classes": task.num_classes,
                "spec": to_dict(spec), **result.metrics}
     with atomic_dir(folder) as tmp:

@@ -36,6 +36,10 @@ class Split:
             return {k: v[index] for k, v in self.x.items()}
         return self.x[index] if self.patches is None else (self.x[index], self.patches[index])
 
+    def majority_rate(self) -> float:
+        """The accuracy of always predicting the most frequent label (the chance level of this split)."""
+        return float(torch.bincount(self.y.flatten()).max()) / len(self.y) if len(self.y) else 0.0
+
     def input_tensors(self) -> dict[str, torch.Tensor]:
         return dict(self.x) if isinstance(self.x, dict) else {"x": self.x}
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -28,8 +29,12 @@ def _read_folder(root: Path, classes: list[str], image_size: int) -> tuple[torch
     for label, cls in enumerate(classes):
         for file in sorted((root / cls).iterdir()) if (root / cls).is_dir() else []:
             if file.suffix.lower() in IMAGE_SUFFIXES:
-                with Image.open(file) as img:
-                    images.append(np.asarray(img.convert("RGB").resize((image_size, image_size))))
+                try:
+                    with Image.open(file) as img:
+                        images.append(np.asarray(img.convert("RGB").resize((image_size, image_size))))
+                except (OSError, ValueError) as exc:
+                    raise DataError(f"{file} is not a readable image ({type(exc).__name__}); remove or replace it") \
+                        from exc
                 labels.append(label)
     if not images:
         raise DataError(f"no images found under {root} (expected {root}/<class>/<image>.png)")
@@ -69,8 +74,17 @@ def npz(path: str, image_size: int | None = None, num_classes: int | None = None
         test_fraction: float = 0.2, seed: int = 0) -> Task:
     """Arrays ``x``/``y`` (split here) or ``x_train``/``y_train``/``x_val``/... in one ``.npz`` file."""
     root = _existing(path)
-    with np.load(root, allow_pickle=False) as data:
-        arrays = {k: data[k] for k in data.files}
+    try:
+        with np.load(root, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+    except ValueError as exc:
+        raise DataError(f"{root} holds object arrays (pickled Python objects), which ticketlab never loads; save "
+                        "plain numeric arrays with np.savez") from exc
+    except (OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise DataError(f"{root} is not a readable .npz file ({type(exc).__name__}); re-create it with np.savez") \
+            from exc
+    if not isinstance(arrays, dict):
+        raise DataError(f"{root} is a single array, not an .npz archive; save x and y with np.savez")
     if "x_train" in arrays:
         names = [s for s in ("train", "val", "test") if f"x_{s}" in arrays]
         if names != ["train", "val", "test"]:
@@ -97,7 +111,11 @@ def hf_disk(path: str, image_column: str = "image", label_column: str = "label",
         from datasets import Dataset, load_from_disk
     except ImportError as exc:
         raise DataError("reading Hugging Face datasets needs: pip install 'ticketlab[hf-datasets]'") from exc
-    data = load_from_disk(str(root))
+    try:
+        data = load_from_disk(str(root))
+    except (FileNotFoundError, ValueError, OSError) as exc:
+        raise DataError(f"{root} is not a dataset saved with datasets' save_to_disk ({str(exc)[:120]}); "
+                        "check task.options.path") from exc
 
     def arrays(ds: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
         for column in (image_column, label_column):

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from torch import nn
 
 from ticketlab.errors import ConfigError, TicketlabError
@@ -31,7 +32,7 @@ def _load(model_cls: Any, config_cls: Any, path: str | None, config: dict[str, A
         if path is not None and not random_init:
             return model_cls.from_pretrained(path, **kwargs_attn, **kwargs)
         cfg = config_cls.from_pretrained(path, **config) if path is not None else config_cls(**config)
-    except OSError as exc:
+    except (OSError, RuntimeError, SafetensorError) as exc:
         raise TicketlabError(
             f"could not load Hugging Face model {path!r} ({str(exc).splitlines()[0][:200]}); "
             "without network pass a local folder with config.json and weights (HF_HUB_OFFLINE=1)"

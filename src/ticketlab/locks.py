@@ -1,0 +1,57 @@
+"""Run locks: ``flock`` on ``<folder>/.lock``, so two processes never work on one run at the same time.
+
+The lock dies with its process (the kernel releases it), so a killed run never leaves a stale lock; a
+run's status is ``running`` only while some process holds its lock.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from ticketlab.errors import TicketlabError
+
+LOCK_NAME = ".lock"
+
+
+class RunLockedError(TicketlabError):
+    """Another live process holds the run's lock."""
+
+
+@contextmanager
+def run_lock(folder: Path, what: str) -> Iterator[None]:
+    """Hold ``folder``'s lock for the block; if another process holds it, a one-line error naming its pid."""
+    path = Path(folder) / LOCK_NAME
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise RunLockedError(f"{what} is in use by process {holder} (another ticketlab command); wait for it to "
+                             f"finish, or stop it (kill {holder}) and re-run") from None
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def is_locked(folder: Path) -> bool:
+    """Whether a live process holds ``folder``'s lock right now."""
+    path = Path(folder) / LOCK_NAME
+    if not path.is_file():
+        return False
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
