@@ -136,7 +136,8 @@ class TrainStep:
         return value
 
     def check_loss(self, value: float) -> None:
-        """Stop on a non-finite loss, or one above ``divergence_factor`` × the mean of the first steps' losses."""
+        """Stop on a non-finite loss, or one above ``divergence_factor`` × the first-epoch loss (the lowest of the
+        first steps' losses, so a run that explodes within its first steps still has an honest reference)."""
         key = self.config_key
         if not math.isfinite(value):
             raise NonFiniteLossError(f"the loss became {value} at step {self.step + 1}; lower {key}.lr or set "
@@ -144,7 +145,7 @@ class TrainStep:
         if len(self.reference) < self.reference_steps:
             self.reference.append(value)
             return
-        reference = sum(self.reference) / len(self.reference)
+        reference = min(self.reference)
         factor = self.recipe.divergence_factor
         if factor > 0 and value > factor * max(reference, 0.1):
             raise DivergenceError(f"training diverged: the loss reached {value:.3g} at step {self.step + 1}, over "

@@ -74,6 +74,8 @@ def npz(path: str, image_size: int | None = None, num_classes: int | None = None
         test_fraction: float = 0.2, seed: int = 0) -> Task:
     """Arrays ``x``/``y`` (split here) or ``x_train``/``y_train``/``x_val``/... in one ``.npz`` file."""
     root = _existing(path)
+    if not zipfile.is_zipfile(root):
+        raise DataError(f"{root} is not a readable .npz file (not a zip archive); re-create it with np.savez")
     try:
         with np.load(root, allow_pickle=False) as data:
             arrays = {k: data[k] for k in data.files}
