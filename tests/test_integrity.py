@@ -365,3 +365,23 @@ def test_cli_arguments_are_validated_like_config_values(finished, capsys):
     one_line_error(capsys, [*base, "--task", "scenes_shape", "--seeds", "0,x"], "--seeds must be comma-separated")
     one_line_error(capsys, [*base, "--task", "scenes_shape", "--task-options", '{"n_train": "3"}'],
                    "--task-options.n_train")
+
+
+def test_theta_p_is_stored_once_per_pretraining_and_referenced(tmp_path, capsys):
+    from tests.conftest import TINY_SCENES
+    from ticketlab.fileio import load_tensors
+    from ticketlab.paths import load_theta_p
+
+    pretrain = {"objective": "supervised", "task": {"name": "scenes_colour", "options": TINY_SCENES},
+                "train": {"epochs": 1, "batch_size": 32, "lr": 0.05}, "seed": 0}
+    runs = [run_experiment(parse_config(tiny_config(seed=s, pretrain=pretrain, prune={"rounds": 1}, baselines=[])),
+                           tmp_path, progress=False) for s in (1, 2)]
+    (checkpoint,) = tmp_path.glob("pretrain-*/backbone.safetensors")
+    backbone, _ = load_tensors(checkpoint)
+    for run in runs:
+        stored, meta = load_tensors(run / "init/theta_p.safetensors")
+        assert set(stored) == {"head.weight", "head.bias"} and meta["backbone_from"].endswith("backbone.safetensors")
+        theta_p = load_theta_p(run)
+        assert all(torch.equal(theta_p[f"backbone.{k}"], v) for k, v in backbone.items())
+    checkpoint.write_bytes(checkpoint.read_bytes()[:-9])
+    one_line_error(capsys, ["transfer", "--mask", f"{runs[0]}:1", "--task", "scenes_shape", "-q"], "pretrain-")

@@ -6,9 +6,8 @@ from ticketlab.analysis import overlap, perturb, summarize_transfer
 from ticketlab.config import TaskConfig, TrainConfig, parse_config
 from ticketlab.errors import MaskMismatchError, TicketlabError
 from ticketlab.experiment import run_experiment
-from ticketlab.fileio import load_tensors
 from ticketlab.masks import Mask
-from ticketlab.paths import parse_ref
+from ticketlab.paths import load_theta_p, parse_ref
 from ticketlab.pruning import prune
 from ticketlab.transfer import TransferSpec, transfer_ticket
 
@@ -89,7 +88,7 @@ def test_transfer_keeps_the_mask_and_replaces_the_head(source_run):
     spec = TransferSpec(TaskConfig("digits"), TrainConfig(lr=0.02, epochs=1, batch_size=64), seed=0)
     result = transfer_ticket(source_run, 2, spec)
     ticket = Mask.load(source_run / "rounds/round_002/mask.safetensors")
-    theta_p, _ = load_tensors(source_run / "init/theta_p.safetensors")
+    theta_p = load_theta_p(source_run)
     assert result.state["head.weight"].shape[0] == 10 != theta_p["head.weight"].shape[0]
     for name, keep in ticket.tensors.items():
         assert torch.count_nonzero(result.state[name][~keep]) == 0
@@ -114,7 +113,7 @@ def test_transfer_starts_from_theta_p(source_run, monkeypatch):
     spec = TransferSpec(TaskConfig("digits"), TrainConfig(epochs=1), seed=5)
     with pytest.raises(RuntimeError, match="stop"):
         transfer_ticket(source_run, 1, spec)
-    theta_p, _ = load_tensors(source_run / "init/theta_p.safetensors")
+    theta_p = load_theta_p(source_run)
     for name, value in theta_p.items():
         if name.startswith("backbone."):
             assert torch.equal(captured["state"][name], value), name

@@ -30,6 +30,7 @@ from ticketlab.fileio import (
     check_finite,
     ensure_writable_dir,
     load_tensors,
+    read_json,
     release_files,
     remove_stale_temps,
     save_tensors,
@@ -41,7 +42,7 @@ from ticketlab.locks import run_lock
 from ticketlab.masks import Mask
 from ticketlab.models.base import TicketModel, build_model
 from ticketlab.objectives.base import OBJECTIVES
-from ticketlab.paths import EARLY, IMP, MASK, METRICS, WEIGHTS, RunPaths, check_round
+from ticketlab.paths import EARLY, IMP, MASK, METRICS, WEIGHTS, RunPaths, check_round, load_theta_p
 from ticketlab.paths import run_dir as run_dir_of
 from ticketlab.pretrain import pretrain_run_for, run_pretraining
 from ticketlab.prunable import prunable_names
@@ -87,7 +88,7 @@ class RunContext:
                            head=self.task.head, head_seed=self.config.seed, random_init=random_init)
 
     def pretrained_state(self) -> dict[str, torch.Tensor]:
-        return self.memo("theta_p", lambda: load_tensors(self.paths.theta_p)[0])
+        return self.memo("theta_p", lambda: load_theta_p(self.dir))
 
     def imp_weights(self, k: int) -> dict[str, torch.Tensor]:
         """The trained weights of IMP round ``k`` (round 0: the dense task-trained weights)."""
@@ -113,18 +114,22 @@ class RunContext:
 
 
 def prepare_theta_p(run: RunContext, runs_dir: Path, progress: bool) -> None:
-    """Write θp once: pre-train (or load a checkpoint) into the seeded model and save its state."""
+    """Write θp once: pre-train (or load a checkpoint) into the seeded model and save its state.
+
+    With a pre-training stage only the run's head is stored; the backbone is referenced, not copied.
+    """
     target = run.paths.theta_p
     if target.is_file():
         return
     cfg = run.config
     model = run.fresh_model()
-    source = "random-init"
+    source, meta = "random-init", {}
     if cfg.pretrain is not None:
-        checkpoint = run_pretraining(pretrain_run_for(cfg), runs_dir, cfg.deterministic,
-                                     progress)
+        checkpoint = run_pretraining(pretrain_run_for(cfg), runs_dir, cfg.deterministic, progress)
         load_backbone(model.backbone, checkpoint)
         source = str(checkpoint.relative_to(runs_dir))
+        meta = {"backbone_from": os.path.relpath(checkpoint, run.dir),
+                "backbone_sha256": read_json(sidecar_path(checkpoint))["sha256"]}
     elif cfg.model.checkpoint:
         report = load_backbone(model.backbone, cfg.model.checkpoint)
         tqdm.write(f"θp from {cfg.model.checkpoint}: {report.summary()}")
@@ -133,8 +138,10 @@ def prepare_theta_p(run: RunContext, runs_dir: Path, progress: bool) -> None:
         source = str(cfg.model.options["path"])
     state = model.state_dict()
     check_finite(state, f"θp (from {source})")
+    if meta:
+        state = {k: v for k, v in state.items() if not k.startswith("backbone.")}
     target.parent.mkdir(parents=True, exist_ok=True)
-    save_tensors(target, state, {"source": source})
+    save_tensors(target, state, {"source": source, **meta})
 
 
 def train_branch(run: RunContext, branch: str, k: int, mask: Mask, start: dict[str, torch.Tensor],

@@ -23,6 +23,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from ticketlab.errors import CorruptFileError, TicketlabError
 from ticketlab.fileio import MANIFEST, load_tensors, read_json, verify_dir
 
@@ -158,6 +160,25 @@ def parse_ref(ref: str, runs_dir: str | Path | None = None) -> tuple[Path, int |
     return resolve_run(run, runs_dir), int(k) if k else None
 
 
+def load_theta_p(run_dir: str | Path) -> dict[str, torch.Tensor]:
+    """θp of a run. A run whose θp comes from a pre-training stores only its own head and references the
+    pre-training's backbone file (checked against the sha256 recorded when the run was created)."""
+    paths = RunPaths(run_dir)
+    tensors, meta = load_tensors(paths.theta_p)
+    reference = meta.get("backbone_from")
+    if reference:
+        source = (paths.root / reference).resolve()
+        if not source.is_file():
+            raise CorruptFileError(f"θp of {paths.root.name} uses the pre-trained backbone {source}, which is missing; "
+                                   f"restore it, or delete {paths.theta_p.parent} and re-run 'ticketlab find'")
+        backbone, source_meta = load_tensors(source)
+        if source_meta.get("sha256") != meta.get("backbone_sha256"):
+            raise CorruptFileError(f"{source} changed since {paths.root.name} was created from it; delete "
+                                   f"{paths.theta_p.parent} and re-run 'ticketlab find'")
+        tensors.update({f"backbone.{name}": value for name, value in backbone.items()})
+    return tensors
+
+
 def load_run(run_dir: str | Path) -> dict[str, Any]:
     """The run's config, rounds and baselines as plain data (mask paths relative to the run folder)."""
     paths = RunPaths(run_dir)
@@ -202,7 +223,7 @@ def verify_run(run_dir: str | Path) -> list[str]:
     try:
         read_json(paths.config)
         if paths.theta_p.is_file():
-            load_tensors(paths.theta_p)
+            load_theta_p(paths.root)
     except TicketlabError as exc:
         problems.append(str(exc))
     folders = [f for f in sorted(paths.root.rglob("round_*")) if f.is_dir() and (f / METRICS).is_file()]

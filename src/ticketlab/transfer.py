@@ -18,11 +18,11 @@ from ticketlab.analysis import PERTURBATIONS, perturb
 from ticketlab.config import TaskConfig, TrainConfig, config_hash, parse_config, to_dict
 from ticketlab.data.base import Task, build_task
 from ticketlab.errors import TicketlabError
-from ticketlab.fileio import atomic_dir, is_writable, load_tensors, read_json, write_json
+from ticketlab.fileio import atomic_dir, is_writable, read_json, write_json
 from ticketlab.masks import Mask
 from ticketlab.models.base import build_model
 from ticketlab.objectives.base import OBJECTIVES
-from ticketlab.paths import IMP, METRICS, RunPaths
+from ticketlab.paths import IMP, METRICS, RunPaths, load_theta_p
 from ticketlab.train import train_model
 
 
@@ -45,8 +45,7 @@ class TransferResult:
 
 
 def theta_p_backbone(run_dir: Path) -> dict[str, torch.Tensor]:
-    state, _ = load_tensors(RunPaths(run_dir).theta_p)
-    return {k: v for k, v in state.items() if k.startswith("backbone.")}
+    return {k: v for k, v in load_theta_p(run_dir).items() if k.startswith("backbone.")}
 
 
 def transfer_ticket(run_dir: Path, k: int, spec: TransferSpec, task: Task | None = None,
