@@ -26,7 +26,7 @@ from ticketlab.masks import Mask
 from ticketlab.models import build_model
 from ticketlab.prunable import prunable_names
 from ticketlab.pruning import prune
-from ticketlab.train import TrainStep
+from ticketlab.step import TrainStep
 
 RECIPE = TrainConfig(optimizer="sgd", lr=0.01, momentum=0.9, weight_decay=5e-4, grad_clip=5.0, lr_schedule="cosine")
 

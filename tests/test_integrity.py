@@ -26,8 +26,8 @@ from ticketlab.errors import DivergenceError, NonFiniteLossError
 from ticketlab.experiment import run_dir_for, run_experiment
 from ticketlab.fileio import MANIFEST
 from ticketlab.masks import Mask
+from ticketlab.step import TrainStep
 from ticketlab.store import ResultStore
-from ticketlab.train import TrainStep
 
 TWO_ROUNDS = dict(prune={"rounds": 2}, baselines=["random_prune"])
 

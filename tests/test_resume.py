@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.conftest import tiny_config
 from ticketlab.masks import Mask
@@ -65,3 +66,39 @@ def test_sigkill_and_resume_reproduces_the_uninterrupted_run(tmp_path):
                 "baselines/random_reinit/round_002"]:
         assert Mask.load(resumed / sub / "mask.safetensors") == Mask.load(reference / sub / "mask.safetensors"), sub
     assert scores(resumed) == scores(reference)
+
+
+def test_sigkill_mid_round_resumes_from_its_checkpoint_bit_identically(tmp_path):
+    """Killed inside round 1 (not between rounds), the run resumes from the round's last mid-round checkpoint and
+    ends exactly like an uninterrupted run: same metrics, same final weights."""
+    cfg = tiny_config(train={"optimizer": "sgd", "lr": 0.05, "epochs": 6, "batch_size": 16}, prune={"rounds": 1},
+                      baselines=[], engine={"checkpoint_every": 2})
+    config = tmp_path / "cfg.yaml"
+    config.write_text(json.dumps(cfg))
+    reference = finish(config, tmp_path / "reference")
+
+    runs = tmp_path / "killed"
+    proc = start(config, runs)
+    deadline, killed_at = time.time() + 300, None
+    while time.time() < deadline and proc.poll() is None:
+        checkpoints = list(runs.glob("imp-*/rounds/.round_001.checkpoint.pt"))
+        if checkpoints and checkpoints[0].stat().st_size > 0:
+            time.sleep(0.2)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            killed_at = checkpoints[0]
+            break
+        time.sleep(0.02)
+    assert killed_at is not None, "round 1 finished before it could be killed; make the config slower"
+    assert not (killed_at.parent / "round_001").exists()  # killed mid-round
+    resumed = finish(config, runs)
+    metrics = json.loads((resumed / "rounds/round_001/metrics.json").read_text())
+    assert 0 < metrics["resumed_at_step"] < metrics["steps"]  # it resumed from a mid-round checkpoint
+    assert not killed_at.exists()  # the checkpoint is deleted once the round is saved
+    assert scores(resumed) == scores(reference)
+    from ticketlab.fileio import load_tensors
+
+    final, reference_final = (load_tensors(r / "rounds/round_001/weights.safetensors")[0] for r in (resumed, reference))
+    assert all(torch.equal(final[k], reference_final[k]) for k in final)
+    history = (resumed / "rounds/round_001/metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in history] == list(range(1, 7))

@@ -11,7 +11,8 @@ from ticketlab.models import build_model
 from ticketlab.objectives import Objective
 from ticketlab.prunable import prunable_names
 from ticketlab.pruning import prune
-from ticketlab.train import lr_factor, train_model
+from ticketlab.step import lr_factor
+from ticketlab.train import train_model
 
 
 @pytest.fixture(scope="module")

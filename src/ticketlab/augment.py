@@ -32,7 +32,7 @@ def random_resized_crop_flip(x: torch.Tensor, gen: torch.Generator, scale: tuple
     theta = torch.zeros(b, 2, 3)
     theta[:, 0, 0], theta[:, 0, 2] = w * flip, cx
     theta[:, 1, 1], theta[:, 1, 2] = h, cy
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    grid = F.affine_grid(theta.to(x.device, x.dtype), list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 
 
@@ -89,3 +89,26 @@ class ContrastiveAugment:
         x = colour_jitter(x, gen, self.jitter)
         x = random_grayscale(x, gen, self.grayscale_p)
         return gaussian_blur(x, gen, self.blur_p)
+
+
+def cifar_crop_flip(x: torch.Tensor, gen: torch.Generator, padding: int = 4) -> torch.Tensor:
+    """CIFAR-style: a random crop of the zero-padded image (4 px) and a horizontal flip with p = 0.5, batched."""
+    b, _, h, w = x.shape
+    padded = F.pad(x, (padding, padding, padding, padding))
+    dy = torch.randint(0, 2 * padding + 1, (b,), generator=gen).to(x.device)
+    dx = torch.randint(0, 2 * padding + 1, (b,), generator=gen).to(x.device)
+    flip = (torch.rand(b, generator=gen) < 0.5).to(x.device)
+    rows = (dy[:, None] + torch.arange(h, device=x.device)[None])  # [b, h]
+    cols = dx[:, None] + torch.arange(w, device=x.device)[None]  # [b, w]
+    cols = torch.where(flip[:, None], cols.flip(1), cols)
+    index = rows[:, None, :, None] * padded.shape[-1] + cols[:, None, None, :]  # [b, 1, h, w]
+    flat = padded.flatten(2)
+    return torch.gather(flat, 2, index.flatten(2).expand(-1, x.shape[1], -1)).view_as(x)
+
+
+def imagenet_crop_flip(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """ImageNet-style: random-resized-crop (area 8-100 %, aspect 3/4-4/3) back to the input size, then a flip."""
+    return random_resized_crop_flip(x, gen, scale=(0.08, 1.0))
+
+
+SUPERVISED_AUGMENTATIONS = {"none": None, "cifar": cifar_crop_flip, "imagenet": imagenet_crop_flip}

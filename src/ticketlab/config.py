@@ -60,6 +60,7 @@ class TrainConfig:
     grad_clip: float = 0.0  # max gradient norm; 0 = off
     head_lr_mult: float = 1.0
     divergence_factor: float = 100.0  # stop when a step's loss exceeds this × its first-epoch value; 0 = off
+    augment: Literal["none", "cifar", "imagenet"] = "none"  # batched, seeded, on the training device
 
     def __post_init__(self) -> None:
         _positive(self.lr, "train.lr")
@@ -68,6 +69,29 @@ class TrainConfig:
         if self.weight_decay < 0 or self.grad_clip < 0 or self.warmup_steps < 0 or self.divergence_factor < 0:
             raise ConfigError("train.weight_decay, train.grad_clip, train.warmup_steps and train.divergence_factor "
                               "must be >= 0")
+
+
+NOT_HASHED = {"hash": False}  # field metadata: a value that does not change results stays out of the run hash
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """How training runs (Hugging Face Accelerate underneath). ``precision: auto`` = bf16 on a CUDA device that
+    supports it, else fp32. Values that change results are hashed; device, workers and the checkpoint cadence
+    are not (a run may resume on another GPU of the same kind)."""
+
+    device: Literal["auto", "cpu", "cuda"] = field(default="auto", metadata=NOT_HASHED)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "fp32"
+    grad_accumulation: int = 1
+    channels_last: bool = False
+    compile: bool = False
+    workers: int = field(default=0, metadata=NOT_HASHED)  # data-loader worker processes
+    checkpoint_every: int = field(default=200, metadata=NOT_HASHED)  # steps between mid-round checkpoints (+ epoch ends)
+
+    def __post_init__(self) -> None:
+        _positive(self.grad_accumulation, "engine.grad_accumulation")
+        if self.workers < 0 or self.checkpoint_every < 0:
+            raise ConfigError("engine.workers and engine.checkpoint_every must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -107,6 +131,7 @@ class ExperimentConfig:
     seed: int = 0
     deterministic: bool = False
     keep: Literal["needed", "all"] = "needed"  # trained weights kept: θp, round 0 and the last round; or all
+    engine: EngineConfig = field(default_factory=EngineConfig)
 
 
 def _positive(value: float, key: str) -> None:
@@ -255,6 +280,8 @@ def non_default(obj: Any) -> dict[str, Any]:
     """The fields of a dataclass that differ from their defaults (recursively)."""
     out: dict[str, Any] = {}
     for f in dataclasses.fields(obj):
+        if not f.metadata.get("hash", True):
+            continue
         value = getattr(obj, f.name)
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
         if dataclasses.is_dataclass(value):

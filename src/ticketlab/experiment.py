@@ -42,7 +42,18 @@ from ticketlab.locks import run_lock
 from ticketlab.masks import Mask
 from ticketlab.models.base import TicketModel, build_model
 from ticketlab.objectives.base import OBJECTIVES
-from ticketlab.paths import EARLY, IMP, MASK, METRICS, WEIGHTS, RunPaths, check_round, load_theta_p
+from ticketlab.paths import (
+    EARLY,
+    IMP,
+    MASK,
+    METRICS,
+    WEIGHTS,
+    RunPaths,
+    check_round,
+    load_theta_p,
+    training_checkpoint,
+    write_history,
+)
 from ticketlab.paths import run_dir as run_dir_of
 from ticketlab.pretrain import pretrain_run_for, run_pretraining
 from ticketlab.prunable import prunable_names
@@ -158,9 +169,11 @@ def train_branch(run: RunContext, branch: str, k: int, mask: Mask, start: dict[s
                               "dense training; lower it")
         snapshot = SnapshotAtStep(run.config.prune.rewind_steps)
     objective = OBJECTIVES.build(run.config.objective, **run.config.objective_options)
+    checkpoint = training_checkpoint(run.paths.branch(branch, k))
     result = train_model(model, run.task, run.config.train, seed=run.config.seed, mask=mask, objective=objective,
                          callbacks=[snapshot] if snapshot else [], deterministic=run.config.deterministic,
-                         progress=f"{branch} round {k} ({mask.sparsity():.1%})" if progress else None)
+                         progress=f"{branch} round {k} ({mask.sparsity():.1%})" if progress else None,
+                         engine=run.config.engine, checkpoint=checkpoint)
     metrics = {"format": 2, "round": k, "branch": branch, "target_sparsity": run.sparsity(k), "sparsity": mask.sparsity(),
                "model_sparsity": mask.model_sparsity(model), **result.metrics}
     with atomic_dir(run.paths.branch(branch, k)) as tmp:
@@ -171,6 +184,8 @@ def train_branch(run: RunContext, branch: str, k: int, mask: Mask, start: dict[s
         if snapshot is not None:
             save_tensors(tmp / EARLY, snapshot.state, {"step": run.config.prune.rewind_steps})
         write_json(tmp / METRICS, metrics)
+        write_history(tmp, result.history)
+    checkpoint.unlink(missing_ok=True)
     return metrics
 
 
@@ -211,7 +226,7 @@ def run_experiment(config: ExperimentConfig, runs_dir: str | Path = "runs", prog
     with run_lock(paths.root, f"run {paths.root.name}"):
         remove_stale_temps(paths.root)
         for stale in paths.root.rglob(".round_*"):  # temp folders of versions before temp names carried a pid
-            if TMP_MARK not in stale.name:
+            if stale.is_dir() and TMP_MARK not in stale.name:
                 shutil.rmtree(stale, ignore_errors=True)
         store = ResultStore(runs_dir)
         if not paths.config.is_file():

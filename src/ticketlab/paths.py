@@ -20,6 +20,7 @@ Nothing else builds these paths. A runs folder holds::
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,7 @@ EARLY = "rewind_early.safetensors"
 PRETRAINED_BACKBONE = "backbone.safetensors"
 TICKETS = "tickets.safetensors"
 REPORT = "report.md"
+HISTORY = "metrics.jsonl"
 
 
 def round_name(k: int) -> str:
@@ -106,6 +108,16 @@ class RunPaths:
 
     def transfer(self, target: str, key: str, k: int) -> Path:
         return self.root / "transfer" / f"{target}-{key}" / round_name(k)
+
+
+def training_checkpoint(result: Path) -> Path:
+    """The mid-training checkpoint of a training whose result goes into ``result`` (a folder or a file)."""
+    return result.with_name(f".{result.name}.checkpoint.pt")
+
+
+def write_history(folder: Path, history: list[dict[str, Any]]) -> None:
+    """Per-epoch train loss / val score / lr / samples/s as ``metrics.jsonl`` (inside an atomic folder)."""
+    (folder / HISTORY).write_text("".join(json.dumps(row, sort_keys=True) + "\n" for row in history))
 
 
 def run_dir(runs_dir: str | Path, config_hash: str) -> Path:

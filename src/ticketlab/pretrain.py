@@ -9,12 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from ticketlab.config import ExperimentConfig, ModelConfig, PretrainConfig, config_hash, to_dict
+from ticketlab.config import EngineConfig, ExperimentConfig, ModelConfig, PretrainConfig, config_hash, to_dict
 from ticketlab.data.base import build_task
 from ticketlab.fileio import atomic_dir, ensure_writable_dir, save_tensors, write_json
 from ticketlab.models.base import build_model
 from ticketlab.objectives.base import OBJECTIVES
-from ticketlab.paths import CONFIG, PRETRAINED_BACKBONE, pretrain_dir
+from ticketlab.paths import CONFIG, PRETRAINED_BACKBONE, pretrain_dir, training_checkpoint, write_history
 from ticketlab.train import train_model
 
 
@@ -23,13 +23,14 @@ class PretrainRun:
     model: ModelConfig = field(default_factory=ModelConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     seed: int = 0
+    engine: EngineConfig = field(default_factory=EngineConfig)
 
 
 def pretrain_run_for(cfg: ExperimentConfig) -> PretrainRun:
     """The pre-training an experiment's θp comes from (its own seed unless ``pretrain.seed`` fixes one)."""
     assert cfg.pretrain is not None
     seed = cfg.seed if cfg.pretrain.seed is None else cfg.pretrain.seed
-    return PretrainRun(cfg.model, replace(cfg.pretrain, seed=None), seed)  # one folder per computation
+    return PretrainRun(cfg.model, replace(cfg.pretrain, seed=None), seed, cfg.engine)  # one folder per computation
 
 
 def run_pretraining(run: PretrainRun, runs_dir: Path, deterministic: bool = False,
@@ -44,7 +45,8 @@ def run_pretraining(run: PretrainRun, runs_dir: Path, deterministic: bool = Fals
     objective = OBJECTIVES.build(run.pretrain.objective, **run.pretrain.objective_options)
     result = train_model(model, task, run.pretrain.train, seed=run.seed, objective=objective,
                          deterministic=deterministic, config_key="pretrain.train",
-                         progress=f"pre-train {run.pretrain.objective} on {task.name}" if progress else None)
+                         progress=f"pre-train {run.pretrain.objective} on {task.name}" if progress else None,
+                         engine=run.engine, checkpoint=training_checkpoint(folder))
     backbone = {k.removeprefix("backbone."): v for k, v in result.state.items() if k.startswith("backbone.")}
     with atomic_dir(folder) as tmp:
         write_json(tmp / CONFIG, to_dict(run))
@@ -52,4 +54,6 @@ def run_pretraining(run: PretrainRun, runs_dir: Path, deterministic: bool = Fals
             "kind": "ticketlab-pretrained-backbone", "objective": run.pretrain.objective,
             "task": run.pretrain.task.name, "model": to_dict(run.model), "metrics": result.metrics,
         })
+        write_history(tmp, result.history)
+    training_checkpoint(folder).unlink(missing_ok=True)
     return checkpoint

@@ -1,48 +1,34 @@
-"""The one training loop: optimiser, LR schedule, mask enforcement, best-validation selection, callbacks.
+"""The one training loop: epochs over a seeded data order, best-validation selection, callbacks, and
+mid-round checkpoints from which a killed training resumes bit-identically (on CPU, fixed thread count).
 
-Masks are enforced at negligible cost with two fused ``_foreach_mul_`` calls per step: gradients
-are masked before the optimiser step and weights are re-masked after it, so neither momentum nor
-weight decay can regrow a pruned weight (the saved weights hold exact zeros at pruned positions).
+A checkpoint (every ``engine.checkpoint_every`` steps and at each epoch end) holds the model, the objective's
+trainable parts, optimiser, scheduler, grad scaler, every RNG state, the position in the epoch, the best
+state so far and the per-epoch history; it is written atomically and deleted by the caller once the
+training's result is saved.
 """
 
 from __future__ import annotations
 
-import copy
+import hashlib
+import json
 import math
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ticketlab.config import TrainConfig
+from ticketlab.config import EngineConfig, TrainConfig, to_dict
 from ticketlab.data.base import Task
-from ticketlab.errors import DivergenceError, NonFiniteLossError
+from ticketlab.engine import Engine
+from ticketlab.errors import CorruptFileError, TicketlabError
+from ticketlab.fileio import storage_error, tmp_path
 from ticketlab.masks import Mask
 from ticketlab.objectives.base import Objective
-
-
-class MaskEnforcer:
-    """Keeps pruned weights at exactly zero during training."""
-
-    def __init__(self, model: nn.Module, mask: Mask) -> None:
-        mask.check_fits(model)
-        params = dict(model.named_parameters())
-        self.params = [params[n] for n in mask.names()]
-        self.masks = [mask.tensors[n].to(params[n].device, params[n].dtype) for n in mask.names()]
-        self.apply_weights()
-
-    @torch.no_grad()
-    def mask_gradients(self) -> None:
-        pairs = [(p.grad, m) for p, m in zip(self.params, self.masks, strict=True) if p.grad is not None]
-        if pairs:
-            torch._foreach_mul_([g for g, _ in pairs], [m for _, m in pairs])
-
-    @torch.no_grad()
-    def apply_weights(self) -> None:
-        torch._foreach_mul_(self.params, self.masks)
+from ticketlab.step import TrainStep
 
 
 class Callback:
@@ -51,6 +37,12 @@ class Callback:
     def on_step_end(self, step: int, model: nn.Module) -> None: ...
 
     def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None: ...
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a mid-round checkpoint must keep for this callback."""
+        return {}
+
+    def load_state_dict(self, saved: dict[str, Any]) -> None: ...
 
 
 class SnapshotAtStep(Callback):
@@ -62,103 +54,58 @@ class SnapshotAtStep(Callback):
 
     def on_step_end(self, step: int, model: nn.Module) -> None:
         if step == self.step:
-            self.state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            self.state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"state": self.state}
+
+    def load_state_dict(self, saved: dict[str, Any]) -> None:
+        self.state = saved["state"]
 
 
 @dataclass
 class TrainResult:
     metrics: dict[str, Any]
     state: dict[str, torch.Tensor] = field(repr=False)
+    history: list[dict[str, Any]] = field(default_factory=list)  # one row per epoch (metrics.jsonl)
 
 
-def lr_factor(step: int, total: int, recipe: TrainConfig) -> float:
-    """Warm-up then the chosen decay, as a multiplier of the base learning rate."""
-    if step < recipe.warmup_steps:
-        return (step + 1) / recipe.warmup_steps
-    progress = (step - recipe.warmup_steps) / max(total - recipe.warmup_steps, 1)
-    if recipe.lr_schedule == "cosine":
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
-    if recipe.lr_schedule == "linear":
-        return 1.0 - progress
-    if recipe.lr_schedule == "step":
-        return recipe.gamma ** sum(progress >= m for m in recipe.milestones)
-    return 1.0
+def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
 
 
-def build_optimizer(model: nn.Module, recipe: TrainConfig, extra: nn.Module | None = None) -> torch.optim.Optimizer:
-    """Backbone (+ the objective's trainable parts) at ``lr``; the head at ``lr * head_lr_mult``."""
-    head = [p for n, p in model.named_parameters() if n.startswith("head.")]
-    body = [p for n, p in model.named_parameters() if not n.startswith("head.")]
-    if extra is not None:
-        body += [p for p in extra.parameters() if p.requires_grad]
-    groups = [{"params": body, "lr": recipe.lr}, {"params": head, "lr": recipe.lr * recipe.head_lr_mult}]
-    if recipe.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=recipe.lr, betas=tuple(recipe.betas), weight_decay=recipe.weight_decay)
-    return torch.optim.SGD(groups, lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay)
+def _fingerprint(task: Task, recipe: TrainConfig, seed: int, mask: Mask | None, objective: Objective,
+                 engine: Engine) -> str:
+    """What a checkpoint must match to be resumed into this training (else: a one-line error)."""
+    blob = json.dumps([task.name, len(task.train), to_dict(recipe), seed, mask.digest() if mask else None,
+                       objective.name, engine.precision, engine.world_size, engine.cfg.grad_accumulation],
+                      sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-class TrainStep:
-    """One optimiser step of ticketlab's loop: objective loss, finite check, gradient masking, clipping, step,
-    LR schedule, weight re-masking and the objective's ``after_step`` (e.g. MoCo's momentum update).
+def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    tmp = tmp_path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(state, tmp)
+        tmp.replace(path)
+    except (OSError, RuntimeError) as exc:  # torch reports a failed write as a RuntimeError
+        tmp.unlink(missing_ok=True)
+        raise storage_error(exc, path) from exc
 
-    ``train_model`` calls it for every batch; ``benchmarks/mask_overhead.py`` times exactly this object.
-    """
 
-    def __init__(self, model: nn.Module, recipe: TrainConfig, total_steps: int, *, mask: Mask | None = None,
-                 objective: Objective | None = None, augment_generator: torch.Generator | None = None,
-                 config_key: str = "train", reference_steps: int = 10) -> None:
-        self.model, self.recipe, self.config_key = model, recipe, config_key
-        self.reference_steps, self.reference = reference_steps, []
-        self.objective = objective or Objective()
-        self.enforcer = MaskEnforcer(model, mask) if mask is not None else None
-        self.objective.setup(model, mask)
-        self.optimizer = build_optimizer(model, recipe, self.objective)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, total_steps, recipe))
-        self.generator = augment_generator or torch.Generator().manual_seed(0)
-        self.step = 0
-
-    def __call__(self, inputs: Any, labels: torch.Tensor) -> float:
-        loss = self.objective.loss(self.model, inputs, labels, self.generator)
-        value = loss.item()
-        self.check_loss(value)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.enforcer:
-            self.enforcer.mask_gradients()
-        if self.recipe.grad_clip > 0:
-            nn.utils.clip_grad_norm_(self.model.parameters(), self.recipe.grad_clip)
-        self.optimizer.step()
-        self.scheduler.step()
-        if self.enforcer:
-            self.enforcer.apply_weights()
-        self.objective.after_step(self.model)
-        self.step += 1
-        return value
-
-    def check_loss(self, value: float) -> None:
-        """Stop on a non-finite loss, or one above ``divergence_factor`` × the first-epoch loss (the lowest of the
-        first steps' losses, so a run that explodes within its first steps still has an honest reference)."""
-        key = self.config_key
-        if not math.isfinite(value):
-            raise NonFiniteLossError(f"the loss became {value} at step {self.step + 1}; lower {key}.lr or set "
-                                     f"{key}.grad_clip (finished rounds are kept)")
-        if len(self.reference) < self.reference_steps:
-            self.reference.append(value)
-            return
-        reference = min(self.reference)
-        factor = self.recipe.divergence_factor
-        if factor > 0 and value > factor * max(reference, 0.1):
-            raise DivergenceError(f"training diverged: the loss reached {value:.3g} at step {self.step + 1}, over "
-                                  f"{factor:g}× its first-epoch value {reference:.3g}; lower {key}.lr or set "
-                                  f"{key}.grad_clip (or raise {key}.divergence_factor); finished rounds are kept")
-
-    def check_weights(self) -> None:
-        """Stop when a weight or a BatchNorm statistic is no longer finite."""
-        for name, tensor in self.model.state_dict().items():
-            if tensor.is_floating_point() and not torch.isfinite(tensor).all():
-                raise DivergenceError(f"training diverged: {name} holds NaN or infinite values after step {self.step}; "
-                                      f"lower {self.config_key}.lr or set {self.config_key}.grad_clip; finished "
-                                      "rounds are kept")
+def _load_checkpoint(path: Path, fingerprint: str) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a torn file from an old crash cannot happen (atomic rename), but a disk can lie
+        raise CorruptFileError(f"training checkpoint {path} is unreadable ({type(exc).__name__}); delete it to "
+                               "restart this training from its beginning") from exc
+    if state.get("fingerprint") != fingerprint:
+        raise TicketlabError(f"training checkpoint {path} belongs to a different config (task, recipe, seed, mask or "
+                             "engine changed); delete it to restart this training, or restore the config")
+    return state
 
 
 def train_model(
@@ -173,60 +120,115 @@ def train_model(
     deterministic: bool = False,
     progress: str | None = None,
     config_key: str = "train",
+    engine: EngineConfig | None = None,
+    checkpoint: Path | None = None,
 ) -> TrainResult:
-    """Train ``model`` on ``task``; return the best-validation weights and their metrics.
+    """Train ``model`` on ``task``; return the best-validation weights, their metrics and the epoch history.
 
-    The data order depends only on ``seed``, so re-running a round reproduces it exactly.
+    The data order depends only on ``seed``; with ``checkpoint`` the training resumes from its last
+    checkpoint and ends exactly as an uninterrupted one would.
     """
     callbacks = callbacks or []
     torch.use_deterministic_algorithms(deterministic)
     torch.manual_seed(seed)
+    run = Engine(engine)
+    run.check_batch(recipe.batch_size)
     generator = torch.Generator().manual_seed(seed)
     steps_per_epoch = math.ceil(len(task.train) / recipe.batch_size)
-    train_step = TrainStep(model, recipe, steps_per_epoch * recipe.epochs, mask=mask, objective=objective,
+    total_steps = steps_per_epoch * recipe.epochs
+    train_step = TrainStep(model, recipe, total_steps, mask=mask, objective=objective,
                            augment_generator=torch.Generator().manual_seed(seed + 1), config_key=config_key,
-                           reference_steps=min(10, steps_per_epoch))
+                           reference_steps=min(10, steps_per_epoch), engine=run)
     objective = train_step.objective
-    best_val, best_epoch, best_state, loss_value = -1.0, -1, None, float("nan")
-    started = time.perf_counter()
-    bar = tqdm(range(recipe.epochs), desc=progress or "train", disable=progress is None, leave=False,
-               unit="epoch", dynamic_ncols=True)
+    fingerprint = _fingerprint(task, recipe, seed, mask, objective, run)
+    pos = {"epoch": 0, "batch": 0, "running": 0.0, "batches": 0, "order_state": generator.get_state()}
+    best: dict[str, Any] = {"val": -1.0, "epoch": -1, "state": None}
+    history: list[dict[str, Any]] = []
+    saved = _load_checkpoint(checkpoint, fingerprint) if checkpoint is not None else None
+    resumed_at = saved["step"] if saved is not None else None
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        objective.load_state_dict(saved["objective"])
+        train_step.optimizer.load_state_dict(saved["optimizer"])
+        train_step.scheduler.load_state_dict(saved["scheduler"])
+        train_step.generator.set_state(saved["augment_state"])
+        train_step.step, train_step.reference = saved["step"], saved["reference"]
+        if saved.get("scaler") is not None and run.accelerator.scaler is not None:
+            run.accelerator.scaler.load_state_dict(saved["scaler"])
+        torch.set_rng_state(saved["torch_rng"])
+        pos, best, history = saved["position"], saved["best"], saved["history"]
+        for callback, state in zip(callbacks, saved["callbacks"], strict=True):
+            callback.load_state_dict(state)
+
+    def save() -> None:
+        if checkpoint is None or not run.is_main:
+            return
+        _save_checkpoint(checkpoint, {
+            "fingerprint": fingerprint, "model": _cpu_state(model), "objective": objective.state_dict(),
+            "optimizer": train_step.optimizer.state_dict(), "scheduler": train_step.scheduler.state_dict(),
+            "scaler": run.accelerator.scaler.state_dict() if run.accelerator.scaler is not None else None,
+            "augment_state": train_step.generator.get_state(), "torch_rng": torch.get_rng_state(),
+            "step": train_step.step, "reference": train_step.reference, "position": pos, "best": best,
+            "history": history, "callbacks": [c.state_dict() for c in callbacks]})
+
+    started, every = time.perf_counter(), run.cfg.checkpoint_every
+    bar = tqdm(total=total_steps * recipe.batch_size, initial=train_step.step * recipe.batch_size,
+               desc=progress or "train", disable=progress is None or not run.is_main, leave=False, unit="sample",
+               unit_scale=True, dynamic_ncols=True)
     model.train()
-    for epoch in bar:
+    for epoch in range(pos["epoch"], recipe.epochs):
+        generator.set_state(pos["order_state"])
         order = torch.randperm(len(task.train), generator=generator)
-        running, batches = 0.0, 0
-        for start in range(0, len(order), recipe.batch_size):
-            idx = order[start : start + recipe.batch_size]
-            running += train_step(task.train.inputs(idx), task.train.y[idx])
-            batches += 1
+        epoch_started, first = time.perf_counter(), pos["batch"]
+        for b, start in enumerate(range(0, len(order), recipe.batch_size)):
+            if b < first:
+                continue  # resumed mid-epoch: these batches were trained before the checkpoint
+            batch = order[start : start + recipe.batch_size]
+            if len(batch) < run.world_size:
+                continue  # a last batch too small to give every rank a sample is dropped on every rank alike
+            idx = torch.tensor_split(batch, run.world_size)[run.rank]
+            pos["running"] += train_step(task.train.inputs(idx), task.train.y[idx])
+            pos["batches"] += 1
+            pos["batch"] = b + 1
+            bar.update(min(recipe.batch_size, len(order) - start))
             for callback in callbacks:
                 callback.on_step_end(train_step.step, model)
-        loss_value = running / max(batches, 1)
+            if every and train_step.step % every == 0 and pos["batch"] * recipe.batch_size < len(order):
+                save()
+        loss_value = pos["running"] / max(pos["batches"], 1)
         train_step.check_weights()
         val = objective.evaluate(model, task, "val")
-        if val > best_val:
-            best_val, best_epoch = val, epoch + 1
-            best_state = copy.deepcopy(model.state_dict())
-        epoch_metrics = {"epoch": epoch + 1, "train_loss": loss_value, "val_acc": val}
-        bar.set_postfix(loss=f"{loss_value:.3f}", val=f"{val:.3f}", best=f"{best_val:.3f}")
+        if val > best["val"]:
+            best = {"val": val, "epoch": epoch + 1, "state": _cpu_state(model)}
+        seconds = time.perf_counter() - epoch_started
+        row = {"epoch": epoch + 1, "train_loss": loss_value, "val_score": val,
+               "lr": train_step.optimizer.param_groups[0]["lr"],
+               "samples_per_s": (pos["batch"] - first) * recipe.batch_size / max(seconds, 1e-9)}
+        history.append(row)
+        bar.set_postfix(loss=f"{loss_value:.3f}", val=f"{val:.3f}", best=f"{best['val']:.3f}")
         for callback in callbacks:
-            callback.on_epoch_end(epoch + 1, epoch_metrics)
+            callback.on_epoch_end(epoch + 1, {"epoch": epoch + 1, "train_loss": loss_value, "val_acc": val})
+        pos = {"epoch": epoch + 1, "batch": 0, "running": 0.0, "batches": 0, "order_state": generator.get_state()}
+        save()
     bar.close()
-    assert best_state is not None
-    model.load_state_dict(best_state)
+    assert best["state"] is not None
+    model.load_state_dict(best["state"])
     test_score = objective.evaluate(model, task, "test")
     metrics = {
-        "val_acc": best_val,
+        "val_acc": best["val"],
         "test_acc": test_score,
         **{f"test_{k}": v for k, v in objective.details.get("test", {}).items() if k != "score"},
-        "best_epoch": best_epoch,
-        "final_train_loss": loss_value,
+        "best_epoch": best["epoch"],
+        "final_train_loss": history[-1]["train_loss"],
         "epochs": recipe.epochs,
         "steps": train_step.step,
         "seed": seed,
         "objective": objective.name,
         "chance_test": task.test.majority_rate() if task.metric == "accuracy" else None,
         "n_test": len(task.test),
+        "device": str(run.device), "precision": run.precision, "world_size": run.world_size,
+        "resumed_at_step": resumed_at,
         "train_seconds": round(time.perf_counter() - started, 2),
     }
-    return TrainResult(metrics, best_state)
+    model.to("cpu")
+    return TrainResult(metrics, best["state"], history)

@@ -22,7 +22,7 @@ from ticketlab.fileio import atomic_dir, is_writable, read_json, write_json
 from ticketlab.masks import Mask
 from ticketlab.models.base import build_model
 from ticketlab.objectives.base import OBJECTIVES
-from ticketlab.paths import IMP, METRICS, RunPaths, load_theta_p
+from ticketlab.paths import IMP, METRICS, RunPaths, load_theta_p, training_checkpoint, write_history
 from ticketlab.train import train_model
 
 
@@ -71,13 +71,17 @@ def transfer_ticket(run_dir: Path, k: int, spec: TransferSpec, task: Task | None
                         head=task.head)
     model.load_state_dict(theta_p_backbone(run_dir), strict=False)
     objective = OBJECTIVES.build(spec.objective, **spec.objective_options)
+    checkpoint = training_checkpoint(folder)
     result = train_model(model, task, spec.train, seed=spec.seed, mask=mask, objective=objective,
-                         progress=f"transfer {run_dir.name}:{k} -> {task.name}" if progress else None)
+                         progress=f"transfer {run_dir.name}:{k} -> {task.name}" if progress else None,
+                         engine=source.engine, checkpoint=checkpoint)
     metrics = {"format": 2, "source": run_dir.name, "round": k, "target": spec.target.name, "variant": spec.variant,
                "sparsity": mask.sparsity(), "source_sparsity": ticket.sparsity(), "num_classes": task.num_classes,
                "spec": to_dict(spec), **result.metrics}
     with atomic_dir(folder) as tmp:
         write_json(tmp / METRICS, metrics)
+        write_history(tmp, result.history)
+    checkpoint.unlink(missing_ok=True)
     return TransferResult(metrics, result.state)
 
 

@@ -83,6 +83,23 @@ class Task:
 TASKS: Registry = Registry("task")
 
 
+def slice_inputs(inputs: Inputs, index: torch.Tensor | slice) -> Inputs:
+    """The selected samples of a batch of model inputs (a tensor, a tuple of tensors or a dict of them)."""
+    if isinstance(inputs, dict):
+        return {k: v[index] for k, v in inputs.items()}
+    if isinstance(inputs, tuple):
+        return tuple(v[index] for v in inputs)
+    return inputs[index]
+
+
+def move_inputs(inputs: Inputs, device: torch.device) -> Inputs:
+    if isinstance(inputs, dict):
+        return {k: v.to(device) for k, v in inputs.items()}
+    if isinstance(inputs, tuple):
+        return tuple(v.to(device) for v in inputs)
+    return inputs.to(device)
+
+
 def build_task(name: str, options: dict | None = None) -> Task:
     return TASKS.build(name, **(options or {})).validate()
 

@@ -26,6 +26,7 @@ class Objective(nn.Module):
     """Base objective: supervised cross-entropy on the model's head, scored by the task's metric."""
 
     name = "supervised"
+    model_only = True  # the loss only calls model(inputs): under several processes the model can be DDP-wrapped
 
     def __init__(self) -> None:
         super().__init__()

@@ -48,7 +48,9 @@ def projection_head(in_dim: int, out_dim: int) -> nn.Module:
 def features(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
     was_training = model.training
     model.eval()
-    out = torch.cat([model.forward_features(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+    device = next(model.parameters()).device
+    out = torch.cat([model.forward_features(x[i : i + batch_size].to(device)).cpu()
+                     for i in range(0, len(x), batch_size)])
     model.train(was_training)
     return F.normalize(out, dim=1)
 
@@ -66,6 +68,7 @@ def knn_accuracy(model: nn.Module, task: Task, split: str, k: int = 10, bank_siz
 
 
 class SelfSupervised(Objective):
+    model_only = False  # calls the backbone directly: gradients are averaged across ranks explicitly
     """Shared parts: views, projection head, k-NN evaluation."""
 
     def __init__(self, temperature: float, projection_dim: int = 64, crop_scale: float = 0.3) -> None:
@@ -112,6 +115,12 @@ class MoCo(SelfSupervised):
         self.queue_size = queue_size
         self.momentum = momentum
 
+    def get_extra_state(self) -> dict[str, int]:
+        return {"queue_ptr": self.queue_ptr}  # saved in mid-round checkpoints with the queue itself
+
+    def set_extra_state(self, state: dict[str, int]) -> None:
+        self.queue_ptr = int(state["queue_ptr"])
+
     def setup(self, model: nn.Module, mask: Mask | None) -> None:
         self.projector = projection_head(model.feature_dim, self.projection_dim)
         self.key_backbone = copy.deepcopy(model.backbone).requires_grad_(False)
@@ -121,7 +130,8 @@ class MoCo(SelfSupervised):
         self.pending_keys: torch.Tensor | None = None
         key_params = dict(self.key_backbone.named_parameters())
         self.key_masks = [] if mask is None else [
-            (key_params[n.removeprefix("backbone.")], t.to(key_params[n.removeprefix("backbone.")].dtype))
+            (key_params[n.removeprefix("backbone.")], t.to(key_params[n.removeprefix("backbone.")].device,
+                                                           key_params[n.removeprefix("backbone.")].dtype))
             for n, t in mask.tensors.items() if n.startswith("backbone.")
         ]
         self.mask_key_encoder()

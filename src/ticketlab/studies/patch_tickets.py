@@ -18,7 +18,16 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from ticketlab.analysis import mean_std
-from ticketlab.config import ExperimentConfig, ModelConfig, TaskConfig, TrainConfig, config_hash, to_dict, validate
+from ticketlab.config import (
+    EngineConfig,
+    ExperimentConfig,
+    ModelConfig,
+    TaskConfig,
+    TrainConfig,
+    config_hash,
+    to_dict,
+    validate,
+)
 from ticketlab.data.base import build_task
 from ticketlab.experiment import run_experiment
 from ticketlab.figures import markdown_table, pm, pyplot
@@ -28,7 +37,18 @@ from ticketlab.models.base import build_model
 from ticketlab.objectives.patches import RandomPatches, TicketPatches
 from ticketlab.patches.tickets import find_tickets, load_tickets, save_tickets, ticket_grid_png, with_tickets
 from ticketlab.patches.vit import patch_vit
-from ticketlab.paths import CONFIG, METRICS, REPORT, TICKETS, load_run, select_dir, student_dir, study_dir
+from ticketlab.paths import (
+    CONFIG,
+    METRICS,
+    REPORT,
+    TICKETS,
+    load_run,
+    select_dir,
+    student_dir,
+    study_dir,
+    training_checkpoint,
+    write_history,
+)
 from ticketlab.studies.base import STUDIES, Study
 from ticketlab.train import train_model
 
@@ -41,6 +61,7 @@ class SelectorConfig:
     reduction_layers: list[int] = field(default_factory=list)  # 0-based; empty = blocks 4, 7, 10 of 12, scaled
     finetune: TrainConfig | None = None  # fine-tune with token reduction first; None = use the model as is
     seed: int = 0
+    engine: EngineConfig = field(default_factory=EngineConfig)
 
 
 @dataclass(frozen=True)
@@ -58,6 +79,7 @@ class PatchStudyConfig:
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     equal_budget_rates: list[float] = field(default_factory=list)  # run rc_budget at these keep rates
     weight_level: list[WeightLevelRun] = field(default_factory=list)
+    engine: EngineConfig = field(default_factory=EngineConfig)
 
 
 def check_patch_study(cfg: PatchStudyConfig) -> None:
@@ -81,7 +103,8 @@ def run_selection(cfg: SelectorConfig, runs_dir: Path, progress: bool = True) ->
     metrics: dict[str, Any] = {}
     if cfg.finetune is not None:
         result = train_model(model, task, cfg.finetune, seed=cfg.seed,
-                             progress=f"selector k={cfg.keep_rate}" if progress else None)
+                             progress=f"selector k={cfg.keep_rate}" if progress else None, engine=cfg.engine,
+                             checkpoint=training_checkpoint(folder))
         metrics = result.metrics
     tickets = find_tickets(model, task)
     vit = model.backbone.model
@@ -114,12 +137,15 @@ def train_student(cfg: PatchStudyConfig, keep_rate: float, seed: int, variant: s
         if variant == "rc_budget":
             recipe = dataclasses.replace(recipe, epochs=max(1, round(recipe.epochs / keep_rate**3)))
     result = train_model(model, train_task, recipe, seed=seed, objective=objective,
-                         progress=f"{variant} k={keep_rate} seed {seed}" if progress else None)
+                         progress=f"{variant} k={keep_rate} seed {seed}" if progress else None, engine=cfg.engine,
+                         checkpoint=training_checkpoint(folder))
     metrics = {**result.metrics, "variant": variant, "keep_rate": keep_rate, "patches": meta["kept"],
                "num_patches": num_patches, "dense_test_acc": result.metrics["test_acc"],
                "sparse_test_acc": accuracy(model, ticketed.test)}
     with atomic_dir(folder) as tmp:
         write_json(tmp / METRICS, metrics)
+        write_history(tmp, result.history)
+    training_checkpoint(folder).unlink(missing_ok=True)
     return metrics
 
 

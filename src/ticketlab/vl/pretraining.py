@@ -79,6 +79,7 @@ def select(inputs: dict[str, torch.Tensor], **replaced: torch.Tensor) -> dict[st
 
 
 class VLPretrainObjective(Objective):
+    model_only = False
     name = "vl_pretrain"
 
     def __init__(self, mlm: float = 1.0, itm: float = 1.0, mrm: float = 1.0, mask_probability: float = 0.15,

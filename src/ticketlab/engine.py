@@ -1,0 +1,117 @@
+"""Devices, mixed precision, gradient accumulation and multi-process training through Hugging Face Accelerate.
+
+ticketlab's own loop (``train.py``: masks, objectives, best-validation selection, checkpoints) calls this
+thin layer; Accelerate does the device placement, autocast, gradient scaling, process groups (``accelerate
+launch`` / ``torchrun`` / Slurm) and main-process gating. Under several processes the global batch
+(``train.batch_size``) is split evenly across ranks and gradients are averaged: by DDP when the objective
+only calls ``model(inputs)``, else by an explicit all-reduce (objectives that call the backbone directly
+would bypass DDP's hooks).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from ticketlab.config import EngineConfig
+from ticketlab.errors import ConfigError
+
+PRECISIONS = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
+
+
+def resolve(cfg: EngineConfig) -> tuple[str, str]:
+    """(device type, precision) after ``auto``; one-line errors for what this machine cannot do."""
+    cuda = torch.cuda.is_available()
+    if cfg.device == "cuda" and not cuda:
+        raise ConfigError("engine.device is cuda but no CUDA device is visible; use engine.device: auto (or cpu)")
+    device = "cuda" if cfg.device == "cuda" or (cfg.device == "auto" and cuda) else "cpu"
+    precision = cfg.precision
+    if precision == "auto":
+        precision = "bf16" if device == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+    if precision == "fp16" and device == "cpu":
+        raise ConfigError("engine.precision fp16 needs a CUDA device; on CPU use bf16 or fp32")
+    return device, precision
+
+
+class Engine:
+    """One training's view of the hardware: device, precision, ranks."""
+
+    def __init__(self, cfg: EngineConfig | None = None) -> None:
+        from accelerate import Accelerator
+        from accelerate.state import AcceleratorState
+
+        self.cfg = cfg or EngineConfig()
+        self.device_type, self.precision = resolve(self.cfg)
+        AcceleratorState._reset_state()  # each training may ask for other settings; the process group survives
+        self.accelerator = Accelerator(cpu=self.device_type == "cpu", mixed_precision=PRECISIONS[self.precision],
+                                       gradient_accumulation_steps=self.cfg.grad_accumulation)
+
+    @property
+    def device(self) -> torch.device:
+        return self.accelerator.device
+
+    @property
+    def world_size(self) -> int:
+        return self.accelerator.num_processes
+
+    @property
+    def rank(self) -> int:
+        return self.accelerator.process_index
+
+    @property
+    def is_main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    def check_batch(self, global_batch: int) -> None:
+        """The global batch must split evenly into ranks × accumulation micro-batches."""
+        if global_batch % (self.world_size * self.cfg.grad_accumulation):
+            raise ConfigError(f"train.batch_size {global_batch} is not divisible by {self.world_size} processes × "
+                              f"{self.cfg.grad_accumulation} accumulation steps; use a multiple of "
+                              f"{self.world_size * self.cfg.grad_accumulation}")
+
+    def prepare_model(self, model: nn.Module, wrap: bool) -> nn.Module:
+        """Move to the device (channels_last, compile on request); DDP-wrap it when ``wrap`` and several ranks."""
+        model.to(self.device)
+        if self.cfg.channels_last:
+            model.to(memory_format=torch.channels_last)
+        if self.cfg.compile:
+            model.backbone.forward = torch.compile(model.backbone.forward)
+        return self.accelerator.prepare_model(model) if wrap and self.world_size > 1 else model
+
+    def to_device(self, inputs: Any) -> Any:
+        if isinstance(inputs, torch.Tensor):
+            moved = inputs.to(self.device, non_blocking=True)
+            return moved.contiguous(memory_format=torch.channels_last) if self.cfg.channels_last and moved.dim() == 4 \
+                else moved
+        if isinstance(inputs, dict):
+            return {k: self.to_device(v) for k, v in inputs.items()}
+        if isinstance(inputs, tuple | list):
+            return type(inputs)(self.to_device(v) for v in inputs)
+        return inputs
+
+    def all_reduce_gradients(self, params: list[nn.Parameter]) -> None:
+        """Average gradients over ranks (objectives whose model is not DDP-wrapped)."""
+        if self.world_size == 1:
+            return
+        grads = [p.grad for p in params if p.grad is not None]
+        if grads:
+            flat = torch.cat([g.flatten() for g in grads])
+            torch.distributed.all_reduce(flat)
+            flat /= self.world_size
+            offset = 0
+            for g in grads:
+                g.copy_(flat[offset : offset + g.numel()].view_as(g))
+                offset += g.numel()
+
+    def same_on_every_rank(self, value: str) -> bool:
+        """Whether every rank holds the same string (e.g. a mask digest)."""
+        if self.world_size == 1:
+            return True
+        from accelerate.utils import gather_object
+
+        return len(set(gather_object([value]))) == 1
+
+    def wait(self) -> None:
+        self.accelerator.wait_for_everyone()
