@@ -14,7 +14,6 @@ from importlib import resources
 from pathlib import Path
 
 from ticketlab.analysis import overlap_matrix, sensitivity_table, summarize_transfer
-from ticketlab.baselines import BASELINES
 from ticketlab.config import ConfigError, TaskConfig, from_dict, load_config, parse_config, read_yaml
 from ticketlab.data import TASKS, build_task
 from ticketlab.errors import TicketlabError
@@ -22,16 +21,13 @@ from ticketlab.experiment import run_experiment
 from ticketlab.figures import pct, plot_layer_sparsity, plot_overlap
 from ticketlab.fileio import read_json, storage_error
 from ticketlab.masks import Mask
-from ticketlab.metrics import METRICS
-from ticketlab.models import HEADS, MODELS, build_model
+from ticketlab.models import build_model
 from ticketlab.objectives import OBJECTIVES
 from ticketlab.paths import IMP, RunPaths, is_run_dir, load_run, parse_ref, resolve_run, verify_run
+from ticketlab.plugins import catalog
 from ticketlab.pretrain import pretrain_run_for, run_pretraining
 from ticketlab.prunable import prunable_names
-from ticketlab.pruning import PRUNING_METHODS
 from ticketlab.report import results_table
-from ticketlab.rewind import REWIND_POINTS
-from ticketlab.schedules import SCHEDULES
 from ticketlab.store import ResultStore
 from ticketlab.studies import STUDIES, load_study, run_study
 from ticketlab.studies.patch_tickets import SelectorConfig, run_selection
@@ -218,22 +214,10 @@ def cmd_select(args: argparse.Namespace) -> None:
 
 def cmd_list(args: argparse.Namespace) -> None:
     """Everything that can be named in a config, straight from the registries."""
-    registries = {"models": MODELS, "heads": HEADS, "tasks": TASKS, "metrics": METRICS,
-                  "pruning methods": PRUNING_METHODS, "schedules": SCHEDULES, "rewind points": REWIND_POINTS,
-                  "objectives": OBJECTIVES, "baselines": BASELINES, "studies": STUDIES}
-    for title, registry in registries.items():
-        if args.kind and args.kind not in title:
-            continue
-        print(f"{title}:")
-        for name, obj in registry.items():
-            print(f"  {name:<22} {_describe(obj)}")
-
-
-def _describe(obj: object) -> str:
-    if hasattr(obj, "scorer"):  # a pruning method
-        return f"{obj.scope} scope, {obj.scorer.__name__.removesuffix('_scores')} scores"
-    text = getattr(obj, "description", "") or getattr(obj, "label", "") or (getattr(obj, "func", obj).__doc__ or "")
-    return text.strip().splitlines()[0] if text.strip() else ""
+    for title, entries in catalog().items():
+        if not args.kind or args.kind in title:
+            print(f"{title}:")
+            print("".join(f"  {name:<22} {text}\n" for name, text in entries), end="")
 
 
 def _seeds(args: argparse.Namespace) -> list[int]:

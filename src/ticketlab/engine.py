@@ -35,6 +35,19 @@ def resolve(cfg: EngineConfig) -> tuple[str, str]:
     return device, precision
 
 
+def is_main_process() -> bool:
+    """Whether this process writes files (rank 0, or the only process)."""
+    from accelerate import PartialState
+
+    return PartialState().is_main_process
+
+
+def wait_for_everyone() -> None:
+    from accelerate import PartialState
+
+    PartialState().wait_for_everyone()
+
+
 class Engine:
     """One training's view of the hardware: device, precision, ranks."""
 

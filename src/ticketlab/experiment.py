@@ -8,6 +8,7 @@ and seeds, ends with the same masks and metrics.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import shutil
@@ -23,6 +24,7 @@ from ticketlab.baselines.base import BASELINES
 from ticketlab.checkpoints import load_backbone
 from ticketlab.config import ConfigError, ExperimentConfig, config_hash, to_dict
 from ticketlab.data.base import Task, build_task
+from ticketlab.engine import Engine, is_main_process, wait_for_everyone
 from ticketlab.errors import TicketlabError
 from ticketlab.fileio import (
     TMP_MARK,
@@ -151,8 +153,10 @@ def prepare_theta_p(run: RunContext, runs_dir: Path, progress: bool) -> None:
     check_finite(state, f"θp (from {source})")
     if meta:
         state = {k: v for k, v in state.items() if not k.startswith("backbone.")}
-    target.parent.mkdir(parents=True, exist_ok=True)
-    save_tensors(target, state, {"source": source, **meta})
+    if is_main_process():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        save_tensors(target, state, {"source": source, **meta})
+    wait_for_everyone()
 
 
 def train_branch(run: RunContext, branch: str, k: int, mask: Mask, start: dict[str, torch.Tensor],
@@ -176,6 +180,12 @@ def train_branch(run: RunContext, branch: str, k: int, mask: Mask, start: dict[s
                          engine=run.config.engine, checkpoint=checkpoint)
     metrics = {"format": 2, "round": k, "branch": branch, "target_sparsity": run.sparsity(k), "sparsity": mask.sparsity(),
                "model_sparsity": mask.model_sparsity(model), **result.metrics}
+    if not Engine(run.config.engine).same_on_every_rank(mask.digest()):
+        raise TicketlabError(f"the ranks hold different masks for {branch} round {k}; their run folders differ "
+                             "(every rank must see the same runs folder: a shared file system)")
+    metrics["ranks_agree_on_mask"] = True
+    if not is_main_process():
+        return metrics
     with atomic_dir(run.paths.branch(branch, k)) as tmp:
         mask.save(tmp / MASK, {"branch": branch, "round": k, "method": run.config.prune.method,
                                               "run": run.dir.name, "model": run.config.model.name})
@@ -201,9 +211,11 @@ def check_schedule(run: RunContext) -> None:
                               f"{k - 1}; use at most {k - 1} rounds or a lower prune.rate")
 
 
-def set_status(store: ResultStore, paths: RunPaths, config: ExperimentConfig, status: str,
+def set_status(store: ResultStore | None, paths: RunPaths, config: ExperimentConfig, status: str,
                error: str | None = None) -> None:
-    """Record the run's status in its folder (the source of truth) and in the index."""
+    """Record the run's status in its folder (the source of truth) and in the index (main process only)."""
+    if store is None:
+        return
     write_json(paths.status, {"status": status, "error": error, "pid": os.getpid(), "time": time.time()})
     store.upsert_run(paths.root.name, paths.root, to_dict(config), status, error)
 
@@ -219,33 +231,40 @@ def run_experiment(config: ExperimentConfig, runs_dir: str | Path = "runs", prog
     task = build_task(config.task.name, config.task.options)
     run = RunContext(config, paths.root, task)
     check_schedule(run)
-    try:
-        paths.root.mkdir(exist_ok=True)
-    except OSError as exc:
-        raise storage_error(exc, paths.root) from exc
-    with run_lock(paths.root, f"run {paths.root.name}"):
-        remove_stale_temps(paths.root)
-        for stale in paths.root.rglob(".round_*"):  # temp folders of versions before temp names carried a pid
-            if stale.is_dir() and TMP_MARK not in stale.name:
-                shutil.rmtree(stale, ignore_errors=True)
-        store = ResultStore(runs_dir)
-        if not paths.config.is_file():
-            write_json(paths.config, to_dict(config))
-        set_status(store, paths, config, "running")
+    Engine(config.engine).check_batch(config.train.batch_size)  # device, precision and ranks fit the config
+    main = is_main_process()  # under several processes only rank 0 writes files, the index and the console
+    if main:
         try:
-            run_units(run, store, runs_dir, progress)
+            paths.root.mkdir(exist_ok=True)
+        except OSError as exc:
+            raise storage_error(exc, paths.root) from exc
+    with run_lock(paths.root, f"run {paths.root.name}") if main else contextlib.nullcontext():
+        store = None
+        if main:
+            remove_stale_temps(paths.root)
+            for stale in paths.root.rglob(".round_*"):  # temp folders of versions before temp names carried a pid
+                if stale.is_dir() and TMP_MARK not in stale.name:
+                    shutil.rmtree(stale, ignore_errors=True)
+            store = ResultStore(runs_dir)
+            if not paths.config.is_file():
+                write_json(paths.config, to_dict(config))
+            set_status(store, paths, config, "running")
+        try:
+            run_units(run, store, runs_dir, progress and main)
         except KeyboardInterrupt:
             set_status(store, paths, config, "interrupted")
             raise
         except BaseException as exc:
             set_status(store, paths, config, "failed", f"{type(exc).__name__}: {exc}"[:2000])
             raise
-        write_report(paths.root)
-        set_status(store, paths, config, "done")
+        if main:
+            write_report(paths.root)
+            set_status(store, paths, config, "done")
+    wait_for_everyone()
     return paths.root
 
 
-def run_units(run: RunContext, store: ResultStore, runs_dir: Path, progress: bool) -> None:
+def run_units(run: RunContext, store: ResultStore | None, runs_dir: Path, progress: bool) -> None:
     """Every IMP round, then every baseline branch, skipping what is finished."""
     config = run.config
     prepare_theta_p(run, runs_dir, progress)
@@ -254,6 +273,7 @@ def run_units(run: RunContext, store: ResultStore, runs_dir: Path, progress: boo
     units = [(IMP, k) for k in range(rounds + 1)] + [(b, k) for b in config.baselines for k in baseline_rounds]
     bar = tqdm(units, desc="ticketlab", disable=not progress, unit="round", dynamic_ncols=True)
     for branch, k in bar:
+        wait_for_everyone()  # every rank sees the same finished folders
         bar.set_description(f"{branch} round {k}/{rounds} target {run.sparsity(k):.2%}")
         if run.paths.is_done(branch, k):
             metrics = check_round(run.paths.branch(branch, k))
@@ -266,11 +286,13 @@ def run_units(run: RunContext, store: ResultStore, runs_dir: Path, progress: boo
                 mask = prune(config.prune.method, weights, previous, run.sparsity(k), generator)
                 start = rewound_state(run)
             metrics = train_branch(run, IMP, k, mask, start, progress)
-            if k >= 2 and config.keep == "needed":  # round k's mask exists: round k-1's weights are no longer needed
+            # round k's mask exists: round k-1's weights are no longer needed
+            if k >= 2 and config.keep == "needed" and store is not None:
                 release_files(run.paths.branch(IMP, k - 1), [WEIGHTS, sidecar_path(run.paths.weights(k - 1)).name])
         else:
             mask, start = BASELINES.get(branch)(run, k)
             metrics = train_branch(run, branch, k, mask, start, progress)
-        store.record(run.dir.name, branch, metrics)
+        if store is not None:
+            store.record(run.dir.name, branch, metrics)
         bar.set_postfix(test_acc=f"{metrics['test_acc']:.3f}")
     bar.close()

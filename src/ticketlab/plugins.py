@@ -25,3 +25,28 @@ from ticketlab.vl import metrics as _vl_metrics  # noqa: F401
 from ticketlab.vl import model as _vl_model  # noqa: F401
 from ticketlab.vl import pretraining as _vl_pretraining  # noqa: F401
 from ticketlab.vl import tasks as _vl_tasks  # noqa: F401
+
+
+def catalog() -> dict[str, list[tuple[str, str]]]:
+    """Every registered name with a one-line description, per kind (``ticketlab list``)."""
+    from ticketlab.baselines.base import BASELINES
+    from ticketlab.data.base import TASKS
+    from ticketlab.metrics import METRICS
+    from ticketlab.models.base import HEADS, MODELS
+    from ticketlab.objectives.base import OBJECTIVES
+    from ticketlab.pruning.base import PRUNING_METHODS
+    from ticketlab.rewind import REWIND_POINTS
+    from ticketlab.schedules import SCHEDULES
+    from ticketlab.studies.base import STUDIES
+
+    registries = {"models": MODELS, "heads": HEADS, "tasks": TASKS, "metrics": METRICS,
+                  "pruning methods": PRUNING_METHODS, "schedules": SCHEDULES, "rewind points": REWIND_POINTS,
+                  "objectives": OBJECTIVES, "baselines": BASELINES, "studies": STUDIES}
+    return {title: [(name, _describe(obj)) for name, obj in registry.items()] for title, registry in registries.items()}
+
+
+def _describe(obj: object) -> str:
+    if hasattr(obj, "scorer"):  # a pruning method
+        return f"{obj.scope} scope, {obj.scorer.__name__.removesuffix('_scores')} scores"
+    text = getattr(obj, "description", "") or getattr(obj, "label", "") or (getattr(obj, "func", obj).__doc__ or "")
+    return text.strip().splitlines()[0] if text.strip() else ""

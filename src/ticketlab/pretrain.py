@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ticketlab.config import EngineConfig, ExperimentConfig, ModelConfig, PretrainConfig, config_hash, to_dict
 from ticketlab.data.base import build_task
+from ticketlab.engine import is_main_process, wait_for_everyone
 from ticketlab.fileio import atomic_dir, ensure_writable_dir, save_tensors, write_json
 from ticketlab.models.base import build_model
 from ticketlab.objectives.base import OBJECTIVES
@@ -48,6 +49,9 @@ def run_pretraining(run: PretrainRun, runs_dir: Path, deterministic: bool = Fals
                          progress=f"pre-train {run.pretrain.objective} on {task.name}" if progress else None,
                          engine=run.engine, checkpoint=training_checkpoint(folder))
     backbone = {k.removeprefix("backbone."): v for k, v in result.state.items() if k.startswith("backbone.")}
+    if not is_main_process():
+        wait_for_everyone()
+        return checkpoint
     with atomic_dir(folder) as tmp:
         write_json(tmp / CONFIG, to_dict(run))
         save_tensors(tmp / PRETRAINED_BACKBONE, backbone, {
@@ -56,4 +60,5 @@ def run_pretraining(run: PretrainRun, runs_dir: Path, deterministic: bool = Fals
         })
         write_history(tmp, result.history)
     training_checkpoint(folder).unlink(missing_ok=True)
+    wait_for_everyone()
     return checkpoint

@@ -135,7 +135,7 @@ class TrainStep:
             return loss.item()
         with self.engine.accelerator.autocast():
             loss = self.objective.loss(self.forward_model, inputs, labels, self.generator)
-        self.engine.accelerator.backward(loss / self.accumulation)
+        self.engine.accelerator.backward(loss)  # Accelerate divides by grad_accumulation itself
         return loss.item()
 
     def check_loss(self, value: float) -> None:

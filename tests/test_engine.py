@@ -1,0 +1,154 @@
+"""The engine: device/precision checks, batch splitting, bf16 on CPU, accumulation, augmentation, checkpoints."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from tests.conftest import TINY_SCENES, tiny_config
+from ticketlab import cli
+from ticketlab.augment import cifar_crop_flip
+from ticketlab.config import EngineConfig, TrainConfig, config_hash, parse_config
+from ticketlab.data import build_task
+from ticketlab.engine import resolve
+from ticketlab.errors import ConfigError, TicketlabError
+from ticketlab.masks import Mask
+from ticketlab.models import build_model
+from ticketlab.prunable import prunable_names
+from ticketlab.pruning import prune
+from ticketlab.train import train_model
+
+
+@pytest.fixture(scope="module")
+def task():
+    return build_task("scenes_shape", TINY_SCENES)
+
+
+def masked(task, sparsity=0.5):
+    model = build_model("resnet20", task.num_classes, {"width": 4}, seed=1)
+    names = prunable_names(model)
+    params = dict(model.named_parameters())
+    return model, prune("global_magnitude", {n: params[n] for n in names}, Mask.ones(model, names), sparsity)
+
+
+def test_impossible_engine_settings_are_one_line_errors(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match="no CUDA device is visible"):
+        resolve(EngineConfig(device="cuda"))
+    with pytest.raises(ConfigError, match="fp16 needs a CUDA device"):
+        resolve(EngineConfig(precision="fp16"))
+    assert resolve(EngineConfig(precision="auto")) == ("cpu", "fp32")
+    cfg = tiny_config(engine={"grad_accumulation": 3})  # batch 32 does not split into 3 micro-batches
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert cli.main(["find", str(path), "-q", "--runs-dir", str(tmp_path / "runs")]) == 2
+    assert "not divisible by 1 processes × 3 accumulation steps" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").glob("imp-*"))
+
+
+def test_engine_values_that_change_results_are_hashed_and_the_others_are_not():
+    base = parse_config(tiny_config())
+    assert config_hash(parse_config(tiny_config(engine={"workers": 4, "checkpoint_every": 7, "device": "cpu"}))) \
+        == config_hash(base)
+    assert config_hash(parse_config(tiny_config(engine={"precision": "bf16"}))) != config_hash(base)
+    assert config_hash(parse_config(tiny_config(engine={"grad_accumulation": 2}))) != config_hash(base)
+
+
+def test_bf16_on_cpu_keeps_masks_exact(task):
+    model, mask = masked(task)
+    result = train_model(model, task, TrainConfig(lr=0.05, epochs=1, batch_size=32), seed=0, mask=mask,
+                         engine=EngineConfig(precision="bf16"))
+    assert result.metrics["precision"] == "bf16" and result.metrics["world_size"] == 1
+    for name, keep in mask.tensors.items():
+        assert torch.count_nonzero(result.state[name][~keep]) == 0
+        assert result.state[name].dtype == torch.float32  # autocast: weights stay fp32
+
+
+def test_accumulation_matches_one_big_batch(task):
+    """Two micro-batches of 16 with the loss halved give the gradient of one batch of 32 (no BatchNorm
+    difference for a model without BatchNorm): the same weights up to float rounding."""
+    cfg = {"config": {"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 32,
+                      "image_size": 32, "patch_size": 8, "hidden_dropout_prob": 0.0,
+                      "attention_probs_dropout_prob": 0.0}}
+    recipe = TrainConfig(optimizer="sgd", lr=0.05, momentum=0.0, weight_decay=0.0, epochs=1, batch_size=32)
+    states = []
+    for accumulation in (1, 2):
+        model = build_model("vit", task.num_classes, cfg, seed=0)
+        states.append(train_model(model, task, recipe, seed=0,
+                                  engine=EngineConfig(grad_accumulation=accumulation)).state)
+    assert all(torch.allclose(states[0][k], states[1][k], atol=1e-5) for k in states[0])
+
+
+def test_cifar_augmentation_is_a_seeded_crop_of_the_padded_image():
+    x = torch.randn(6, 3, 8, 8)
+    a = cifar_crop_flip(x, torch.Generator().manual_seed(3))
+    assert torch.equal(a, cifar_crop_flip(x, torch.Generator().manual_seed(3)))
+    assert not torch.equal(a, x)
+    padded = torch.nn.functional.pad(x, (4, 4, 4, 4))
+    for i in range(len(x)):
+        crops = [img[:, dy : dy + 8, dx : dx + 8] for img in (padded[i], padded[i].flip(-1))
+                 for dy in range(9) for dx in range(9)]
+        assert any(torch.equal(a[i], c) for c in crops), i
+
+
+def test_supervised_augmentation_changes_training_but_not_masks(task):
+    results = []
+    for augment in ("none", "cifar", "imagenet"):
+        model, mask = masked(task)
+        results.append(train_model(model, task, TrainConfig(lr=0.05, epochs=1, batch_size=32, augment=augment),
+                                   seed=0, mask=mask))
+        assert all(torch.count_nonzero(results[-1].state[n][~k]) == 0 for n, k in mask.tensors.items())
+    assert results[0].metrics["final_train_loss"] != results[1].metrics["final_train_loss"]
+
+
+def test_a_checkpoint_from_another_config_is_refused(task, tmp_path):
+    checkpoint = tmp_path / ".round.checkpoint.pt"
+    model, _ = masked(task)
+    train_model(model, task, TrainConfig(lr=0.05, epochs=1, batch_size=32), seed=0, checkpoint=checkpoint)
+    assert checkpoint.is_file()  # deleted by the caller once the result is saved, not by the loop
+    model, _ = masked(task)
+    with pytest.raises(TicketlabError, match="belongs to a different config"):
+        train_model(model, task, TrainConfig(lr=0.01, epochs=1, batch_size=32), seed=0, checkpoint=checkpoint)
+    checkpoint.write_bytes(b"garbage")
+    with pytest.raises(TicketlabError, match="unreadable"):
+        train_model(model, task, TrainConfig(lr=0.05, epochs=1, batch_size=32), seed=0, checkpoint=checkpoint)
+
+
+@pytest.mark.slow
+def test_two_processes_with_gloo_match_one_process(tmp_path):
+    """torchrun --nproc_per_node 2 on CPU: the run completes, both ranks hold the same masks, pruned weights are
+    exactly zero, sparsity is exact, and test accuracy is within 2 points of the 1-process run (same global batch)."""
+    from ticketlab.fileio import load_tensors
+    from ticketlab.paths import load_run
+
+    cfg = tiny_config(task={"name": "scenes_shape", "options": {"n_train": 256, "n_val": 64, "n_test": 200}},
+                      train={"optimizer": "sgd", "lr": 0.05, "epochs": 3, "batch_size": 32}, prune={"rounds": 2},
+                      baselines=[])
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    single = subprocess.run([sys.executable, "-m", "ticketlab", "find", str(path), "-q", "--runs-dir",
+                             str(tmp_path / "one")], capture_output=True, text=True, env=env, timeout=600)
+    assert single.returncode == 0, single.stderr
+    torchrun = Path(sys.executable).with_name("torchrun")
+    double = subprocess.run([str(torchrun), "--nproc_per_node", "2", "-m", "ticketlab", "find", str(path), "-q",
+                             "--runs-dir", str(tmp_path / "two")], capture_output=True, text=True, env=env,
+                            timeout=600)
+    assert double.returncode == 0, double.stderr[-3000:]
+    one, two = (load_run(next((tmp_path / d).glob("imp-*"))) for d in ("one", "two"))
+    for row in two["rounds"]:
+        assert row["metrics"]["world_size"] == 2 and row["metrics"]["ranks_agree_on_mask"] is True
+    for k in (1, 2):
+        mask = Mask.load(Path(two["path"]) / f"rounds/round_{k:03d}/mask.safetensors")
+        assert mask.num_pruned() == round([0.2, 0.36][k - 1] * mask.num_total())
+    final, _ = load_tensors(Path(two["path"]) / "rounds/round_002/weights.safetensors")
+    assert all(torch.count_nonzero(final[n][~keep]) == 0 for n, keep in mask.tensors.items())
+    for a, b in zip(one["rounds"], two["rounds"], strict=True):
+        assert abs(a["metrics"]["test_acc"] - b["metrics"]["test_acc"]) <= 0.02 + 1e-9, (a["round"], a, b)
+    assert double.stdout.strip().count("imp-") == 1  # only the main process prints
