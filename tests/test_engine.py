@@ -127,8 +127,9 @@ def test_two_processes_with_gloo_match_one_process(tmp_path):
     from ticketlab.fileio import load_tensors
     from ticketlab.paths import load_run
 
-    cfg = tiny_config(task={"name": "scenes_shape", "options": {"n_train": 256, "n_val": 64, "n_test": 200}},
-                      train={"optimizer": "sgd", "lr": 0.05, "epochs": 3, "batch_size": 32}, prune={"rounds": 2},
+    cfg = tiny_config(task={"name": "digits", "options": {"image_size": 16}},
+                      model={"name": "resnet20", "options": {"width": 8}},
+                      train={"optimizer": "sgd", "lr": 0.1, "epochs": 6, "batch_size": 64}, prune={"rounds": 2},
                       baselines=[])
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(cfg))

@@ -16,6 +16,7 @@ from pathlib import Path
 from ticketlab.analysis import overlap_matrix, sensitivity_table, summarize_transfer
 from ticketlab.config import ConfigError, TaskConfig, from_dict, load_config, parse_config, read_yaml
 from ticketlab.data import TASKS, build_task
+from ticketlab.engine import is_main_process
 from ticketlab.errors import TicketlabError
 from ticketlab.experiment import run_experiment
 from ticketlab.figures import pct, plot_layer_sparsity, plot_overlap
@@ -47,6 +48,8 @@ def cmd_find(args: argparse.Namespace) -> None:
     else:
         config, runs_dir = load_config(source), _runs_dir(args)
     run_dir = run_experiment(config, runs_dir, progress=not args.quiet)
+    if not is_main_process():
+        return  # under several processes only rank 0 reports
     if not args.quiet:
         print(results_table(load_run(run_dir)))
         print(f"plot: {run_dir / 'sparsity_accuracy.png'}")
