@@ -94,18 +94,20 @@ class TrainStep:
         self.generator = augment_generator or torch.Generator().manual_seed(0)
         self.augment = SUPERVISED_AUGMENTATIONS[recipe.augment]
         self.accumulation = engine.cfg.grad_accumulation if engine else 1
+        self.pending: torch.Tensor | None = None  # this step's loss, checked at the next step (no GPU sync now)
         self.step = 0
 
     def __call__(self, inputs: Any, labels: torch.Tensor) -> float:
-        """One optimiser step on this rank's batch (split into ``grad_accumulation`` micro-batches); its mean loss."""
+        """One optimiser step on this rank's batch (split into ``grad_accumulation`` micro-batches). Returns the
+        *previous* step's loss once checked (None on the first call); :meth:`flush` gives the last one."""
         if self.engine is not None:
             inputs, labels = self.engine.to_device(inputs), self.engine.to_device(labels)
         if self.augment is not None and isinstance(inputs, torch.Tensor) and inputs.dim() == 4:
             inputs = self.augment(inputs, self.generator)
         self.optimizer.zero_grad(set_to_none=True)
-        values = [self._backward(chunk, micro) for chunk, micro in self._micro_batches(inputs, labels)]
-        value = sum(values) / len(values)
-        self.check_loss(value)
+        losses = [self._backward(chunk, micro) for chunk, micro in self._micro_batches(inputs, labels)]
+        previous, self.pending = self.pending, losses[0] if len(losses) == 1 else torch.stack(losses).mean()
+        settled = self._settle(previous)  # the previous step's loss: reading it now keeps the GPU queue full
         if self.engine is not None:
             if not self.objective.model_only:
                 self.engine.all_reduce_gradients([p for g in self.optimizer.param_groups for p in g["params"]])
@@ -120,6 +122,18 @@ class TrainStep:
             self.enforcer.apply_weights()
         self.objective.after_step(self.model)
         self.step += 1
+        return settled
+
+    def flush(self) -> float | None:
+        """Check and return the loss of the last step (at an epoch end or before a checkpoint)."""
+        value, self.pending = self._settle(self.pending), None
+        return value
+
+    def _settle(self, loss: torch.Tensor | None) -> float | None:
+        if loss is None:
+            return None
+        value = loss.item()
+        self.check_loss(value)
         return value
 
     def _micro_batches(self, inputs: Any, labels: torch.Tensor) -> list[tuple[Any, torch.Tensor]]:
@@ -128,15 +142,15 @@ class TrainStep:
         size = math.ceil(len(labels) / self.accumulation)
         return [(slice_inputs(inputs, slice(i, i + size)), labels[i : i + size]) for i in range(0, len(labels), size)]
 
-    def _backward(self, inputs: Any, labels: torch.Tensor) -> float:
+    def _backward(self, inputs: Any, labels: torch.Tensor) -> torch.Tensor:
         if self.engine is None:
             loss = self.objective.loss(self.forward_model, inputs, labels, self.generator)
             loss.backward()
-            return loss.item()
+            return loss.detach()
         with self.engine.accelerator.autocast():
             loss = self.objective.loss(self.forward_model, inputs, labels, self.generator)
         self.engine.accelerator.backward(loss)  # Accelerate divides by grad_accumulation itself
-        return loss.item()
+        return loss.detach().float()
 
     def check_loss(self, value: float) -> None:
         """Stop on a non-finite loss, or one above ``divergence_factor`` × the first-epoch loss (the lowest of the

@@ -160,6 +160,10 @@ def train_model(
         for callback, state in zip(callbacks, saved["callbacks"], strict=True):
             callback.load_state_dict(state)
 
+    def settle() -> None:
+        last = train_step.flush()
+        pos["running"] += 0.0 if last is None else last
+
     def save() -> None:
         if checkpoint is None or not run.is_main:
             return
@@ -187,14 +191,17 @@ def train_model(
             if len(batch) < run.world_size:
                 continue  # a last batch too small to give every rank a sample is dropped on every rank alike
             idx = torch.tensor_split(batch, run.world_size)[run.rank]
-            pos["running"] += train_step(task.train.inputs(idx), task.train.y[idx])
+            settled = train_step(task.train.inputs(idx), task.train.y[idx])
+            pos["running"] += 0.0 if settled is None else settled
             pos["batches"] += 1
             pos["batch"] = b + 1
             bar.update(min(recipe.batch_size, len(order) - start))
             for callback in callbacks:
                 callback.on_step_end(train_step.step, model)
             if every and train_step.step % every == 0 and pos["batch"] * recipe.batch_size < len(order):
+                settle()
                 save()
+        settle()
         loss_value = pos["running"] / max(pos["batches"], 1)
         train_step.check_weights()
         val = objective.evaluate(model, task, "val")
