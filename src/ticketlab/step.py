@@ -94,7 +94,7 @@ class TrainStep:
         self.generator = augment_generator or torch.Generator().manual_seed(0)
         self.augment = SUPERVISED_AUGMENTATIONS[recipe.augment]
         self.accumulation = engine.cfg.grad_accumulation if engine else 1
-        self.pending: torch.Tensor | None = None  # this step's loss, checked at the next step (no GPU sync now)
+        self.pending: tuple[torch.Tensor, Any] | None = None  # this step's loss, checked at the next step
         self.step = 0
 
     def __call__(self, inputs: Any, labels: torch.Tensor) -> float:
@@ -106,8 +106,8 @@ class TrainStep:
             inputs = self.augment(inputs, self.generator)
         self.optimizer.zero_grad(set_to_none=True)
         losses = [self._backward(chunk, micro) for chunk, micro in self._micro_batches(inputs, labels)]
-        previous, self.pending = self.pending, losses[0] if len(losses) == 1 else torch.stack(losses).mean()
-        settled = self._settle(previous)  # the previous step's loss: reading it now keeps the GPU queue full
+        previous, self.pending = self.pending, _to_host(losses[0] if len(losses) == 1 else torch.stack(losses).mean())
+        settled = self._settle(previous)  # the previous step's loss, long copied: no GPU sync in this step
         if self.engine is not None:
             if not self.objective.model_only:
                 self.engine.all_reduce_gradients([p for g in self.optimizer.param_groups for p in g["params"]])
@@ -129,10 +129,13 @@ class TrainStep:
         value, self.pending = self._settle(self.pending), None
         return value
 
-    def _settle(self, loss: torch.Tensor | None) -> float | None:
-        if loss is None:
+    def _settle(self, pending: tuple[torch.Tensor, Any] | None) -> float | None:
+        if pending is None:
             return None
-        value = loss.item()
+        host, event = pending
+        if event is not None:
+            event.synchronize()  # recorded right after that step's forward: already passed
+        value = float(host)
         self.check_loss(value)
         return value
 
@@ -176,3 +179,14 @@ class TrainStep:
                 raise DivergenceError(f"training diverged: {name} holds NaN or infinite values after step {self.step}; "
                                       f"lower {self.config_key}.lr or set {self.config_key}.grad_clip; finished "
                                       "rounds are kept")
+
+
+def _to_host(loss: torch.Tensor) -> tuple[torch.Tensor, Any]:
+    """Start copying a loss to the host without waiting (CUDA: pinned buffer + event)."""
+    if not loss.is_cuda:
+        return loss, None
+    host = torch.empty((), dtype=loss.dtype, pin_memory=True)
+    host.copy_(loss, non_blocking=True)
+    event = torch.cuda.Event()
+    event.record()
+    return host, event
