@@ -24,6 +24,7 @@ lint: $(BIN)/.installed
 
 bench: $(BIN)/.installed
 	$(BIN)/python benchmarks/mask_overhead.py
+	$(BIN)/python benchmarks/engine_overhead.py
 
 clean:
 	rm -rf $(VENV) runs
