@@ -77,7 +77,7 @@ NOT_HASHED = {"hash": False}  # field metadata: a value that does not change res
 @dataclass(frozen=True)
 class EngineConfig:
     """How training runs (Hugging Face Accelerate underneath). ``precision: auto`` = bf16 on a CUDA device that
-    supports it, else fp32. Values that change results are hashed; the device and the checkpoint cadence
+    supports it, else fp32. Values that change results are hashed; the device, workers and the checkpoint cadence
     are not (a run may resume on another GPU of the same kind)."""
 
     device: Literal["auto", "cpu", "cuda"] = field(default="auto", metadata=NOT_HASHED)
@@ -85,12 +85,13 @@ class EngineConfig:
     grad_accumulation: int = 1
     channels_last: bool = False
     compile: bool = False
+    workers: int = field(default=0, metadata=NOT_HASHED)  # data-loader processes decoding batches in parallel
     checkpoint_every: int = field(default=200, metadata=NOT_HASHED)  # steps between mid-round checkpoints (+ epoch ends)
 
     def __post_init__(self) -> None:
         _positive(self.grad_accumulation, "engine.grad_accumulation")
-        if self.checkpoint_every < 0:
-            raise ConfigError("engine.checkpoint_every must be >= 0")
+        if self.workers < 0 or self.checkpoint_every < 0:
+            raise ConfigError("engine.workers and engine.checkpoint_every must be >= 0")
 
 
 @dataclass(frozen=True)

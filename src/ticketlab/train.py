@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from ticketlab.config import EngineConfig, TrainConfig, to_dict
 from ticketlab.data.base import Task
+from ticketlab.data.loader import epoch_loader
 from ticketlab.engine import Engine
 from ticketlab.errors import CorruptFileError, TicketlabError
 from ticketlab.fileio import storage_error, tmp_path
@@ -183,15 +184,12 @@ def train_model(
     for epoch in range(pos["epoch"], recipe.epochs):
         generator.set_state(pos["order_state"])
         order = torch.randperm(len(task.train), generator=generator)
-        epoch_started, first = time.perf_counter(), pos["batch"]
-        for b, start in enumerate(range(0, len(order), recipe.batch_size)):
-            if b < first:
-                continue  # resumed mid-epoch: these batches were trained before the checkpoint
-            batch = order[start : start + recipe.batch_size]
-            if len(batch) < run.world_size:
-                continue  # a last batch too small to give every rank a sample is dropped on every rank alike
-            idx = torch.tensor_split(batch, run.world_size)[run.rank]
-            settled = train_step(task.train.inputs(idx), task.train.y[idx])
+        epoch_started, first = time.perf_counter(), pos["batch"]  # resumed mid-epoch: skip the trained batches
+        batches = epoch_loader(task.train, order, recipe.batch_size, run.rank, run.world_size, first,
+                               run.cfg.workers, run.device.type == "cuda")
+        for b, (inputs, labels) in enumerate(batches, start=first):
+            start = b * recipe.batch_size
+            settled = train_step(inputs, labels)
             pos["running"] += 0.0 if settled is None else settled
             pos["batches"] += 1
             pos["batch"] = b + 1

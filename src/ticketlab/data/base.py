@@ -67,7 +67,7 @@ class Task:
                 if tensor.shape[0] != split.y.shape[0]:
                     raise DataError(f"task {self.name!r}: {split_name} has {tensor.shape[0]} inputs ({key}) but "
                                     f"{split.y.shape[0]} labels")
-                if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+                if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and not torch.isfinite(tensor).all():
                     raise DataError(f"task {self.name!r}: {split_name} inputs ({key}) contain NaN or infinite values")
             if split.y.dtype.is_floating_point or split.y.dtype == torch.bool:
                 raise DataError(f"task {self.name!r}: {split_name} labels must be integers, got {split.y.dtype}")
@@ -136,5 +136,5 @@ def task_from_arrays(name: str, x: torch.Tensor, y: torch.Tensor, num_classes: i
     if len(y) == 0:
         raise DataError(f"task {name!r}: the dataset is empty; check the path and its contents")
     train, val, test = split_indices(len(y), val_fraction, test_fraction, seed)
-    splits = [Split(x[idx], y[idx]) for idx in (train, val, test)]
+    splits = [Split(x.subset(idx) if hasattr(x, "subset") else x[idx], y[idx]) for idx in (train, val, test)]
     return Task(name, num_classes, *splits, class_names=class_names or [])

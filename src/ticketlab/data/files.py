@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from ticketlab.data.base import TASKS, Split, Task, images_to_tensor, task_from_arrays
+from ticketlab.data.loader import FileImage, LazyImages
 from ticketlab.errors import DataError
 from ticketlab.registry import bounds
 
@@ -22,23 +23,25 @@ def _existing(path: str) -> Path:
     return root
 
 
-def _read_folder(root: Path, classes: list[str], image_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _read_folder(root: Path, classes: list[str], image_size: int) -> tuple[LazyImages, torch.Tensor]:
+    """The folder's images, decoded file by file when used (only headers are read here, to fail early)."""
     from PIL import Image
 
-    images, labels = [], []
+    files, labels = [], []
     for label, cls in enumerate(classes):
         for file in sorted((root / cls).iterdir()) if (root / cls).is_dir() else []:
             if file.suffix.lower() in IMAGE_SUFFIXES:
                 try:
-                    with Image.open(file) as img:
-                        images.append(np.asarray(img.convert("RGB").resize((image_size, image_size))))
+                    with Image.open(file):
+                        pass  # the header only: a file that is not an image fails now, before any run folder exists
                 except (OSError, ValueError) as exc:
                     raise DataError(f"{file} is not a readable image ({type(exc).__name__}); remove or replace it") \
                         from exc
+                files.append(file)
                 labels.append(label)
-    if not images:
+    if not files:
         raise DataError(f"no images found under {root} (expected {root}/<class>/<image>.png)")
-    return images_to_tensor(np.stack(images), None), torch.tensor(labels)
+    return LazyImages(FileImage(files), np.arange(len(files)), image_size, str(root)), torch.tensor(labels)
 
 
 @TASKS.register("image_folder")

@@ -32,8 +32,8 @@ def find_tickets(selector: nn.Module, task: Task, batch_size: int = 256) -> dict
         data = getattr(task, split)
         chunks = []
         for start in range(0, len(data), batch_size):
-            selector(data.x[start : start + batch_size])
-            chunks.append(selector.backbone.last_alive.sort(dim=1).values)
+            selector(data.x[start : start + batch_size].to(next(selector.parameters()).device))
+            chunks.append(selector.backbone.last_alive.sort(dim=1).values.cpu())
         out[split] = torch.cat(chunks)
     return out
 

@@ -32,11 +32,13 @@ def itm_scores(model: nn.Module, split: Split) -> torch.Tensor:
     was_training = model.training
     model.eval()
     n = len(split)
-    images = {k: split.x[k] for k in IMAGE_KEYS if k in split.x}
+    device = next(model.parameters()).device
+    images = {k: split.x[k].to(device) for k in IMAGE_KEYS if k in split.x}
+    text = split.x["text_ids"].to(device)
     rows = []
     for t in range(n):
-        logits = model({"text_ids": split.x["text_ids"][t : t + 1].expand(n, -1, -1), **images})
-        rows.append(logits[:, 1] - logits[:, 0])
+        logits = model({"text_ids": text[t : t + 1].expand(n, -1, -1), **images})
+        rows.append((logits[:, 1] - logits[:, 0]).cpu())
     model.train(was_training)
     return torch.stack(rows)
 
