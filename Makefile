@@ -25,6 +25,7 @@ lint: $(BIN)/.installed
 bench: $(BIN)/.installed
 	$(BIN)/python benchmarks/mask_overhead.py
 	$(BIN)/python benchmarks/engine_overhead.py
+	$(BIN)/python benchmarks/data_throughput.py
 
 clean:
 	rm -rf $(VENV) runs
