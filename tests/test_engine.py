@@ -181,3 +181,21 @@ def test_image_folders_stream_file_by_file_and_workers_change_nothing(tmp_path):
         states.append(result.state)
     assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
     assert result.metrics["test_acc"] > 0.5  # three colours: learnable, far above chance (1/3)
+
+
+def test_tracking_to_tensorboard_logs_every_epoch(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from ticketlab.experiment import run_experiment
+
+    cfg = parse_config(tiny_config(train={"lr": 0.05, "epochs": 3, "batch_size": 32}, prune={"rounds": 1},
+                                   baselines=[], engine={"tracking": "tensorboard"}))
+    run = run_experiment(cfg, tmp_path, progress=False)
+    events = list((run / "rounds/tracking").glob("round_000*/**/events.out.tfevents.*"))
+    assert events, list((run / "rounds").rglob("*"))
+    accumulator = EventAccumulator(str(events[0].parent)).Reload()
+    losses = [e.value for e in accumulator.Scalars("train_loss")]
+    import json
+
+    history = [json.loads(line) for line in (run / "rounds/round_000/metrics.jsonl").read_text().splitlines()]
+    assert len(losses) == 3 and losses == pytest.approx([row["train_loss"] for row in history], rel=1e-5)

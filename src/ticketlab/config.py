@@ -86,6 +86,7 @@ class EngineConfig:
     channels_last: bool = False
     compile: bool = False
     workers: int = field(default=0, metadata=NOT_HASHED)  # data-loader processes decoding batches in parallel
+    tracking: Literal["none", "tensorboard", "mlflow"] = field(default="none", metadata=NOT_HASHED)
     checkpoint_every: int = field(default=200, metadata=NOT_HASHED)  # steps between mid-round checkpoints (+ epoch ends)
 
     def __post_init__(self) -> None:

@@ -10,6 +10,8 @@ would bypass DDP's hooks).
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -51,15 +53,32 @@ def wait_for_everyone() -> None:
 class Engine:
     """One training's view of the hardware: device, precision, ranks."""
 
-    def __init__(self, cfg: EngineConfig | None = None) -> None:
+    def __init__(self, cfg: EngineConfig | None = None, tracking_dir: Path | None = None) -> None:
         from accelerate import Accelerator
         from accelerate.state import AcceleratorState
 
         self.cfg = cfg or EngineConfig()
         self.device_type, self.precision = resolve(self.cfg)
+        tracking = self.cfg.tracking if self.cfg.tracking != "none" and tracking_dir is not None else None
+        if tracking and importlib.util.find_spec(tracking) is None:
+            raise ConfigError(f"engine.tracking {tracking} needs its package: pip install {tracking}")
         AcceleratorState._reset_state()  # each training may ask for other settings; the process group survives
         self.accelerator = Accelerator(cpu=self.device_type == "cpu", mixed_precision=PRECISIONS[self.precision],
-                                       gradient_accumulation_steps=self.cfg.grad_accumulation)
+                                       gradient_accumulation_steps=self.cfg.grad_accumulation, log_with=tracking,
+                                       project_dir=str(tracking_dir) if tracking else None)
+        self.tracking = tracking is not None
+
+    def start_tracking(self, name: str, config: dict[str, Any]) -> None:
+        if self.tracking:
+            self.accelerator.init_trackers(name, config={k: str(v) for k, v in config.items()})
+
+    def log(self, row: dict[str, float], step: int) -> None:
+        if self.tracking:
+            self.accelerator.log(row, step=step)
+
+    def end_tracking(self) -> None:
+        if self.tracking:
+            self.accelerator.end_training()
 
     @property
     def device(self) -> torch.device:

@@ -132,7 +132,9 @@ def train_model(
     callbacks = callbacks or []
     torch.use_deterministic_algorithms(deterministic)
     torch.manual_seed(seed)
-    run = Engine(engine)
+    run = Engine(engine, checkpoint.parent / "tracking" if checkpoint is not None else None)
+    run.start_tracking(checkpoint.name.strip(".").removesuffix(".checkpoint.pt") if checkpoint else "train",
+                       {"seed": seed, **to_dict(recipe)})
     run.check_batch(recipe.batch_size)
     generator = torch.Generator().manual_seed(seed)
     steps_per_epoch = math.ceil(len(task.train) / recipe.batch_size)
@@ -210,12 +212,14 @@ def train_model(
                "lr": train_step.optimizer.param_groups[0]["lr"],
                "samples_per_s": (pos["batch"] - first) * recipe.batch_size / max(seconds, 1e-9)}
         history.append(row)
+        run.log(row, step=epoch + 1)
         bar.set_postfix(loss=f"{loss_value:.3f}", val=f"{val:.3f}", best=f"{best['val']:.3f}")
         for callback in callbacks:
             callback.on_epoch_end(epoch + 1, {"epoch": epoch + 1, "train_loss": loss_value, "val_acc": val})
         pos = {"epoch": epoch + 1, "batch": 0, "running": 0.0, "batches": 0, "order_state": generator.get_state()}
         save()
     bar.close()
+    run.end_tracking()
     assert best["state"] is not None
     model.load_state_dict(best["state"])
     test_score = objective.evaluate(model, task, "test")
