@@ -94,3 +94,10 @@ def test_hf_saved_dataset_loader(tmp_path):
         str(tmp_path / "hfdict"))
     task = build_task("hf_disk", {"path": str(tmp_path / "hfdict")})
     assert (len(task.train), len(task.val), len(task.test)) == (12, 4, 4)
+    from ticketlab.data import images_to_tensor
+    from ticketlab.data.loader import LazyImages
+
+    assert isinstance(task.train.x, LazyImages)  # stays in the memory-mapped dataset, decoded row by row
+    expected = images_to_tensor(np.stack([np.asarray(images[i].resize((32, 32))) for i in (3, 5)]), 32)
+    assert torch.equal(task.train.x[[3, 5]], expected)
+    assert torch.equal(task.train.y, torch.tensor([i % 4 for i in range(12)]))

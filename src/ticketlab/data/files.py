@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from ticketlab.data.base import TASKS, Split, Task, images_to_tensor, task_from_arrays
-from ticketlab.data.loader import FileImage, LazyImages
+from ticketlab.data.loader import FileImage, LazyImages, RowImage
 from ticketlab.errors import DataError
 from ticketlab.registry import bounds
 
@@ -122,15 +122,15 @@ def hf_disk(path: str, image_column: str = "image", label_column: str = "label",
         raise DataError(f"{root} is not a dataset saved with datasets' save_to_disk ({str(exc)[:120]}); "
                         "check task.options.path") from exc
 
-    def arrays(ds: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
+    def arrays(ds: Dataset) -> tuple[LazyImages, torch.Tensor]:
+        """The images stay in the memory-mapped dataset and are decoded row by row; labels are read now."""
         for column in (image_column, label_column):
             if column not in ds.column_names:
                 raise DataError(f"{root}: no column {column!r}; columns are {ds.column_names}")
-        images = [np.asarray(im.convert("RGB").resize((image_size, image_size))) if hasattr(im, "convert")
-                  else np.asarray(im) for im in ds[image_column]]
-        if not images:
+        if len(ds) == 0:
             raise DataError(f"{root}: the dataset is empty")
-        return images_to_tensor(np.stack(images), image_size), _labels(np.asarray(ds[label_column]), str(root))
+        images = LazyImages(RowImage(ds, image_column), np.arange(len(ds)), image_size, str(root))
+        return images, _labels(np.asarray(ds[label_column]), str(root))
 
     if isinstance(data, Dataset):
         x, y = arrays(data)

@@ -39,7 +39,7 @@ class LazyImages:
 
     def __getitem__(self, index: Any) -> torch.Tensor:
         rows = self.rows[index] if isinstance(index, slice) else self.rows[np.asarray(index)]
-        return images_to_tensor(np.stack([self._decode(int(r)) for r in np.atleast_1d(rows)]), None)
+        return images_to_tensor(np.stack([self._decode(int(r)) for r in np.atleast_1d(rows)]), self.image_size)
 
     def _decode(self, row: int) -> np.ndarray:
         try:
@@ -64,6 +64,16 @@ class FileImage:
         with Image.open(self.files[row]) as image:
             image.load()
             return image.copy()
+
+
+class RowImage:
+    """Column ``column`` of row ``i`` of a memory-mapped Hugging Face dataset (only that row is decoded)."""
+
+    def __init__(self, dataset: Any, column: str) -> None:
+        self.dataset, self.column = dataset, column
+
+    def __call__(self, row: int) -> Any:
+        return self.dataset[row][self.column]
 
 
 class SplitDataset(Dataset):
