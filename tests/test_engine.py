@@ -199,3 +199,34 @@ def test_tracking_to_tensorboard_logs_every_epoch(tmp_path):
 
     history = [json.loads(line) for line in (run / "rounds/round_000/metrics.jsonl").read_text().splitlines()]
     assert len(losses) == 3 and losses == pytest.approx([row["train_loss"] for row in history], rel=1e-5)
+
+
+def test_input_normalisation_comes_from_the_checkpoint_and_can_be_overridden(tmp_path):
+    """Tasks give images in [-1, 1]; a checkpoint's image processor (mean, std) is applied on top, or ImageNet's."""
+    import json
+
+    from transformers import ViTConfig, ViTModel
+
+    ViTModel(ViTConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+                       image_size=32, patch_size=8), add_pooling_layer=False).save_pretrained(tmp_path / "vit")
+    (tmp_path / "vit/preprocessor_config.json").write_text(json.dumps({"image_mean": [0.2, 0.3, 0.4],
+                                                                        "image_std": [0.5, 0.25, 0.1]}))
+    model = build_model("vit", 3, {"path": str(tmp_path / "vit")})
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    seen = []
+    model.backbone.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    model(x)
+    pixels = x * 0.5 + 0.5
+    mean, std = torch.tensor([0.2, 0.3, 0.4]).view(1, 3, 1, 1), torch.tensor([0.5, 0.25, 0.1]).view(1, 3, 1, 1)
+    assert torch.allclose(seen[-1], (pixels - mean) / std, atol=1e-5)
+    assert "input_scale" not in model.state_dict()  # checkpoints and θp keep their keys
+    imagenet = build_model("resnet20", 3, {"width": 4}, normalize="imagenet")
+    imagenet.backbone.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    imagenet(x)
+    assert torch.allclose(seen[-1][:, 0], (pixels[:, 0] - 0.485) / 0.229, atol=1e-5)
+    plain = build_model("resnet20", 3, {"width": 4})  # no declared statistics: inputs untouched
+    plain.backbone.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    plain(x)
+    assert torch.equal(seen[-1], x)
+    with pytest.raises(ConfigError, match="model.normalize must be"):
+        build_model("resnet20", 3, {"width": 4}, normalize="cifar")

@@ -103,7 +103,7 @@ def cmd_show(args: argparse.Namespace) -> None:
 def cmd_prunable(args: argparse.Namespace) -> None:
     cfg = load_config(args.config)
     TASKS.get(cfg.task.name)
-    model = build_model(cfg.model.name, 2, cfg.model.options, seed=cfg.seed)
+    model = build_model(cfg.model.name, 2, cfg.model.options, seed=cfg.seed, normalize=cfg.model.normalize)
     params = dict(model.named_parameters())
     names = prunable_names(model, cfg.prune.prunable)
     for name in names:

@@ -34,6 +34,7 @@ class ModelConfig:
     name: str = "resnet20"
     options: dict[str, Any] = field(default_factory=dict)
     checkpoint: str | None = None  # θp from a file; torchvision/timm/MoCo key names are mapped
+    normalize: Any = "auto"  # input mean/std: auto (the checkpoint's image processor), imagenet, none, [[m], [s]]
 
 
 @dataclass(frozen=True)

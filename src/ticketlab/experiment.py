@@ -98,7 +98,8 @@ class RunContext:
         """The architecture with the run's seeded head; ``random_init`` draws its weights from ``init_seed``."""
         seed = self.config.seed if init_seed is None else init_seed
         return build_model(self.config.model.name, self.task.num_classes, self.config.model.options, seed=seed,
-                           head=self.task.head, head_seed=self.config.seed, random_init=random_init)
+                           head=self.task.head, head_seed=self.config.seed, random_init=random_init,
+                           normalize=self.config.model.normalize)
 
     def pretrained_state(self) -> dict[str, torch.Tensor]:
         return self.memo("theta_p", lambda: load_theta_p(self.dir))

@@ -42,7 +42,8 @@ def run_pretraining(run: PretrainRun, runs_dir: Path, deterministic: bool = Fals
     if checkpoint.is_file():
         return checkpoint
     task = build_task(run.pretrain.task.name, run.pretrain.task.options)
-    model = build_model(run.model.name, task.num_classes, run.model.options, seed=run.seed, head=task.head)
+    model = build_model(run.model.name, task.num_classes, run.model.options, seed=run.seed, head=task.head,
+                        normalize=run.model.normalize)
     objective = OBJECTIVES.build(run.pretrain.objective, **run.pretrain.objective_options)
     result = train_model(model, task, run.pretrain.train, seed=run.seed, objective=objective,
                          deterministic=deterministic, config_key="pretrain.train",

@@ -68,7 +68,7 @@ def transfer_ticket(run_dir: Path, k: int, spec: TransferSpec, task: Task | None
     source = parse_config(read_json(paths.config))
     task = task or build_task(spec.target.name, spec.target.options)
     model = build_model(source.model.name, task.num_classes, source.model.options, seed=spec.seed,
-                        head=task.head)
+                        head=task.head, normalize=source.model.normalize)
     model.load_state_dict(theta_p_backbone(run_dir), strict=False)
     objective = OBJECTIVES.build(spec.objective, **spec.objective_options)
     checkpoint = training_checkpoint(folder)

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ticketlab.errors import ConfigError
 from ticketlab.registry import Registry
 
 
@@ -25,6 +26,10 @@ class Backbone:
     module: nn.Module
     feature_dim: int
     family: str  # "cnn" | "transformer": picks the default prunable set
+    normalization: tuple[list[float], list[float]] | None = None  # (mean, std) the checkpoint expects, if known
+
+
+IMAGENET = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
 
 
 MODELS: Registry[Any] = Registry("model")
@@ -54,9 +59,41 @@ class TicketModel(nn.Module):
         HEADS.get(head)  # an unknown kind fails here, naming the known ones
         self.head_kind = head
         self.head = nn.Linear(backbone.feature_dim, max(num_classes, 1))
+        self.declared_normalization = backbone.normalization
+        self.register_buffer("input_scale", None, persistent=False)
+        self.register_buffer("input_shift", None, persistent=False)
+
+    def set_input_normalization(self, normalize: str | list[list[float]] = "auto") -> None:
+        """Images arrive in [-1, 1] (every task's convention); re-normalise them to the (mean, std) the weights
+        expect: ``auto`` = what the checkpoint declares (a Hugging Face image processor), else none;
+        ``imagenet``; ``none``; or ``[[mean x3], [std x3]]``. Not part of the state dict."""
+        if normalize == "auto":
+            stats = self.declared_normalization
+        elif normalize == "imagenet":
+            stats = IMAGENET
+        elif normalize == "none":
+            stats = None
+        elif isinstance(normalize, list) and len(normalize) == 2 and all(len(v) == 3 for v in normalize):
+            stats = (normalize[0], normalize[1])
+        else:
+            raise ConfigError("model.normalize must be auto, imagenet, none or [[m, m, m], [s, s, s]], "
+                              f"got {normalize!r}")
+        if stats is None:
+            self.input_scale = self.input_shift = None
+            return
+        mean, std = (torch.tensor(v, dtype=torch.float32).view(1, 3, 1, 1) for v in stats)
+        self.register_buffer("input_scale", 0.5 / std, persistent=False)
+        self.register_buffer("input_shift", (0.5 - mean) / std, persistent=False)
+
+    def _normalized(self, x: Any) -> Any:
+        if self.input_scale is None:
+            return x
+        if isinstance(x, tuple):  # (images, patch indices) of a patch student
+            return (x[0] * self.input_scale + self.input_shift, *x[1:])
+        return x * self.input_scale + self.input_shift if isinstance(x, torch.Tensor) and x.dim() == 4 else x
 
     def forward_features(self, x: Any) -> Any:
-        return self.backbone(x)
+        return self.backbone(self._normalized(x))
 
     def forward_head(self, features: Any) -> torch.Tensor:
         return self.head(features)
@@ -74,7 +111,8 @@ class TicketModel(nn.Module):
 
 
 def build_model(name: str, num_classes: int, options: dict[str, Any] | None = None, seed: int = 0,
-                head: str = "linear", *, head_seed: int | None = None, random_init: bool = False) -> TicketModel:
+                head: str = "linear", *, head_seed: int | None = None, random_init: bool = False,
+                normalize: str | list[list[float]] = "auto") -> TicketModel:
     """Build a model: the backbone's random initialisation (θ0) is a function of ``seed`` alone, the head's
     of ``head_seed`` (default ``seed``), so a caller never re-seeds the head after building."""
     options = dict(options or {})
@@ -85,4 +123,5 @@ def build_model(name: str, num_classes: int, options: dict[str, Any] | None = No
         backbone = MODELS.build(name, **options)
         model = TicketModel(backbone, num_classes, head)
     model.reset_head(num_classes, seed if head_seed is None else head_seed)
+    model.set_input_normalization(normalize)
     return model

@@ -7,6 +7,7 @@ a clear error asking for a local path.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -82,7 +83,7 @@ def vit(path: str | None = None, config: dict[str, Any] | None = None, attn_impl
 
     model = _load(ViTModel, ViTConfig, path, config or {}, random_init, add_pooling_layer=False,
                   attn_implementation=attn_implementation)
-    return Backbone(ViTBackbone(model), model.config.hidden_size, "transformer")
+    return Backbone(ViTBackbone(model), model.config.hidden_size, "transformer", processor_normalization(path))
 
 
 @MODELS.register("bert")
@@ -101,7 +102,19 @@ def hf_resnet(path: str | None = None, config: dict[str, Any] | None = None, ran
     from transformers import ResNetConfig, ResNetModel
 
     model = _load(ResNetModel, ResNetConfig, path, config or {}, random_init)
-    return Backbone(PooledBackbone(model, "pixel_values"), model.config.hidden_sizes[-1], "cnn")
+    return Backbone(PooledBackbone(model, "pixel_values"), model.config.hidden_sizes[-1], "cnn",
+                    processor_normalization(path))
+
+
+def processor_normalization(path: str | None) -> tuple[list[float], list[float]] | None:
+    """(image_mean, image_std) of a local checkpoint's image processor, if it ships one."""
+    if path is None or not (Path(path) / "preprocessor_config.json").is_file():
+        return None
+    import json
+
+    config = json.loads((Path(path) / "preprocessor_config.json").read_text(encoding="utf-8"))
+    mean, std = config.get("image_mean"), config.get("image_std")
+    return (list(mean), list(std)) if mean and std else None
 
 
 def minilm_path() -> str:

@@ -88,7 +88,7 @@ def check_patch_study(cfg: PatchStudyConfig) -> None:
 
 
 def selector_model(cfg: SelectorConfig, num_classes: int) -> Any:
-    model = build_model(cfg.model.name, num_classes, cfg.model.options, seed=cfg.seed)
+    model = build_model(cfg.model.name, num_classes, cfg.model.options, seed=cfg.seed, normalize=cfg.model.normalize)
     patch_vit(model.backbone).set_token_reduction(cfg.keep_rate, tuple(cfg.reduction_layers) or None)
     return model
 
@@ -124,7 +124,8 @@ def train_student(cfg: PatchStudyConfig, keep_rate: float, seed: int, variant: s
     if (folder / METRICS).is_file():
         return read_json(folder / METRICS)
     task = build_task(cfg.selector.task.name, cfg.selector.task.options)
-    model = build_model(cfg.student.name, task.num_classes, cfg.student.options, seed=seed)
+    model = build_model(cfg.student.name, task.num_classes, cfg.student.options, seed=seed,
+                        normalize=cfg.student.normalize)
     vit = model.backbone.model
     num_patches = (vit.config.image_size // vit.config.patch_size) ** 2
     tickets, meta = load_tickets(tickets_path, task, num_patches)
