@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ticketlab.data.base import Split, move_inputs
+from ticketlab.data.base import Split, model_device, move_inputs
 from ticketlab.registry import Registry
 
 METRICS: Registry = Registry("metric")
@@ -21,7 +21,7 @@ def accuracy_metric(model: nn.Module, split: Split, batch_size: int = 512) -> di
     was_training = model.training
     model.eval()
     correct = 0
-    device = next(model.parameters()).device
+    device = model_device(model)
     for start in range(0, len(split), batch_size):
         logits = model(move_inputs(split.inputs(slice(start, start + batch_size)), device))
         correct += int((logits.argmax(-1).cpu() == split.y[start : start + batch_size]).sum())

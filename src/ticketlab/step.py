@@ -106,7 +106,8 @@ class TrainStep:
             inputs = self.augment(inputs, self.generator)
         self.optimizer.zero_grad(set_to_none=True)
         losses = [self._backward(chunk, micro) for chunk, micro in self._micro_batches(inputs, labels)]
-        previous, self.pending = self.pending, _to_host(losses[0] if len(losses) == 1 else torch.stack(losses).mean())
+        loss = losses[0] if len(losses) == 1 else torch.stack(losses).mean()
+        previous, self.pending = self.pending, self._to_host(loss)
         settled = self._settle(previous)  # the previous step's loss, long copied: no GPU sync in this step
         if self.engine is not None:
             if not self.objective.model_only:
@@ -123,6 +124,19 @@ class TrainStep:
         self.objective.after_step(self.model)
         self.step += 1
         return settled
+
+    def _to_host(self, loss: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        """Start copying a loss to the host without waiting (CUDA: one of two reused pinned buffers + an event)."""
+        if not loss.is_cuda:
+            return loss, None
+        if not hasattr(self, "_host"):
+            self._host = [torch.empty((), dtype=torch.float32, pin_memory=True) for _ in range(2)]
+            self._events = [torch.cuda.Event() for _ in range(2)]
+        self._slot = 1 - getattr(self, "_slot", 1)
+        host, event = self._host[self._slot], self._events[self._slot]
+        host.copy_(loss, non_blocking=True)
+        event.record()
+        return host, event
 
     def flush(self) -> float | None:
         """Check and return the loss of the last step (at an epoch end or before a checkpoint)."""
@@ -179,14 +193,3 @@ class TrainStep:
                 raise DivergenceError(f"training diverged: {name} holds NaN or infinite values after step {self.step}; "
                                       f"lower {self.config_key}.lr or set {self.config_key}.grad_clip; finished "
                                       "rounds are kept")
-
-
-def _to_host(loss: torch.Tensor) -> tuple[torch.Tensor, Any]:
-    """Start copying a loss to the host without waiting (CUDA: pinned buffer + event)."""
-    if not loss.is_cuda:
-        return loss, None
-    host = torch.empty((), dtype=loss.dtype, pin_memory=True)
-    host.copy_(loss, non_blocking=True)
-    event = torch.cuda.Event()
-    event.record()
-    return host, event

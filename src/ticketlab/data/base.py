@@ -92,6 +92,12 @@ def slice_inputs(inputs: Inputs, index: torch.Tensor | slice) -> Inputs:
     return inputs[index]
 
 
+def model_device(model: torch.nn.Module) -> torch.device:
+    """Where a model's weights live (CPU for a model without parameters)."""
+    param = next(model.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
 def move_inputs(inputs: Inputs, device: torch.device) -> Inputs:
     if isinstance(inputs, dict):
         return {k: v.to(device) for k, v in inputs.items()}

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ticketlab.augment import ContrastiveAugment
-from ticketlab.data.base import Task
+from ticketlab.data.base import Task, model_device
 from ticketlab.masks import Mask
 from ticketlab.objectives.base import OBJECTIVES, Objective
 from ticketlab.registry import bounds
@@ -48,7 +48,7 @@ def projection_head(in_dim: int, out_dim: int) -> nn.Module:
 def features(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
     was_training = model.training
     model.eval()
-    device = next(model.parameters()).device
+    device = model_device(model)
     out = torch.cat([model.forward_features(x[i : i + batch_size].to(device)).cpu()
                      for i in range(0, len(x), batch_size)])
     model.train(was_training)

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ticketlab.data.base import Task
+from ticketlab.data.base import Task, model_device
 from ticketlab.errors import DataError
 from ticketlab.fileio import load_tensors, save_tensors
 
@@ -32,7 +32,7 @@ def find_tickets(selector: nn.Module, task: Task, batch_size: int = 256) -> dict
         data = getattr(task, split)
         chunks = []
         for start in range(0, len(data), batch_size):
-            selector(data.x[start : start + batch_size].to(next(selector.parameters()).device))
+            selector(data.x[start : start + batch_size].to(model_device(selector)))
             chunks.append(selector.backbone.last_alive.sort(dim=1).values.cpu())
         out[split] = torch.cat(chunks)
     return out

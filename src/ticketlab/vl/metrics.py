@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ticketlab.data.base import Split
+from ticketlab.data.base import Split, model_device
 from ticketlab.metrics import METRICS
 
 IMAGE_KEYS = ("image_feats", "image_boxes", "image_mask", "region_labels")
@@ -32,7 +32,7 @@ def itm_scores(model: nn.Module, split: Split) -> torch.Tensor:
     was_training = model.training
     model.eval()
     n = len(split)
-    device = next(model.parameters()).device
+    device = model_device(model)
     images = {k: split.x[k].to(device) for k in IMAGE_KEYS if k in split.x}
     text = split.x["text_ids"].to(device)
     rows = []
