@@ -64,6 +64,8 @@ def build_optimizer(model: nn.Module, recipe: TrainConfig, extra: nn.Module | No
     if extra is not None:
         body += [p for p in extra.parameters() if p.requires_grad]
     groups = [{"params": body, "lr": recipe.lr}, {"params": head, "lr": recipe.lr * recipe.head_lr_mult}]
+    if recipe.head_lr_mult == 1.0:  # one group: one fused (foreach) update per step instead of two
+        groups = [{"params": body + head, "lr": recipe.lr}]
     if recipe.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=recipe.lr, betas=tuple(recipe.betas), weight_decay=recipe.weight_decay)
     return torch.optim.SGD(groups, lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay)
