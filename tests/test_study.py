@@ -56,6 +56,7 @@ def test_study_writes_report_figures_and_summary(study_out):
     root, _ = study_out
     out = next((root / "runs").glob("study-*"))
     report = (out / "report.md").read_text()
+    assert "| chance |" in report or "| chance | dense |" in report
     for heading in ("Tickets on the pre-training tasks", "Tickets found on each downstream task", "Transfer of",
                     "Universal pre-training tickets", "Mask overlap", "Perturbation sensitivity", "Per-layer"):
         assert heading in report

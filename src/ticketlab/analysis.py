@@ -112,7 +112,8 @@ def summarize_transfer(rows: list[dict[str, Any]], relaxed: float = 0.99, within
     cells = {}
     for key, group in grouped.items():
         mean, std = mean_std(r["test_acc"] for r in group)
-        cells[key] = {"mean": mean, "std": std, "n": len(group), "sparsity": group[0]["sparsity"]}
+        cells[key] = {"mean": mean, "std": std, "n": len(group), "sparsity": group[0]["sparsity"],
+                      "chance_test": group[0].get("chance_test")}
     pairs: dict[tuple[str, str], dict[str, Any]] = {}
     for (source, target, k), cell in cells.items():
         if k != 0:

@@ -30,6 +30,12 @@ def pm(mean: float, std: float, scale: float = 100, digits: int = 1) -> str:
     return f"{scale * mean:.{digits}f} ± {scale * std:.{digits}f}"
 
 
+def chance(metrics: dict[str, Any]) -> str:
+    """The majority-class (chance) score a result was measured against, or '—' when the metric has none."""
+    value = metrics.get("chance_test")
+    return "—" if value is None else pct(value, 1)
+
+
 def markdown_table(head: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     """A Markdown table; the one way every report writes one."""
     lines = ["| " + " | ".join(map(str, head)) + " |", "|" + "---|" * len(head)]

@@ -36,7 +36,7 @@ from ticketlab.config import (
 )
 from ticketlab.data.base import build_task
 from ticketlab.experiment import run_experiment
-from ticketlab.figures import markdown_table, pct, plot_heatmap, plot_layer_sparsity, plot_overlap, pm, pyplot
+from ticketlab.figures import chance, markdown_table, pct, plot_heatmap, plot_layer_sparsity, plot_overlap, pm, pyplot
 from ticketlab.fileio import ensure_writable_dir, write_json
 from ticketlab.masks import Mask
 from ticketlab.paths import IMP, REPORT, RunPaths, load_run, study_dir
@@ -198,32 +198,33 @@ def write_cv_report(out: Path, study: StudyConfig, pretraining_runs: dict[str, P
     table = []
     for label, run_dir in pretraining_runs.items():
         run = load_run(run_dir)
-        table.append([label, f"{100 * run['rounds'][0]['metrics']['test_acc']:.1f}",
+        table.append([label, chance(run["rounds"][0]["metrics"]), f"{100 * run['rounds'][0]['metrics']['test_acc']:.1f}",
                       *[f"{100 * r['metrics']['test_acc']:.1f} ({100 * r['sparsity']:.1f} %)"
                         for r in run["rounds"][1:]]])
     lines += ["## 1. Tickets on the pre-training tasks", "",
-              markdown_table(["pre-training", "score at θp (round 0)", *[f"round {i}" for i in range(1, n + 1)]], table),
+              markdown_table(["pre-training", "chance", "score at θp (round 0)",
+                              *[f"round {i}" for i in range(1, n + 1)]], table),
               "", "Scores: accuracy (supervised) or k-NN accuracy of the backbone features (SimCLR, MoCo).", ""]
 
-    table = [[label, task, f"{100 * run['rounds'][0]['metrics']['test_acc']:.2f}",
+    table = [[label, task, chance(run["rounds"][0]["metrics"]), f"{100 * run['rounds'][0]['metrics']['test_acc']:.2f}",
               ticket_summary(run["rounds"], run["rounds"][0]["metrics"]["test_acc"])]
              for (label, task), run in downstream.items()]
     plot_curves(downstream, out / "curves.png")
     lines += ["## 2. Tickets found on each downstream task (IMP from θp)", "",
-              markdown_table(["θp", "task", "dense", "highest matching / relaxed"], table), "",
+              markdown_table(["θp", "task", "chance", "dense", "highest matching / relaxed"], table), "",
               "![sparsity-accuracy curves](curves.png)", ""]
 
     sparsities = sorted({c["sparsity"] for (s, t, kk), c in summary["cells"].items() if kk > 0})
     table = []
     for (source, target), pair in summary["pairs"].items():
         cells = [summary["cells"].get((source, target, kk)) for kk in range(1, n + 1)]
-        table.append([source, target, pm(pair["dense"]["mean"], pair["dense"]["std"]),
+        table.append([source, target, chance(pair["dense"]), pm(pair["dense"]["mean"], pair["dense"]["std"]),
                       *[pm(c["mean"], c["std"]) if c else "—" for c in cells], pct(pair["matching"]),
                       pct(pair["relaxed"])])
     lines += ["## 3. Transfer of pre-training tickets", "",
               "Mean ± std over seeds of the test accuracy after fine-tuning θp ⊙ mask with a new head.", "",
-              markdown_table(["source", "target", "dense", *[f"{100 * s:.1f} %" for s in sparsities], "matching",
-                              "relaxed"], table),
+              markdown_table(["source", "target", "chance", "dense", *[f"{100 * s:.1f} %" for s in sparsities],
+                              "matching", "relaxed"], table),
               "", "Universal pre-training tickets (matching / relaxed on every target):", ""]
     lines += [f"- {s}: matching {pct(u['matching'])}, relaxed {pct(u['relaxed'])}"
               for s, u in summary["universal"].items()]

@@ -30,7 +30,7 @@ from ticketlab.config import (
 )
 from ticketlab.data.base import build_task
 from ticketlab.experiment import run_experiment
-from ticketlab.figures import markdown_table, pm, pyplot
+from ticketlab.figures import chance, markdown_table, pm, pyplot
 from ticketlab.fileio import atomic_dir, ensure_writable_dir, read_json, save_tensors, write_json
 from ticketlab.metrics import accuracy
 from ticketlab.models.base import build_model
@@ -177,7 +177,8 @@ def summarize_students(rows: list[dict[str, Any]]) -> dict[tuple[float, str], di
         groups.setdefault((row["keep_rate"], row["variant"]), []).append(row)
     return {key: {"dense": mean_std(r["dense_test_acc"] for r in group),
                   "sparse": mean_std(r["sparse_test_acc"] for r in group),
-                  "patches": f"{group[0]['patches']}/{group[0]['num_patches']}"}
+                  "patches": f"{group[0]['patches']}/{group[0]['num_patches']}",
+                  "chance_test": group[0].get("chance_test")}
             for key, group in groups.items()}
 
 
@@ -190,8 +191,8 @@ def write_patch_report(out: Path, cfg: PatchStudyConfig, rows: list[dict[str, An
              f" ({'fine-tuned with token reduction' if cfg.selector.finetune else 'used as is'}); "
              f"students `{cfg.student.name}` trained from scratch; seeds {cfg.seeds}. Test accuracy, mean ± std; "
              "dense = all patches at test time, sparse = the selector's patches.", "",
-             markdown_table(["keep rate", "patches", "variant", "dense", "sparse"],
-                            [[k, s["patches"], variant, pm(*s["dense"]), pm(*s["sparse"])]
+             markdown_table(["keep rate", "patches", "variant", "chance", "dense", "sparse"],
+                            [[k, s["patches"], variant, chance(s), pm(*s["dense"]), pm(*s["sparse"])]
                              for (k, variant), s in sorted(summary.items())])]
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), dpi=130)
     for ax, mode in zip(axes, ("dense", "sparse"), strict=True):

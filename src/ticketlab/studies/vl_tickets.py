@@ -36,7 +36,7 @@ from ticketlab.config import (
 )
 from ticketlab.data.base import build_task
 from ticketlab.experiment import run_experiment
-from ticketlab.figures import markdown_table, pct, pm, pyplot
+from ticketlab.figures import chance, markdown_table, pct, pm, pyplot
 from ticketlab.fileio import ensure_writable_dir, write_json
 from ticketlab.paths import REPORT, load_run, study_dir
 from ticketlab.studies.base import STUDIES, Study
@@ -152,6 +152,7 @@ def task_summary(runs: dict[tuple[str, int], dict[str, Any]], relaxed: float) ->
         relaxed_s = [highest_sparsity(_curve(run), relaxed * d) for run, d in zip(seeds, dense, strict=True)]
         baselines = {name: rows for run in seeds for name, rows in run["baselines"].items() if rows}
         out[task] = {"curve": curve, "matching": matching, "relaxed": relaxed_s,
+                     "dense_metrics": seeds[0]["rounds"][0]["metrics"],
                      "seeds": len(seeds), "baselines": baselines}
     return out
 
@@ -249,10 +250,9 @@ def write_vl_report(out: Path, study: Any, pretraining: dict[str, Any], runs: di
 
     sparsities = [c[0] for c in next(iter(summary.values()))["curve"]]
     lines += ["## 2. Task-specific tickets", "", "Mean ± std over seeds of the test score at each sparsity.", "",
-              "| task | " + " | ".join("dense" if s == 0 else f"{100 * s:.0f} %" for s in sparsities) + " |",
-              "|---|" + "---|" * len(sparsities)]
-    for task, info in summary.items():
-        lines.append(f"| {task} | " + " | ".join(pm(m, d) for _, m, d in info["curve"]) + " |")
+              markdown_table(["task", "chance", *("dense" if s == 0 else f"{100 * s:.0f} %" for s in sparsities)],
+                             [[task, chance(info["dense_metrics"]), *(pm(m, d) for _, m, d in info["curve"])]
+                              for task, info in summary.items()])]
     lines += ["", markdown_table(["task", "relaxed sparsity (per seed)", "matching sparsity (per seed)",
                                   "paper's relaxed (UNITER-B)"],
                                  [[task, _per_seed(info["relaxed"]), _per_seed(info["matching"]),
