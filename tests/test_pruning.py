@@ -122,3 +122,42 @@ def test_target_below_current_sparsity_is_rejected():
 
 def test_registry_has_all_methods():
     assert set(METHODS) <= set(PRUNING_METHODS.names())
+
+
+def test_two_four_tickets_keep_exactly_two_of_every_four_and_nest():
+    gen = torch.Generator().manual_seed(0)
+    w = {"a": torch.randn(8, 16, generator=gen), "b": torch.randn(4, 2, 3, 2, generator=gen)}
+    ones = Mask({n: torch.ones_like(t, dtype=torch.bool) for n, t in w.items()})
+    half = prune("nm_2_4_magnitude", w, ones, 0.25)
+    full = prune("nm_2_4_magnitude", w, half, 0.5)
+    assert half.num_pruned() == 44 and full.num_pruned() == 88  # exact: 176 weights
+    assert not any(torch.any(full.tensors[n] & ~half.tensors[n]) for n in w)  # rounds nest
+    for name, keep in full.tensors.items():
+        per_group = keep.reshape(keep.shape[0], -1).reshape(-1, 4).sum(1)
+        assert torch.all(per_group == 2), name
+        # the kept two are the two largest |w| of their group
+        mags = w[name].abs().reshape(w[name].shape[0], -1).reshape(-1, 4)
+        assert torch.equal(keep.reshape(-1, 4), mags >= mags.topk(2, dim=1).values[:, 1:2])
+    random = prune("nm_2_4_random", w, ones, 0.5, torch.Generator().manual_seed(1))
+    assert all(torch.all(k.reshape(-1, 4).sum(1) == 2) for k in random.tensors.values())
+    with pytest.raises(ConfigError, match="at most 50%"):
+        prune("nm_2_4_magnitude", w, ones, 0.6)
+    odd = {"c": torch.randn(3, 6)}
+    with pytest.raises(ConfigError, match="do not divide 'c' \\(input width 6\\)"):
+        prune("nm_2_4_magnitude", odd, Mask({"c": torch.ones(3, 6, dtype=torch.bool)}), 0.5)
+
+
+def test_two_four_imp_run_with_its_random_baseline(tmp_path):
+    from tests.conftest import tiny_config
+    from ticketlab.config import parse_config
+    from ticketlab.experiment import run_experiment
+    from ticketlab.paths import load_run
+
+    cfg = tiny_config(prune={"method": "nm_2_4_magnitude", "schedule": "explicit", "sparsities": [0.25, 0.5]},
+                      baselines=["random_prune"])
+    run = load_run(run_experiment(parse_config(cfg), tmp_path, progress=False))
+    final = Mask.load(tmp_path / run["run"] / "rounds/round_002/mask.safetensors")
+    for name, keep in final.tensors.items():
+        assert torch.all(keep.reshape(keep.shape[0], -1).reshape(-1, 4).sum(1) == 2), name
+    rp = Mask.load(tmp_path / run["run"] / "baselines/random_prune/round_002/mask.safetensors")
+    assert rp.num_pruned() == final.num_pruned() and rp != final

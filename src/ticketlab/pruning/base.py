@@ -20,7 +20,8 @@ class PruningMethod:
     """How to score weights, and whether the sparsity is reached globally or in every layer."""
 
     scorer: Scorer
-    scope: str  # "global" | "layerwise"
+    scope: str  # "global" | "layerwise" | a pattern's name (then ``select`` reaches the sparsity)
+    select: Callable[[Mapping[str, torch.Tensor], Mask, float], Mask] | None = None
 
 
 PRUNING_METHODS: Registry[PruningMethod] = Registry("pruning method")
@@ -97,4 +98,6 @@ def prune(
     spec = PRUNING_METHODS.get(method)
     generator = generator or torch.Generator().manual_seed(0)
     scores = spec.scorer({n: weights[n] for n in current.names()}, generator)
+    if spec.select is not None:
+        return spec.select(scores, current, sparsity)
     return select_to_sparsity(scores, current, sparsity, spec.scope)
