@@ -19,6 +19,7 @@ from ticketlab.data import TASKS, build_task
 from ticketlab.engine import is_main_process
 from ticketlab.errors import TicketlabError
 from ticketlab.experiment import run_experiment
+from ticketlab.export import export_ticket
 from ticketlab.figures import pct, plot_layer_sparsity, plot_overlap
 from ticketlab.fileio import read_json, storage_error
 from ticketlab.masks import Mask
@@ -77,6 +78,18 @@ def cmd_ls(args: argparse.Namespace) -> None:
         error = f"  error: {row['error']}" if row["status"] == "failed" and row["error"] else ""
         print(f"{row['run_id']}  {row['status']:<11}  {row['model']:<10} {row['task']:<22} {row['method']:<20} "
               f"rounds={row['rounds']}  dense={dense}  max_sparsity={top}{error}")
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    run, k = parse_ref(args.ticket, _runs_dir(args))
+    k = RunPaths(run).finished_rounds()[-1] if k is None else k
+    formats = args.format.split(",") if args.format else ["state_dict", "compressed"]
+    rows = export_ticket(run, k, Path(args.out), formats, rewound=args.rewound)
+    print(f"ticket {run.name}:{k} ({'θp ⊙ m' if args.rewound else 'trained θ ⊙ m'}), outputs checked against ticketlab")
+    for row in rows:
+        print(f"{row['format']:<11} {row['bytes']:>12,} bytes  (dense {row['dense_bytes']:,}: "
+              f"{row['dense_bytes'] / row['bytes']:.2f}× smaller)  max |Δ output| {row['max_abs_diff']:.1e}  "
+              f"{row['path']}")
 
 
 def cmd_verify(args: argparse.Namespace) -> None:
@@ -301,6 +314,11 @@ def build_parser() -> argparse.ArgumentParser:
         ("select", cmd_select, "patch tickets: (fine-tune and) run a token-reducing ViT selector over a dataset"),
     ):
         add(name, func, text, config=True).add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    export = add("export", cmd_export, "write a ticket as a state dict, a compressed file or a save_pretrained folder")
+    export.add_argument("ticket", help="RUN[:ROUND] (default: the last round)")
+    export.add_argument("--out", required=True, help="output folder")
+    export.add_argument("--format", help="comma-separated: state_dict, compressed, hf (default: state_dict,compressed)")
+    export.add_argument("--rewound", action="store_true", help="θp ⊙ mask instead of the trained weights")
     add("verify", cmd_verify, "check every file of a run (or all runs) against its checksums").add_argument(
         "run", nargs="?", help="run folder or run id (default: every run)")
     listing = add("list", cmd_list, "models, tasks, pruning methods, objectives, baselines, studies (the registries)")

@@ -1,0 +1,185 @@
+"""Export a ticket out of ticketlab: standard formats, checked on the spot, with their size on disk.
+
+Formats (``FORMATS``):
+- ``state_dict``: one safetensors file with the model family's own key names (torchvision layout for our
+  ResNets: ``conv1.weight`` … ``fc.weight``; the Hugging Face model's keys for HF families), zeros at pruned
+  weights.
+- ``hf``: a ``save_pretrained`` folder (config, weights, and the checkpoint's tokenizer / image processor
+  files) that plain ``transformers.AutoModel.from_pretrained`` loads without ticketlab; HF families only.
+- ``compressed``: only the kept values of every masked tensor plus its bitmask (``np.packbits``), other
+  tensors dense, in one safetensors file; :func:`load_compressed` (safetensors + numpy, no ticketlab needed
+  beyond this function) restores the dense state dict. ``compressed-tensors`` is not used: its bitmask format
+  targets LLM linear layers and is not installed here.
+Every export is loaded back and its outputs compared with ticketlab's model on a random batch.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from ticketlab.config import parse_config
+from ticketlab.errors import ConfigError, TicketlabError
+from ticketlab.fileio import read_json
+from ticketlab.masks import Mask
+from ticketlab.models.base import TicketModel, build_model
+from ticketlab.paths import IMP, RunPaths, load_theta_p
+
+FORMATS = ("state_dict", "hf", "compressed")
+CNN_HEAD = {"head.weight": "fc.weight", "head.bias": "fc.bias"}  # torchvision's classifier names
+
+
+def ticket_model(run_dir: Path, k: int, rewound: bool = False) -> tuple[TicketModel, Mask, dict[str, Any]]:
+    """The ticket of round ``k``: trained weights θ ⊙ m (default) or θp ⊙ m (``rewound``), with its mask."""
+    paths = RunPaths(run_dir)
+    if k not in paths.finished_rounds():
+        raise TicketlabError(f"{paths.root.name} has no finished round {k}; finished: {paths.finished_rounds()}")
+    config = parse_config(read_json(paths.config))
+    mask = Mask.load(paths.mask(IMP, k))
+    metrics = read_json(paths.metrics(IMP, k))
+    if rewound:
+        state = load_theta_p(paths.root)
+    elif paths.weights(k).is_file():
+        from ticketlab.fileio import load_tensors
+
+        state = load_tensors(paths.weights(k))[0]
+    else:
+        raise TicketlabError(f"the trained weights of round {k} were not kept (keep: needed keeps round 0 and the "
+                             "last round); export the last round, use --rewound, or re-run with keep: all")
+    num_classes = state["head.weight"].shape[0] if "head.weight" in state else 2
+    model = build_model(config.model.name, num_classes, config.model.options, seed=config.seed,
+                        normalize=config.model.normalize)
+    model.load_state_dict(state)
+    mask.apply_(model)
+    return model.eval(), mask, {"config": config, "metrics": metrics}
+
+
+def _hf_core(model: TicketModel) -> torch.nn.Module | None:
+    core = getattr(model.backbone, "model", None)
+    return core if hasattr(core, "save_pretrained") else None
+
+
+def original_keys(model: TicketModel) -> dict[str, torch.Tensor]:
+    """The state dict under the family's own key names."""
+    state = model.state_dict()
+    if _hf_core(model) is not None:
+        return {k.removeprefix("backbone.model."): v for k, v in state.items() if k.startswith("backbone.model.")} | {
+            f"classifier.{k.removeprefix('head.')}": v for k, v in state.items() if k.startswith("head.")}
+    return {CNN_HEAD.get(k, k.removeprefix("backbone.")): v for k, v in state.items()}
+
+
+def save_compressed(path: Path, state: dict[str, torch.Tensor], mask: Mask, key_of: dict[str, str]) -> None:
+    tensors, meta = {}, {}
+    masked = {key_of[n]: keep for n, keep in mask.tensors.items()}
+    for key, value in state.items():
+        keep = masked.get(key)
+        if keep is None:
+            tensors[key] = value.contiguous()
+            continue
+        tensors[f"{key}.__values"] = value.flatten()[keep.flatten()].contiguous()
+        tensors[f"{key}.__bitmask"] = torch.from_numpy(np.packbits(keep.flatten().numpy()))
+        meta[key] = json.dumps({"shape": list(value.shape), "dtype": str(value.dtype).removeprefix("torch.")})
+    save_file(tensors, str(path), metadata={"format": "ticketlab-bitmask-v1", **meta})
+
+
+def load_compressed(path: str | Path) -> dict[str, torch.Tensor]:
+    """Dense state dict from a ``compressed`` export (safetensors + numpy only)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as handle:
+        meta = handle.metadata() or {}
+        tensors = {k: handle.get_tensor(k) for k in handle.keys()}  # noqa: SIM118
+    out = {k: v for k, v in tensors.items() if not k.endswith((".__values", ".__bitmask"))}
+    for key, info in meta.items():
+        if key == "format":
+            continue
+        spec = json.loads(info)
+        numel = int(np.prod(spec["shape"]))
+        keep = torch.from_numpy(np.unpackbits(tensors[f"{key}.__bitmask"].numpy(), count=numel).astype(bool))
+        dense = torch.zeros(numel, dtype=getattr(torch, spec["dtype"]))
+        dense[keep] = tensors[f"{key}.__values"]
+        out[key] = dense.view(spec["shape"])
+    return out
+
+
+def example_inputs(model: TicketModel) -> torch.Tensor:
+    """A seeded batch the model accepts: token ids for text encoders, else images (at the model's size)."""
+    gen = torch.Generator().manual_seed(0)
+    core = _hf_core(model)
+    if getattr(model.backbone, "input_name", None) == "input_ids":
+        return torch.randint(1, core.config.vocab_size, (2, 12), generator=gen)
+    size = getattr(core.config, "image_size", 32) if core is not None else 32
+    return torch.randn(2, 3, size, size, generator=gen)
+
+
+def _size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
+
+
+def export_ticket(run_dir: Path, k: int, out: Path, formats: list[str], rewound: bool = False) -> list[dict[str, Any]]:
+    """Write each format under ``out``, load it back, compare outputs; one row per file with its size."""
+    bad = [f for f in formats if f not in FORMATS]
+    if bad:
+        raise ConfigError(f"unknown export format {bad[0]!r}; formats: {', '.join(FORMATS)}")
+    model, mask, info = ticket_model(run_dir, k, rewound)
+    if "hf" in formats and _hf_core(model) is None:
+        raise ConfigError(f"format hf needs a Hugging Face model family; {info['config'].model.name!r} supports "
+                          "state_dict and compressed")
+    out.mkdir(parents=True, exist_ok=True)
+    keys = original_keys(model)
+    key_of = dict(zip(model.state_dict(), keys, strict=True))
+    x = example_inputs(model)
+    with torch.no_grad():
+        reference = model(x)
+    dense_path = out / "dense_reference.safetensors"
+    save_file({k: v.contiguous() for k, v in keys.items()}, str(dense_path))
+    rows = []
+    for fmt in formats:
+        if fmt == "state_dict":
+            path = out / "ticket.safetensors"
+            save_file({k: v.contiguous() for k, v in keys.items()}, str(path))
+            restored = load_file(str(path))
+        elif fmt == "compressed":
+            path = out / "ticket.compressed.safetensors"
+            save_compressed(path, keys, mask, key_of)
+            restored = load_compressed(path)
+        else:
+            path = out / "hf"
+            _hf_core(model).save_pretrained(path)
+            source = info["config"].model.options.get("path")
+            for name in ("preprocessor_config.json", "tokenizer.json", "tokenizer_config.json", "vocab.txt",
+                         "special_tokens_map.json"):
+                if source and (Path(source) / name).is_file():
+                    shutil.copy(Path(source) / name, path / name)
+            restored = None
+        rows.append({"format": fmt, "path": str(path), "bytes": _size(path), "dense_bytes": dense_path.stat().st_size,
+                     "max_abs_diff": _check(model, fmt, restored, path, key_of, x, reference)})
+    dense_path.unlink()
+    return rows
+
+
+def _check(model: TicketModel, fmt: str, restored: dict[str, torch.Tensor] | None, path: Path,
+           key_of: dict[str, str], x: torch.Tensor, reference: torch.Tensor) -> float:
+    """Largest output difference between the export, loaded back, and ticketlab's model (must be ~0)."""
+    with torch.no_grad():
+        if fmt == "hf":
+            from transformers import AutoModel
+
+            loaded = AutoModel.from_pretrained(path).eval()
+            name = "input_ids" if x.dtype == torch.long else "pixel_values"
+            ours = _hf_core(model)(**{name: x}).last_hidden_state
+            diff = (loaded(**{name: x}).last_hidden_state - ours).abs().max()
+        else:
+            clone = copy.deepcopy(model)
+            clone.load_state_dict({name: restored[key] for name, key in key_of.items()})
+            diff = (clone(x) - reference).abs().max()
+    if float(diff) > 1e-4:
+        raise TicketlabError(f"export {fmt} does not reproduce the ticket (max output difference {float(diff):.2e})")
+    return float(diff)
