@@ -63,3 +63,21 @@ def test_bad_exports_are_one_line_errors(resnet_run, tmp_path, capsys):
         assert match in capsys.readouterr().err
     assert cli.main(["export", f"{resnet_run}:7", "--out", str(tmp_path)]) == 2
     assert "has no finished round 7" in capsys.readouterr().err
+
+
+def test_bench_reports_sizes_flops_and_speed(resnet_run):
+    from ticketlab.bench import bench_ticket
+
+    rows = {r["variant"]: r for r in bench_ticket(resnet_run, 1, seconds=0.05) if r["device"] == "cpu"}
+    mask = Mask.load(resnet_run / "rounds/round_001/mask.safetensors")
+    dense, ticket = rows["dense"], rows["ticket (compressed file)"]
+    assert ticket["nonzero_params"] == dense["params"] - mask.num_pruned()
+    assert dense["file_bytes"] / ticket["file_bytes"] >= 3.0
+    assert dense["flops_b1"] == ticket["flops_b1"] > 1_000_000  # stored densely, the zeros still cost FLOPs
+    assert all(r["latency_b1"]["median_ms"] > 0 and r["throughput_b32"] > 0 for r in rows.values())
+
+
+def test_bench_cli_prints_one_line_per_variant(resnet_run, capsys):
+    assert cli.main(["bench", str(resnet_run), "--seconds", "0.05"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 1 + 3 and all("throughput(b32)" in line for line in lines[1:])

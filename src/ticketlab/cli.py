@@ -14,6 +14,7 @@ from importlib import resources
 from pathlib import Path
 
 from ticketlab.analysis import overlap_matrix, sensitivity_table, summarize_transfer
+from ticketlab.bench import bench_ticket
 from ticketlab.config import ConfigError, TaskConfig, from_dict, load_config, parse_config, read_yaml
 from ticketlab.data import TASKS, build_task
 from ticketlab.engine import is_main_process
@@ -90,6 +91,17 @@ def cmd_export(args: argparse.Namespace) -> None:
         print(f"{row['format']:<11} {row['bytes']:>12,} bytes  (dense {row['dense_bytes']:,}: "
               f"{row['dense_bytes'] / row['bytes']:.2f}× smaller)  max |Δ output| {row['max_abs_diff']:.1e}  "
               f"{row['path']}")
+
+
+def cmd_bench(args: argparse.Namespace) -> None:
+    run, k = parse_ref(args.ticket, _runs_dir(args))
+    k = RunPaths(run).finished_rounds()[-1] if k is None else k
+    print(f"{run.name}:{k}  (median ± IQR; unstructured zeros are still computed: no speed-up is expected)")
+    for r in bench_ticket(run, k, args.seconds):
+        print(f"{r['variant']:<25} {r['device']:<4} params {r['nonzero_params']:>10,}/{r['params']:,}  "
+              f"FLOPs(b1) {r['flops_b1']:>12,}  file {r['file_bytes']:>11,} B  latency(b1) "
+              f"{r['latency_b1']['median_ms']:.2f} ± {r['latency_b1']['iqr_ms']:.2f} ms  "
+              f"throughput(b32) {r['throughput_b32']:.0f}/s")
 
 
 def cmd_verify(args: argparse.Namespace) -> None:
@@ -319,6 +331,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", required=True, help="output folder")
     export.add_argument("--format", help="comma-separated: state_dict, compressed, hf (default: state_dict,compressed)")
     export.add_argument("--rewound", action="store_true", help="θp ⊙ mask instead of the trained weights")
+    bench = add("bench", cmd_bench, "parameters, FLOPs, file size, latency and throughput: dense vs the ticket")
+    bench.add_argument("ticket", help="RUN[:ROUND] (default: the last round)")
+    bench.add_argument("--seconds", type=float, default=1.0, help="measuring time per timing")
     add("verify", cmd_verify, "check every file of a run (or all runs) against its checksums").add_argument(
         "run", nargs="?", help="run folder or run id (default: every run)")
     listing = add("list", cmd_list, "models, tasks, pruning methods, objectives, baselines, studies (the registries)")

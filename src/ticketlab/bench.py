@@ -1,0 +1,55 @@
+"""Real size and speed of a ticket next to its dense model: parameters (non-zero), FLOPs, file size, latency at
+batch 1 and throughput at batch 32 (median with interquartile range, ``torch.utils.benchmark``), on CPU and on
+a GPU when present.
+
+An unstructured ticket stored densely runs exactly as fast as the dense model (its zeros are still multiplied);
+the table says so rather than hiding it. Sizes come from the exports (``ticketlab export``).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils import benchmark
+from torch.utils.flop_counter import FlopCounterMode
+
+from ticketlab.export import example_inputs, export_ticket, ticket_model
+
+
+def flops(model: torch.nn.Module, x: torch.Tensor) -> int:
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(x)
+    return int(counter.get_total_flops())
+
+
+def timing(model: torch.nn.Module, x: torch.Tensor, device: str, seconds: float) -> dict[str, float]:
+    model = model.to(device).eval()
+    x = x.to(device)
+    with torch.no_grad():
+        measurement = benchmark.Timer("model(x)", globals={"model": model, "x": x}).blocked_autorange(
+            min_run_time=seconds)
+    return {"median_ms": 1000 * measurement.median, "iqr_ms": 1000 * measurement.iqr}
+
+
+def bench_ticket(run_dir: Path, k: int, seconds: float = 1.0) -> list[dict[str, Any]]:
+    """One row per (variant, device): the dense model (round 0 weights' architecture) and the ticket."""
+    ticket, mask, _ = ticket_model(run_dir, k)
+    with tempfile.TemporaryDirectory() as tmp:
+        files = {r["format"]: r for r in export_ticket(run_dir, k, Path(tmp), ["state_dict", "compressed"])}
+    one = example_inputs(ticket)[:1]
+    batch = one.expand(32, *one.shape[1:]).contiguous()
+    total = sum(p.numel() for p in ticket.parameters())
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    rows = []
+    for label, nonzero, size in (("dense", total, files["state_dict"]["dense_bytes"]),
+                                 ("ticket (dense storage)", total - mask.num_pruned(), files["state_dict"]["bytes"]),
+                                 ("ticket (compressed file)", total - mask.num_pruned(), files["compressed"]["bytes"])):
+        for device in devices:
+            rows.append({"variant": label, "device": device, "params": total, "nonzero_params": nonzero,
+                         "flops_b1": flops(ticket.cpu(), one), "file_bytes": size,
+                         "latency_b1": timing(ticket, one, device, seconds),
+                         "throughput_b32": 32 / (timing(ticket, batch, device, seconds)["median_ms"] / 1000)})
+    return rows
