@@ -109,7 +109,7 @@ def test_bad_schedules():
 
 def test_unknown_method_lists_known():
     w = weights()
-    with pytest.raises(ConfigError, match="known pruning methods: global_magnitude, global_random"):
+    with pytest.raises(ConfigError, match="known pruning methods: .*global_magnitude, global_random"):
         prune("snip", w, ones(w), 0.5)
 
 

@@ -3,7 +3,8 @@ batch 1 and throughput at batch 32 (median with interquartile range, ``torch.uti
 a GPU when present.
 
 An unstructured ticket stored densely runs exactly as fast as the dense model (its zeros are still multiplied);
-the table says so rather than hiding it. Sizes come from the exports (``ticketlab export``).
+the table says so rather than hiding it. A channel ticket is also timed with its dead channels physically removed
+(``ticketlab.surgery.slim``). Sizes come from the exports (``ticketlab export``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from torch.utils import benchmark
 from torch.utils.flop_counter import FlopCounterMode
 
 from ticketlab.export import example_inputs, export_ticket, ticket_model
+from ticketlab.surgery import slim
 
 
 def flops(model: torch.nn.Module, x: torch.Tensor) -> int:
@@ -36,7 +38,7 @@ def timing(model: torch.nn.Module, x: torch.Tensor, device: str, seconds: float)
 
 def bench_ticket(run_dir: Path, k: int, seconds: float = 1.0) -> list[dict[str, Any]]:
     """One row per (variant, device): the dense model (round 0 weights' architecture) and the ticket."""
-    ticket, mask, _ = ticket_model(run_dir, k)
+    ticket, mask, info = ticket_model(run_dir, k)
     with tempfile.TemporaryDirectory() as tmp:
         files = {r["format"]: r for r in export_ticket(run_dir, k, Path(tmp), ["state_dict", "compressed"])}
     one = example_inputs(ticket)[:1]
@@ -52,4 +54,13 @@ def bench_ticket(run_dir: Path, k: int, seconds: float = 1.0) -> list[dict[str, 
                          "flops_b1": flops(ticket.cpu(), one), "file_bytes": size,
                          "latency_b1": timing(ticket, one, device, seconds),
                          "throughput_b32": 32 / (timing(ticket, batch, device, seconds)["median_ms"] / 1000)})
+    if info["config"].prune.method.startswith("channel"):  # a channel ticket: time it physically slimmed
+        small = slim(ticket, mask)
+        for device in devices:
+            rows.append({"variant": "ticket (channels removed)", "device": device,
+                         "params": sum(p.numel() for p in small.parameters()),
+                         "nonzero_params": sum(int(torch.count_nonzero(p)) for p in small.parameters()),
+                         "flops_b1": flops(small.cpu(), one), "file_bytes": files["state_dict"]["bytes"],
+                         "latency_b1": timing(small, one, device, seconds),
+                         "throughput_b32": 32 / (timing(small, batch, device, seconds)["median_ms"] / 1000)})
     return rows

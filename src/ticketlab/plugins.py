@@ -17,6 +17,7 @@ from ticketlab.objectives import patches as _patch_objectives  # noqa: F401
 from ticketlab.pruning import magnitude as _magnitude  # noqa: F401
 from ticketlab.pruning import nm as _nm  # noqa: F401
 from ticketlab.pruning import random as _random  # noqa: F401
+from ticketlab.pruning import structured as _structured  # noqa: F401
 from ticketlab.studies import cv_pretraining as _cv_study  # noqa: F401
 from ticketlab.studies import patch_tickets as _patch_study  # noqa: F401
 from ticketlab.studies import vl_tickets as _vl_study  # noqa: F401
