@@ -1,0 +1,271 @@
+"""The commands of the CLI: each resolves its arguments, calls the library and prints (``cli.py`` parses
+arguments and turns failures into one-line errors)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+from importlib import resources
+from pathlib import Path
+
+from ticketlab.analysis import overlap_matrix, sensitivity_table, summarize_transfer
+from ticketlab.bench import bench_ticket
+from ticketlab.config import ConfigError, TaskConfig, from_dict, load_config, parse_config, read_yaml
+from ticketlab.data import TASKS, build_task
+from ticketlab.engine import is_main_process
+from ticketlab.errors import TicketlabError
+from ticketlab.experiment import run_experiment
+from ticketlab.export import export_ticket
+from ticketlab.figures import pct, plot_layer_sparsity, plot_overlap
+from ticketlab.fileio import read_json
+from ticketlab.masks import Mask
+from ticketlab.models import build_model
+from ticketlab.objectives import OBJECTIVES
+from ticketlab.paths import IMP, RunPaths, is_run_dir, load_run, parse_ref, resolve_run, verify_run
+from ticketlab.plugins import catalog
+from ticketlab.pretrain import pretrain_run_for, run_pretraining
+from ticketlab.prunable import prunable_names
+from ticketlab.report import results_table
+from ticketlab.store import ResultStore
+from ticketlab.studies import STUDIES, load_study, run_study
+from ticketlab.studies.patch_tickets import SelectorConfig, run_selection
+from ticketlab.transfer import TransferSpec, perturbation_sensitivity, transfer_ticket
+
+DEFAULT_RUNS_DIR = os.environ.get("TICKETLAB_RUNS_DIR", "runs")
+
+
+def _runs_dir(args: argparse.Namespace) -> Path:
+    return Path(args.runs_dir)
+
+
+def cmd_find(args: argparse.Namespace) -> None:
+    source = Path(args.config)
+    if is_run_dir(source):  # an existing run folder: resume it where it lives
+        config, runs_dir = parse_config(read_json(RunPaths(source).config)), source.parent
+    else:
+        config, runs_dir = load_config(source), _runs_dir(args)
+    run_dir = run_experiment(config, runs_dir, progress=not args.quiet)
+    if not is_main_process():
+        return  # under several processes only rank 0 reports
+    if not args.quiet:
+        print(results_table(load_run(run_dir)))
+        print(f"plot: {run_dir / 'sparsity_accuracy.png'}")
+    print(run_dir)
+
+
+def cmd_pretrain(args: argparse.Namespace) -> None:
+    cfg = load_config(args.config)
+    if cfg.pretrain is None:
+        raise ConfigError(f"{args.config} has no 'pretrain' section (objective, task, train)")
+    print(run_pretraining(pretrain_run_for(cfg), _runs_dir(args), cfg.deterministic, progress=not args.quiet))
+
+
+def cmd_ls(args: argparse.Namespace) -> None:
+    runs = _runs_dir(args)
+    if not runs.is_dir():
+        print(f"no runs yet in {runs}")
+        return
+    store = ResultStore(runs)
+    if args.reindex:
+        print(f"index rebuilt from the run folders: {store.reindex()} runs")
+    for row in store.runs():
+        dense = f"{row['dense']:.2%}" if row["dense"] is not None else "—"
+        top = f"{row['max_sparsity']:.2%}" if row["max_sparsity"] is not None else "—"
+        error = f"  error: {row['error']}" if row["status"] == "failed" and row["error"] else ""
+        print(f"{row['run_id']}  {row['status']:<11}  {row['model']:<10} {row['task']:<22} {row['method']:<20} "
+              f"rounds={row['rounds']}  dense={dense}  max_sparsity={top}{error}")
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    run, k = parse_ref(args.ticket, _runs_dir(args))
+    k = RunPaths(run).finished_rounds()[-1] if k is None else k
+    formats = args.format.split(",") if args.format else ["state_dict", "compressed"]
+    rows = export_ticket(run, k, Path(args.out), formats, rewound=args.rewound)
+    print(f"ticket {run.name}:{k} ({'θp ⊙ m' if args.rewound else 'trained θ ⊙ m'}), outputs checked against ticketlab")
+    for row in rows:
+        print(f"{row['format']:<11} {row['bytes']:>12,} bytes  (dense {row['dense_bytes']:,}: "
+              f"{row['dense_bytes'] / row['bytes']:.2f}× smaller)  max |Δ output| {row['max_abs_diff']:.1e}  "
+              f"{row['path']}")
+
+
+def cmd_bench(args: argparse.Namespace) -> None:
+    run, k = parse_ref(args.ticket, _runs_dir(args))
+    k = RunPaths(run).finished_rounds()[-1] if k is None else k
+    print(f"{run.name}:{k}  (median ± IQR; unstructured zeros are still computed: no speed-up is expected)")
+    for r in bench_ticket(run, k, args.seconds):
+        print(f"{r['variant']:<25} {r['device']:<4} params {r['nonzero_params']:>10,}/{r['params']:,}  "
+              f"FLOPs(b1) {r['flops_b1']:>12,}  file {r['file_bytes']:>11,} B  latency(b1) "
+              f"{r['latency_b1']['median_ms']:.2f} ± {r['latency_b1']['iqr_ms']:.2f} ms  "
+              f"throughput(b32) {r['throughput_b32']:.0f}/s")
+
+
+def cmd_verify(args: argparse.Namespace) -> None:
+    """Check every finished folder of a run (or of every run) against its manifest and checksums."""
+    runs = [resolve_run(args.run, _runs_dir(args))] if args.run else \
+        sorted(p for p in _runs_dir(args).iterdir() if is_run_dir(p)) if _runs_dir(args).is_dir() else []
+    bad = []
+    for run in runs:
+        problems = verify_run(run)
+        print(f"{run.name}: " + ("ok" if not problems else f"{len(problems)} problem(s)"))
+        for problem in problems:
+            print(f"  {problem}")
+        bad += problems
+    if bad:
+        raise TicketlabError(f"{len(bad)} problem(s) found; delete the folders named above and re-run "
+                             "'ticketlab find' on their runs to recompute them")
+
+
+def cmd_show(args: argparse.Namespace) -> None:
+    run = load_run(resolve_run(args.run, _runs_dir(args)))
+    print(json.dumps(run, indent=2) if args.json else results_table(run))
+
+
+def cmd_prunable(args: argparse.Namespace) -> None:
+    cfg = load_config(args.config)
+    TASKS.get(cfg.task.name)
+    model = build_model(cfg.model.name, 2, cfg.model.options, seed=cfg.seed, normalize=cfg.model.normalize)
+    params = dict(model.named_parameters())
+    names = prunable_names(model, cfg.prune.prunable)
+    for name in names:
+        print(f"{name}  {tuple(params[name].shape)}  {params[name].numel():,}")
+    prunable = sum(params[n].numel() for n in names)
+    total = sum(p.numel() for p in params.values())
+    print(f"{len(names)} tensors, {prunable:,} of {total:,} parameters prunable ({prunable / total:.1%})")
+
+
+def _mask_of(ref: str, runs_dir: Path) -> tuple[str, Path, int, Mask]:
+    """``RUN[:K]`` -> (label, run folder, round, mask); the last finished round if no round is given."""
+    run, k = parse_ref(ref, runs_dir)
+    finished = RunPaths(run).finished_rounds()
+    if not finished:
+        raise TicketlabError(f"run {run.name} has no finished round yet; run 'ticketlab find {run}' first")
+    k = finished[-1] if k is None else k
+    if k not in finished:
+        raise TicketlabError(f"run {run.name} has no finished round {k}; finished: {finished}")
+    return f"{run.name}:{k}", run, k, Mask.load(RunPaths(run).mask(IMP, k))
+
+
+def _transfer_spec(args: argparse.Namespace, run: Path, seed: int, variant: str = "ticket") -> TransferSpec:
+    recipe = parse_config(read_json(RunPaths(run).config)).train
+    overrides = {k: v for k, v in (("epochs", args.epochs), ("lr", args.lr)) if v is not None}
+    if not args.task:
+        raise ConfigError(f"{args.command} needs --task NAME (the task to fine-tune on; see 'ticketlab list tasks')")
+    options = _json_option(args.task_options, "--task-options")
+    TASKS.check(args.task, options, "--task-options")
+    objective = getattr(args, "objective", "supervised")
+    objective_options = _json_option(getattr(args, "objective_options", None), "--objective-options")
+    OBJECTIVES.check(objective, objective_options, "--objective-options")
+    return TransferSpec(TaskConfig(args.task, options), dataclasses.replace(recipe, **overrides), seed, variant,
+                        objective, objective_options)
+
+
+def cmd_transfer(args: argparse.Namespace) -> None:
+    run, k = parse_ref(args.mask, _runs_dir(args))
+    rounds = RunPaths(run).finished_rounds() if k is None else [k]
+    seeds = _seeds(args)
+    spec0 = _transfer_spec(args, run, seeds[0])
+    task = build_task(spec0.target.name, spec0.target.options)
+    rows = [{**transfer_ticket(run, r, _transfer_spec(args, run, s), task, progress=not args.quiet).metrics,
+             "source": run.name} for r in rounds for s in seeds]
+    summary = summarize_transfer(rows, within_std=args.within_std)
+    print(f"transfer of {run.name} to {task.name} (fresh head, θp ⊙ mask, seeds {seeds})")
+    for r in rounds:
+        cell = summary["cells"][(run.name, spec0.target.name, r)]
+        print(f"round {r:>2}  sparsity {cell['sparsity']:7.2%}  test_acc {cell['mean']:.2%} ± {cell['std']:.2%}")
+    if 0 in rounds and len(rounds) > 1:
+        pair = summary["pairs"][(run.name, spec0.target.name)]
+        print(f"highest matching sparsity {pct(pair['matching'])}; highest relaxed {pct(pair['relaxed'])} "
+              f"({summary['criterion']})")
+
+
+def cmd_analyze(args: argparse.Namespace) -> None:
+    refs = [_mask_of(ref, _runs_dir(args)) for ref in args.masks]
+    masks = {label: mask for label, _, _, mask in refs}
+    if args.analysis == "overlap":
+        names = list(masks)
+        pairs = overlap_matrix(masks)
+        print("IoU of kept weights (row / column), shared = fraction of the row's kept weights kept by the column")
+        for a in names:
+            print(f"{a:<28} " + "  ".join(f"{pairs[a, b]['iou']:.3f}/{pairs[a, b]['shared']:.3f}" for b in names))
+        if args.plot:
+            plot_overlap(pairs, names, "IoU of kept weights (%)", Path(args.plot))
+    elif args.analysis == "layers":
+        for label, mask in masks.items():
+            print(f"{label}: {mask.sparsity():.2%} of the prunable weights")
+            for name, value in mask.layer_sparsity().items():
+                print(f"  {name:<48} {value:7.2%}")
+        if args.plot:
+            plot_layer_sparsity(masks, Path(args.plot))
+    else:
+        label, run, k, ticket = refs[0]
+        seeds = _seeds(args)
+        spec = _transfer_spec(args, run, seeds[0])
+        task = build_task(spec.target.name, spec.target.options)
+        print(f"perturbation sensitivity of {label} ({ticket.sparsity():.2%}) on {task.name}, seeds {seeds}")
+        rows = perturbation_sensitivity(run, k, spec, task, seeds, source=label, progress=not args.quiet)
+        for variant, cell in sensitivity_table(rows)[label].items():
+            print(f"{variant:<11} sparsity {cell['sparsity']:7.2%}  test_acc {cell['mean']:.2%} ± {cell['std']:.2%}")
+        return
+    if args.plot:
+        print(f"plot: {args.plot}")
+
+
+def cmd_study(args: argparse.Namespace) -> None:
+    if len(args.study) == 1:  # the old form `ticketlab study CONFIG`: the CV pre-training study
+        name, config = "cv_pretraining", args.study[0]
+    elif len(args.study) == 2:
+        name, config = args.study
+    else:
+        raise TicketlabError(f"usage: ticketlab study NAME CONFIG.yaml (studies: {', '.join(STUDIES.names())})")
+    out = run_study(name, load_study(name, config), _runs_dir(args), progress=not args.quiet)
+    print(out / "report.md")
+
+
+def study_alias(name: str):  # noqa: ANN201
+    """``vl-study CONFIG`` and ``patch-study CONFIG``: the old commands, kept as aliases of ``study NAME CONFIG``."""
+    def command(args: argparse.Namespace) -> None:
+        args.study = [name, args.config]
+        cmd_study(args)
+
+    return command
+
+
+def cmd_select(args: argparse.Namespace) -> None:
+    path = run_selection(from_dict(SelectorConfig, read_yaml(args.config)), _runs_dir(args), progress=not args.quiet)
+    print(f"tickets: {path}\npicture: {path.parent / 'tickets.png'}")
+
+
+def cmd_list(args: argparse.Namespace) -> None:
+    """Everything that can be named in a config, straight from the registries."""
+    for title, entries in catalog().items():
+        if not args.kind or args.kind in title:
+            print(f"{title}:")
+            print("".join(f"  {name:<22} {text}\n" for name, text in entries), end="")
+
+
+def _seeds(args: argparse.Namespace) -> list[int]:
+    try:
+        seeds = [int(s) for s in args.seeds.split(",")]
+    except ValueError:
+        raise ConfigError(f"--seeds must be comma-separated integers like 0,1,2, got {args.seeds!r}") from None
+    return seeds
+
+
+def _json_option(value: str | None, flag: str) -> dict:
+    if not value:
+        return {}
+    try:
+        data = json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{flag} is not valid JSON ({exc.msg}); write it like '{{\"n_train\": 300}}'") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{flag} must be a JSON object of options, got {value!r}")
+    return data
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    config = resources.files("ticketlab") / "configs" / "demo.yaml"
+    args.config = str(config)
+    cmd_find(args)
