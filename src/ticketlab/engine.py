@@ -50,6 +50,16 @@ def wait_for_everyone() -> None:
     PartialState().wait_for_everyone()
 
 
+def same_on_every_rank(value: str) -> bool:
+    """Whether every process holds the same string (e.g. a mask digest); True for a single process."""
+    from accelerate import PartialState
+    from accelerate.utils import gather_object
+
+    if PartialState().num_processes == 1:
+        return True
+    return len(set(gather_object([value]))) == 1
+
+
 class Engine:
     """One training's view of the hardware: device, precision, ranks."""
 
@@ -136,14 +146,6 @@ class Engine:
             for g in grads:
                 g.copy_(flat[offset : offset + g.numel()].view_as(g))
                 offset += g.numel()
-
-    def same_on_every_rank(self, value: str) -> bool:
-        """Whether every rank holds the same string (e.g. a mask digest)."""
-        if self.world_size == 1:
-            return True
-        from accelerate.utils import gather_object
-
-        return len(set(gather_object([value]))) == 1
 
     def wait(self) -> None:
         self.accelerator.wait_for_everyone()

@@ -24,7 +24,7 @@ from ticketlab.baselines.base import BASELINES
 from ticketlab.checkpoints import load_backbone
 from ticketlab.config import ConfigError, ExperimentConfig, config_hash, to_dict
 from ticketlab.data.base import Task, build_task
-from ticketlab.engine import Engine, is_main_process, wait_for_everyone
+from ticketlab.engine import Engine, is_main_process, same_on_every_rank, wait_for_everyone
 from ticketlab.errors import TicketlabError
 from ticketlab.fileio import (
     TMP_MARK,
@@ -181,7 +181,7 @@ def train_branch(run: RunContext, branch: str, k: int, mask: Mask, start: dict[s
                          engine=run.config.engine, checkpoint=checkpoint)
     metrics = {"format": 2, "round": k, "branch": branch, "target_sparsity": run.sparsity(k), "sparsity": mask.sparsity(),
                "model_sparsity": mask.model_sparsity(model), **result.metrics}
-    if not Engine(run.config.engine).same_on_every_rank(mask.digest()):
+    if not same_on_every_rank(mask.digest()):
         raise TicketlabError(f"the ranks hold different masks for {branch} round {k}; their run folders differ "
                              "(every rank must see the same runs folder: a shared file system)")
     metrics["ranks_agree_on_mask"] = True

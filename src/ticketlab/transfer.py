@@ -56,11 +56,11 @@ def transfer_ticket(run_dir: Path, k: int, spec: TransferSpec, task: Task | None
     finished = paths.finished_rounds()
     if k not in finished:
         raise TicketlabError(f"{run_dir.name} has no finished round {k}; finished: {finished}")
-    ticket = Mask.load(paths.mask(IMP, k))
     key = config_hash(spec) if mask is None else f"{config_hash(spec)}-{mask.digest()}"
     folder = paths.transfer(spec.target.name, key, k)
     if (folder / METRICS).is_file():
         return TransferResult(read_json(folder / METRICS))
+    ticket = Mask.load(paths.mask(IMP, k))  # only when training: a cached result needs no mask
     mask = ticket if mask is None else mask
     if not is_writable(paths.root / "transfer"):
         raise TicketlabError(f"run folder {run_dir} is read-only, so the transfer result could not be saved; copy the "
