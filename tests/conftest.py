@@ -29,7 +29,7 @@ def tiny_config(**overrides: object) -> dict:
         "model": {"name": "resnet20", "options": {"width": 4}},
         "task": {"name": "scenes_shape", "options": dict(TINY_SCENES)},
         "train": {"optimizer": "sgd", "lr": 0.05, "epochs": 1, "batch_size": 32},
-        "prune": {"rounds": 2},
+        "prune": {"rounds": 2, "rewind": "init"},  # a random ResNet has no θp: rewind to its initialisation
         "baselines": ["omp", "random_prune", "random_reinit", "reversed"],
     }
     cfg.update(overrides)

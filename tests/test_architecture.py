@@ -179,7 +179,7 @@ def test_a_model_and_a_baseline_are_one_new_file_each(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path))
     __import__("my_plugin")
     cfg = parse_config({"model": {"name": "readme_mlp"}, "task": {"name": "scenes_shape", "options": TINY_SCENES},
-                        "train": {"epochs": 1, "batch_size": 32, "lr": 0.05}, "prune": {"rounds": 1},
+                        "train": {"epochs": 1, "batch_size": 32, "lr": 0.05}, "prune": {"rounds": 1, "rewind": "init"},
                         "baselines": ["dense_start"]})
     run = load_run(run_experiment(cfg, tmp_path / "runs", progress=False))
     assert run["rounds"][1]["sparsity"] == pytest.approx(0.2, abs=1e-3)

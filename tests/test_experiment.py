@@ -127,7 +127,7 @@ def test_cli_show_json_and_ls(finished, capsys):
 def test_hash_ignores_fields_left_at_default(tmp_path):
     a = parse_config(tiny_config())
     explicit = tiny_config()
-    explicit["prune"] = {"rounds": 2, "method": "global_magnitude", "rate": 0.2, "rewind": "pretrained"}
+    explicit["prune"] = {"rounds": 2, "method": "global_magnitude", "rate": 0.2, "rewind": "init", "rewind_steps": 0}
     explicit["deterministic"] = False
     b = parse_config(explicit)
     assert config_hash(a) == config_hash(b)

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from ticketlab.checkpoints import load_backbone
+from ticketlab.errors import TicketlabError
 from ticketlab.models import build_model
 from ticketlab.prunable import PrunableConfig, prunable_names
 
@@ -62,7 +63,9 @@ def test_torchvision_style_checkpoint_loads_into_our_resnet(tmp_path, prefix, ar
     path = tmp_path / "ckpt.pth"
     torch.save({"state_dict": state}, path)
     target = build_model(arch, 10, {"width": 8}, seed=2)
-    report = load_backbone(target.backbone, path)
+    with pytest.raises(TicketlabError, match=r"shape mismatch 1: .*conv1\.weight"):
+        load_backbone(target.backbone, path)  # the 7x7 stem would stay at random init: not without saying so
+    report = load_backbone(target.backbone, path, allow_missing=[r"^conv1\."])
     assert any("conv1.weight" in s for s in report.shape_mismatch)
     assert f"{prefix}fc.weight" in report.unused
     assert report.missing == ["conv1.weight"]

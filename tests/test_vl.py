@@ -269,7 +269,7 @@ def test_adversarial_loss_increases_the_loss_and_respects_max_norm():
 def test_villa_objective_trains_under_a_mask_without_regrowth(tmp_path):
     cfg = parse_config({"model": TINY_UNITER, "task": {"name": "vl_vqa", "options": SIZES}, "train": ADAMW,
                         "objective": "villa", "objective_options": {"steps": 2, "step_size": 0.01},
-                        "prune": {"schedule": "original", "rate": 0.3, "rounds": 1}, "baselines": []})
+                        "prune": {"schedule": "original", "rate": 0.3, "rounds": 1, "rewind": "init"}, "baselines": []})
     run = run_experiment(cfg, tmp_path, progress=False)
     mask = Mask.load(run / "rounds" / "round_001" / "mask.safetensors")
     from ticketlab.fileio import load_tensors

@@ -1,11 +1,14 @@
 """Load pre-trained weights into a backbone, mapping torchvision/timm/MoCo/SimCLR key names.
 
 Keys are matched after stripping wrapper prefixes (``module.``, ``encoder_q.``, ``backbone.`` ...);
-classifier heads, MoCo key encoders and queues are reported as unused, wrong shapes as skipped.
+classifier heads, projectors, MoCo key encoders and queues are reported as unused. A load that would leave
+any backbone weight (a parameter or a BatchNorm running statistic) at its random initialisation — missing,
+or present with another shape — is an error naming them, unless ``allow_missing`` patterns cover them.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,12 +27,14 @@ class LoadReport:
     missing: list[str] = field(default_factory=list)  # in the model, not in the checkpoint
     unused: list[str] = field(default_factory=list)  # in the checkpoint, not in the model
     shape_mismatch: list[str] = field(default_factory=list)
+    parameters_loaded: int = 0
+    parameters_total: int = 0
 
     def summary(self) -> str:
         def show(keys: list[str]) -> str:
             return ", ".join(keys[:5]) + (f" (+{len(keys) - 5} more)" if len(keys) > 5 else "")
 
-        lines = [f"loaded {len(self.loaded)} tensors"]
+        lines = [f"loaded {self.parameters_loaded} of {self.parameters_total} parameters"]
         for label, keys in (("missing (kept at init)", self.missing), ("unused", self.unused),
                             ("skipped for shape", self.shape_mismatch)):
             if keys:
@@ -65,16 +70,34 @@ def map_state_dict(state: dict[str, torch.Tensor], target: nn.Module) -> tuple[d
             mapped[name] = tensor
             report.loaded.append(name)
     report.missing = [k for k in wanted if k not in mapped and not k.endswith("num_batches_tracked")]
+    params = dict(target.named_parameters())
+    report.parameters_total = len(params)
+    report.parameters_loaded = sum(1 for k in mapped if k in params)
     return mapped, report
 
 
-def load_backbone(backbone: nn.Module, path: str | Path) -> LoadReport:
-    """Load a checkpoint file into ``backbone`` in place and report what matched."""
+def _show(keys: list[str]) -> str:
+    return ", ".join(keys[:4]) + (f" (+{len(keys) - 4} more)" if len(keys) > 4 else "")
+
+
+def load_backbone(backbone: nn.Module, path: str | Path, allow_missing: list[str] | tuple[str, ...] = ()) -> LoadReport:
+    """Load a checkpoint file into ``backbone`` in place and report what matched; refuse a partial load."""
     mapped, report = map_state_dict(load_state_dict(Path(path)), backbone)
-    if not mapped:
+    if report.parameters_loaded == 0 and not report.shape_mismatch:
         raise TicketlabError(
             f"checkpoint {path} shares no parameter names/shapes with {type(backbone).__name__}; "
             "is it for another architecture? (first keys: " + ", ".join(report.unused[:3]) + ")"
         )
+    allowed = [re.compile(p) for p in allow_missing]
+    left = [k for k in report.missing if not any(p.search(k) for p in allowed)]
+    if left:
+        mismatched = {m.split(" ")[0] for m in report.shape_mismatch}
+        shape = [m for m in report.shape_mismatch if any(c in left for c in _candidates(m.split(" ")[0]))]
+        absent = [k for k in left if not any(k in _candidates(m) for m in mismatched)]
+        what = "; ".join(f"{label} {len(keys)}: {_show(keys)}" for label, keys in
+                         (("missing", absent), ("shape mismatch", shape)) if keys)
+        raise TicketlabError(f"checkpoint {path} would leave {len(left)} backbone weights of "
+                             f"{type(backbone).__name__} at random init ({what}); use a checkpoint of this "
+                             "architecture and width, or list them in model.allow_missing (regex)")
     backbone.load_state_dict(mapped, strict=False)
     return report

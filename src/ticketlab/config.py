@@ -21,7 +21,7 @@ import yaml
 from ticketlab.baselines.base import BASELINES
 from ticketlab.data.base import TASKS
 from ticketlab.errors import ConfigError
-from ticketlab.models.base import MODELS
+from ticketlab.models.base import MODELS, has_pretrained_weights
 from ticketlab.objectives.base import OBJECTIVES
 from ticketlab.prunable import PrunableConfig
 from ticketlab.pruning.base import PRUNING_METHODS
@@ -35,6 +35,7 @@ class ModelConfig:
     options: dict[str, Any] = field(default_factory=dict)
     checkpoint: str | None = None  # θp from a file; torchvision/timm/MoCo key names are mapped
     normalize: Any = "auto"  # input mean/std: auto (the checkpoint's image processor), imagenet, none, [[m], [s]]
+    allow_missing: list[str] = field(default_factory=list)  # regexes of backbone weights model.checkpoint may lack
 
 
 @dataclass(frozen=True)
@@ -263,6 +264,16 @@ def validate(cfg: ExperimentConfig) -> None:
     if cfg.prune.rewind == "early" and cfg.prune.rewind_steps <= 0:
         raise ConfigError("prune.rewind 'early' needs prune.rewind_steps > 0 (fine-tuning steps before the snapshot)")
     check_rounds("baseline_rounds", cfg.baseline_rounds, cfg.prune)
+
+
+def check_theta_p_source(cfg: ExperimentConfig) -> None:
+    """Rewinding to θp needs a θp: a pre-training stage, a checkpoint or a pre-trained model (checked for new runs,
+    so runs written before this rule still open)."""
+    if cfg.prune.rewind == "pretrained" and cfg.pretrain is None and not cfg.model.checkpoint \
+            and not has_pretrained_weights(cfg.model.name, cfg.model.options):
+        raise ConfigError(f"prune.rewind is 'pretrained' but model {cfg.model.name!r} gets no pre-trained weights (no "
+                          "pretrain section, model.checkpoint or model.options.path); give one, or set "
+                          "prune.rewind: init to rewind to the random initialisation")
 
 
 def check_rounds(key: str, values: list[int], prune: PruneConfig, low: int = 1) -> None:

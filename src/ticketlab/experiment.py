@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from ticketlab.baselines.base import BASELINES
 from ticketlab.checkpoints import load_backbone
-from ticketlab.config import ConfigError, ExperimentConfig, config_hash, to_dict
+from ticketlab.config import ConfigError, ExperimentConfig, check_theta_p_source, config_hash, to_dict
 from ticketlab.data.base import Task, build_task
 from ticketlab.engine import Engine, is_main_process, same_on_every_rank, wait_for_everyone
 from ticketlab.errors import TicketlabError
@@ -42,7 +42,7 @@ from ticketlab.fileio import (
 )
 from ticketlab.locks import run_lock
 from ticketlab.masks import Mask
-from ticketlab.models.base import TicketModel, build_model
+from ticketlab.models.base import TicketModel, build_model, model_input_defaults
 from ticketlab.objectives.base import OBJECTIVES
 from ticketlab.paths import (
     EARLY,
@@ -145,7 +145,7 @@ def prepare_theta_p(run: RunContext, runs_dir: Path, progress: bool) -> None:
         meta = {"backbone_from": os.path.relpath(checkpoint, run.dir),
                 "backbone_sha256": read_json(sidecar_path(checkpoint))["sha256"]}
     elif cfg.model.checkpoint:
-        report = load_backbone(model.backbone, cfg.model.checkpoint)
+        report = load_backbone(model.backbone, cfg.model.checkpoint, cfg.model.allow_missing)
         tqdm.write(f"θp from {cfg.model.checkpoint}: {report.summary()}")
         source = cfg.model.checkpoint
     elif cfg.model.options.get("path"):
@@ -229,7 +229,10 @@ def run_experiment(config: ExperimentConfig, runs_dir: str | Path = "runs", prog
     """
     runs_dir = ensure_writable_dir(Path(runs_dir))
     paths = RunPaths(run_dir_for(config, runs_dir))
-    task = build_task(config.task.name, config.task.options)
+    if not paths.config.is_file():
+        check_theta_p_source(config)
+    task = build_task(config.task.name, config.task.options, model_input_defaults(config.model.name,
+                                                                                  config.model.options))
     run = RunContext(config, paths.root, task)
     check_schedule(run)
     Engine(config.engine).check_batch(config.train.batch_size)  # device, precision and ranks fit the config

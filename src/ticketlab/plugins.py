@@ -10,6 +10,8 @@ from ticketlab.baselines import builtin as _baselines  # noqa: F401
 from ticketlab.data import digits as _digits  # noqa: F401
 from ticketlab.data import files as _files  # noqa: F401
 from ticketlab.data import scenes as _scenes  # noqa: F401
+from ticketlab.data import standard as _standard  # noqa: F401
+from ticketlab.data import text as _text  # noqa: F401
 from ticketlab.models import hf as _hf  # noqa: F401
 from ticketlab.models import resnet as _resnet  # noqa: F401
 from ticketlab.objectives import contrastive as _contrastive  # noqa: F401
@@ -22,6 +24,7 @@ from ticketlab.studies import cv_pretraining as _cv_study  # noqa: F401
 from ticketlab.studies import patch_tickets as _patch_study  # noqa: F401
 from ticketlab.studies import vl_tickets as _vl_study  # noqa: F401
 from ticketlab.vl import adversarial as _adversarial  # noqa: F401
+from ticketlab.vl import disk as _vl_disk  # noqa: F401
 from ticketlab.vl import hf_backbones as _hf_backbones  # noqa: F401
 from ticketlab.vl import metrics as _vl_metrics  # noqa: F401
 from ticketlab.vl import model as _vl_model  # noqa: F401

@@ -25,6 +25,8 @@ MODULE_TYPES: dict[str, tuple[type[nn.Module], ...]] = {
 FAMILY_DEFAULTS: dict[str, dict[str, list[str]]] = {
     "cnn": {"module_types": ["conv"], "include": [], "exclude": []},
     "transformer": {"module_types": ["linear"], "include": [], "exclude": [r"(^|[._])embeddings\."]},
+    # ConvNeXt-style: convolutions and the blocks' point-wise Linear layers (the stem conv is skipped as for CNNs)
+    "hybrid": {"module_types": ["conv", "linear"], "include": [], "exclude": [r"(^|[._])embeddings\."]},
 }
 HEAD_PREFIX = "head."
 

@@ -28,6 +28,7 @@ from ticketlab.engine import Engine
 from ticketlab.errors import CorruptFileError, TicketlabError
 from ticketlab.fileio import storage_error, tmp_path
 from ticketlab.masks import Mask
+from ticketlab.metrics import chance_score
 from ticketlab.objectives.base import Objective
 from ticketlab.step import TrainStep
 
@@ -233,7 +234,7 @@ def train_model(
         "steps": train_step.step,
         "seed": seed,
         "objective": objective.name,
-        "chance_test": task.test.majority_rate() if task.metric == "accuracy" else None,
+        "chance_test": chance_score(task.metric, task.test.y),
         "n_test": len(task.test),
         "device": str(run.device), "precision": run.precision, "world_size": run.world_size,
         "resumed_at_step": resumed_at,

@@ -106,8 +106,17 @@ def move_inputs(inputs: Inputs, device: torch.device) -> Inputs:
     return inputs.to(device)
 
 
-def build_task(name: str, options: dict | None = None) -> Task:
-    return TASKS.build(name, **(options or {})).validate()
+def build_task(name: str, options: dict | None = None, defaults: dict | None = None) -> Task:
+    """The task ``name`` with ``options``; ``defaults`` (what the model implies: image size, tokenizer) fill the
+    options the task takes and the config leaves out."""
+    import inspect
+
+    options = dict(options or {})
+    accepted = inspect.signature(TASKS.get(name)).parameters
+    for key, value in (defaults or {}).items():
+        if key in accepted and key not in options and value is not None:
+            options[key] = value
+    return TASKS.build(name, **options).validate()
 
 
 def images_to_tensor(images: np.ndarray, image_size: int | None) -> torch.Tensor:

@@ -27,6 +27,7 @@ class Backbone:
     feature_dim: int
     family: str  # "cnn" | "transformer": picks the default prunable set
     normalization: tuple[list[float], list[float]] | None = None  # (mean, std) the checkpoint expects, if known
+    input_size: int | None = None  # the image size a model with fixed position embeddings expects
 
 
 IMAGENET = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
@@ -36,6 +37,28 @@ MODELS: Registry[Any] = Registry("model")
 
 
 HEADS: Registry[Any] = Registry("head")
+
+
+def pretrained_by_default(factory: Any) -> Any:
+    """Mark a factory that loads pre-trained weights when its options name no ``path`` (e.g. the shipped MiniLM)."""
+    factory.pretrained_default = True
+    return factory
+
+
+def model_input_defaults(name: str, options: dict[str, Any]) -> dict[str, Any]:
+    """Task options a model implies when the task does not set them: ``image_size`` (fixed position embeddings,
+    from the model's config) and ``tokenizer`` (the checkpoint's own folder)."""
+    hook = getattr(MODELS.get(name), "input_defaults", None)
+    return hook(options) if hook is not None else {}
+
+
+def has_pretrained_weights(name: str, options: dict[str, Any]) -> bool:
+    """Whether ``MODELS[name](**options)`` starts from pre-trained weights (a path, or the factory's default)."""
+    if options.get("random_init"):
+        return False
+    if options.get("path"):
+        return True
+    return bool(getattr(MODELS.get(name), "pretrained_default", False)) and not options.get("config")
 
 
 @HEADS.register("linear")

@@ -1,4 +1,10 @@
-"""CIFAR-style ResNets (3x3 stem, no max-pool), since torchvision does not import here.
+"""ResNets in two layouts, since torchvision does not import here.
+
+``stem: cifar`` (default): 3x3 stride-1 stem, no max-pool — the CIFAR adaptation Chen et al. used (the
+stem is not pruned by default). ``stem: imagenet``: torchvision's 7x7 stride-2 stem + 3x3 max-pool, so
+torchvision's ImageNet ResNet-18/50 and the MoCo v2 / SimCLR ResNet-50 checkpoints load one to one. An
+ImageNet checkpoint can also initialise the CIFAR layout: everything but the stem's 7x7 kernel fits, and
+``model.allow_missing: ['^conv1\\.']`` says that kernel is to be learnt anew (as in the study's code).
 
 Their weights are always freshly drawn (``random_init`` is accepted for the common factory contract);
 θp comes from ``model.checkpoint`` or a pre-training stage.
@@ -12,8 +18,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ticketlab.errors import ConfigError
 from ticketlab.models.base import MODELS, Backbone
 from ticketlab.registry import bounds
+
+STEMS = {"cifar": (3, 1, 1), "imagenet": (7, 2, 3)}  # conv1 kernel, stride, padding
 
 
 class BasicBlock(nn.Module):
@@ -65,11 +74,15 @@ class CifarResNet(nn.Module):
     """ResNet backbone returning pooled features (no classifier: the head lives in TicketModel)."""
 
     def __init__(self, block: type[BasicBlock | Bottleneck], layers: list[int], widths: list[int],
-                 in_channels: int = 3) -> None:
+                 in_channels: int = 3, stem: str = "cifar") -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False)
+        if stem not in STEMS:
+            raise ConfigError(f"model.options.stem must be one of {', '.join(STEMS)}, got {stem!r}")
+        kernel, stride, padding = STEMS[stem]
+        self.conv1 = nn.Conv2d(in_channels, widths[0], kernel, stride, padding, bias=False)
         self.bn1 = nn.BatchNorm2d(widths[0])
         self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, 2, 1) if stem == "imagenet" else nn.Identity()
         inplanes = widths[0]
         for i, (count, width) in enumerate(zip(layers, widths, strict=True)):
             blocks = []
@@ -84,15 +97,15 @@ class CifarResNet(nn.Module):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.relu(self.bn1(self.conv1(x)))
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         for i in range(self.num_stages):
             x = getattr(self, f"layer{i + 1}")(x)
         return torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1)
 
 
 def _resnet(block: type[BasicBlock | Bottleneck], layers: list[int], base: int, stages: int,
-            in_channels: int) -> Backbone:
-    net = CifarResNet(block, layers, [base * 2**i for i in range(stages)], in_channels)
+            in_channels: int, stem: str = "cifar") -> Backbone:
+    net = CifarResNet(block, layers, [base * 2**i for i in range(stages)], in_channels, stem)
     return Backbone(net, net.out_dim, "cnn")
 
 
@@ -105,12 +118,13 @@ def resnet20(width: int = 16, in_channels: int = 3, random_init: bool = False) -
 
 @MODELS.register("resnet18")
 @bounds(width=(1, 4096), in_channels=(1, 64))
-def resnet18(width: int = 64, in_channels: int = 3, random_init: bool = False) -> Backbone:
-    return _resnet(BasicBlock, [2, 2, 2, 2], width, 4, in_channels)
+def resnet18(width: int = 64, in_channels: int = 3, stem: str = "cifar", random_init: bool = False) -> Backbone:
+    """ResNet-18; ``stem: imagenet`` is torchvision's layout."""
+    return _resnet(BasicBlock, [2, 2, 2, 2], width, 4, in_channels, stem)
 
 
 @MODELS.register("resnet50")
 @bounds(width=(1, 4096), in_channels=(1, 64))
-def resnet50(width: int = 64, in_channels: int = 3, random_init: bool = False) -> Backbone:
-    """The CIFAR-style ResNet-50 of Chen et al. (CVPR 2021): 3x3 stem, no max-pool."""
-    return _resnet(Bottleneck, [3, 4, 6, 3], width, 4, in_channels)
+def resnet50(width: int = 64, in_channels: int = 3, stem: str = "cifar", random_init: bool = False) -> Backbone:
+    """ResNet-50: the CIFAR layout of Chen et al. (CVPR 2021), or ``stem: imagenet`` (torchvision, MoCo, SimCLR)."""
+    return _resnet(Bottleneck, [3, 4, 6, 3], width, 4, in_channels, stem)

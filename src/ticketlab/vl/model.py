@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ticketlab.errors import ConfigError, DataError
-from ticketlab.models.base import HEADS, MODELS, Backbone
+from ticketlab.models.base import HEADS, MODELS, Backbone, pretrained_by_default
 from ticketlab.registry import bounds
 from ticketlab.vl.features import BOX_DIM
 from ticketlab.vl.text import VLTokenizer, tokenizer_for
@@ -93,7 +93,8 @@ class VLBackbone(nn.Module):
                             "set model.options.image_feature_dim to 3·patch²")
         if int(ids.max()) >= self.vocab_size:
             raise DataError(f"token id {int(ids.max())} is outside the model's {self.vocab_size}-word vocabulary; "
-                            "the task and the model must use the same tokenizer")
+                            "the task and the model must use the same tokenizer and vocabulary "
+                            "(model.options.vocabulary: full for real text)")
         return ids, feats, inputs["image_boxes"].flatten(0, 1)
 
     def masks(self, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -165,13 +166,13 @@ def load_text_model(model_cls: Any, config_cls: Any, path: str | None, config: d
                     tokenizer: VLTokenizer, random_init: bool, **kwargs: Any) -> nn.Module:
     """A Hugging Face model from ``path`` (pre-trained), or from ``config`` with random weights sized to the
     tokenizer's ids (the compact vocabulary is cut from it afterwards)."""
-    from ticketlab.models.hf import _load
+    from ticketlab.models.hf import load_auto_model
 
     if config is None:
         if path is None:
             raise ConfigError(f"{model_cls.__name__} needs model.options.path (a local checkpoint folder) or "
                               "model.options.config (random weights)")
-        return _load(model_cls, config_cls, path, {}, random_init, **kwargs)
+        return load_auto_model(path, {}, None, random_init, kwargs.get("attn_implementation"), ignore_pooler=True)
     try:
         return model_cls(config_cls(**{**config, "vocab_size": max(tokenizer.compact_ids) + 1}))
     except (TypeError, ValueError) as exc:
@@ -179,10 +180,11 @@ def load_text_model(model_cls: Any, config_cls: Any, path: str | None, config: d
 
 
 @MODELS.register("uniter")
+@pretrained_by_default
 @bounds(num_layers=(1, None), image_feature_dim=(1, None))
 def uniter(path: str | None = None, config: dict[str, Any] | None = None, num_layers: int | None = None,
            tokenizer: str | None = None, image_feature_dim: int = 192, random_init: bool = False,
-           attn_implementation: str = "sdpa", pooling: str = "cls") -> Backbone:
+           attn_implementation: str = "sdpa", pooling: str = "cls", vocabulary: str = "benchmark") -> Backbone:
     """UNITER-style model initialised from a BERT-family checkpoint (default: the shipped MiniLM-L6).
 
     ``config`` builds that BERT architecture with random weights instead (tests); ``num_layers`` keeps
@@ -193,7 +195,7 @@ def uniter(path: str | None = None, config: dict[str, Any] | None = None, num_la
 
     from ticketlab.models.hf import minilm_path
 
-    text = tokenizer_for(tokenizer or path)
+    text = tokenizer_for(tokenizer or path, vocabulary)
     bert = load_text_model(BertModel, BertConfig, path or minilm_path(), config, text, random_init,
                            attn_implementation=attn_implementation)
     compact_word_embeddings(bert.embeddings, bert.config, text)
@@ -203,6 +205,15 @@ def uniter(path: str | None = None, config: dict[str, Any] | None = None, num_la
         bert.encoder.layer = bert.encoder.layer[:num_layers]
         bert.config.num_hidden_layers = num_layers
     return Backbone(UniterBackbone(bert, image_feature_dim, text, pooling), bert.config.hidden_size, "transformer")
+
+
+def _uniter_inputs(options: dict[str, Any]) -> dict[str, Any]:
+    """A V+L task on disk tokenises with the model's tokenizer and vocabulary."""
+    return {"tokenizer": options.get("tokenizer") or options.get("path"),
+            "vocabulary": options.get("vocabulary", "benchmark")}
+
+
+uniter.input_defaults = _uniter_inputs  # type: ignore[attr-defined]
 
 
 # -- heads (never pruned: they live under ``head.``) ---------------------------------------------------

@@ -40,9 +40,9 @@ def trim(ids: torch.Tensor, pad_id: int) -> torch.Tensor:
 
 
 def pack(feats: ImageFeatures, images: list[tuple[int, ...]], texts: list[list[tuple[str, str | None]]],
-         tokenizer_path: str | None) -> dict[str, torch.Tensor]:
+         tokenizer_path: str | None, vocabulary: str = "benchmark") -> dict[str, torch.Tensor]:
     """Model inputs: per sample, G (text, image) pairs."""
-    tok = tokenizer_for(tokenizer_path)
+    tok = tokenizer_for(tokenizer_path, vocabulary)
     groups = len(images[0])
     flat = [t for sample in texts for t in sample]
     pairs = [p for _, p in flat]

@@ -22,9 +22,12 @@ SPECIAL_TOKENS = ("pad_token", "unk_token", "cls_token", "sep_token", "mask_toke
 class VLTokenizer:
     """Encodes texts into compact ids; ``compact_ids[i]`` is the checkpoint's id of compact id ``i``."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, vocabulary: str = "benchmark") -> None:
         from transformers import AutoTokenizer
 
+        if vocabulary not in ("benchmark", "full"):
+            raise TicketlabError(f"vocabulary must be benchmark (the generated tasks' words) or full (real text), "
+                                 f"got {vocabulary!r}")
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(path)
         except OSError as exc:
@@ -33,7 +36,10 @@ class VLTokenizer:
         special = [getattr(self.tokenizer, f"{name}_id") for name in SPECIAL_TOKENS]
         if any(i is None for i in special):
             raise TicketlabError(f"the tokenizer in {path!r} lacks one of {SPECIAL_TOKENS}; use a BERT-family one")
-        words = {i for w in VOCABULARY for i in self.tokenizer(w, add_special_tokens=False).input_ids}
+        if vocabulary == "full":  # every word piece of the checkpoint: real datasets' text
+            words = set(range(len(self.tokenizer)))
+        else:
+            words = {i for w in VOCABULARY for i in self.tokenizer(w, add_special_tokens=False).input_ids}
         self.compact_ids: list[int] = sorted(set(special) | words)
         self.lookup = torch.full((max(len(self.tokenizer), max(self.compact_ids) + 1),), -1, dtype=torch.long)
         self.lookup[self.compact_ids] = torch.arange(len(self.compact_ids))
@@ -53,8 +59,8 @@ class VLTokenizer:
 
 
 @cache
-def tokenizer_for(path: str | None) -> VLTokenizer:
-    """One tokenizer per checkpoint folder (default: the shipped MiniLM-L6)."""
+def tokenizer_for(path: str | None, vocabulary: str = "benchmark") -> VLTokenizer:
+    """One tokenizer per checkpoint folder (default: the shipped MiniLM-L6) and vocabulary."""
     from ticketlab.models.hf import minilm_path
 
-    return VLTokenizer(path or minilm_path())
+    return VLTokenizer(path or minilm_path(), vocabulary)

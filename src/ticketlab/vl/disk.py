@@ -1,0 +1,171 @@
+"""Real V+L datasets on disk, in one documented format that feeds the seven task families and pre-training.
+
+Layout of ``path``::
+
+    train.jsonl  val.jsonl  test.jsonl      one sample per line
+    features/<image_id>.safetensors         (or .npz) per image: feats [R, D] float, boxes [R, 4] (x0, y0, x1, y1,
+                                            pixels or already in [0, 1]), optional image_size [2] (w, h),
+                                            optional region_labels [R] int (masked-region classification targets)
+
+A sample is ``{"image": id, "text": str, "label": ...}``; NLVR2 gives ``"images": [left, right]``; VCR gives
+``"choices": [...]`` and the label is the right choice's index; RefCOCO's label is the referred region's row
+in the image's features; retrieval / pre-training labels are 1 when the text matches the image (retrieval on
+disk is scored as image-text-matching accuracy; R@k galleries are built for the generated tasks only). String labels
+(VQA answers) are mapped to ids in sorted order (kept as the class names). Regions are padded to the largest
+count (at most ``max_regions``). Text is tokenised with the model's tokenizer and vocabulary (``full`` for real
+text). Features are read per image once; a region-feature extractor (e.g. a Faster R-CNN, as UNITER used) is
+run beforehand — ticketlab does not ship one.
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ticketlab.data.base import TASKS, Split, Task
+from ticketlab.errors import DataError
+from ticketlab.registry import bounds
+from ticketlab.vl.features import BOX_DIM, ImageFeatures
+from ticketlab.vl.tasks import FAMILIES, pack
+
+CLASSES = {"nlvr2": 2, "snli_ve": 3, "retrieval": 2, "pretrain": 2}
+
+
+def read_samples(file: Path) -> list[dict[str, Any]]:
+    if not file.is_file():
+        raise DataError(f"{file.parent} lacks {file.name} (one JSON sample per line); see ticketlab.vl.disk")
+    samples = []
+    for n, line in enumerate(file.read_text(encoding="utf-8").splitlines(), 1):
+        if line.strip():
+            try:
+                sample = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{file}:{n} is not valid JSON ({exc.msg}); fix that line") from exc
+            if not isinstance(sample, dict) or "text" not in sample or "label" not in sample:
+                raise DataError(f"{file}:{n} needs keys text, label and image (or images); has {sample!r:.80}")
+            samples.append(sample)
+    if not samples:
+        raise DataError(f"{file} holds no samples")
+    return samples
+
+
+def read_image(folder: Path, image_id: str) -> dict[str, np.ndarray]:
+    """One image's arrays from ``features/<id>.safetensors`` or ``.npz`` (never unpickled)."""
+    for suffix in (".safetensors", ".npz"):
+        file = folder / f"{image_id}{suffix}"
+        if file.is_file():
+            try:
+                if suffix == ".npz":
+                    with np.load(file, allow_pickle=False) as data:
+                        arrays = {k: data[k] for k in data.files}
+                else:
+                    from safetensors.numpy import load_file
+
+                    arrays = load_file(str(file))
+            except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+                raise DataError(f"{file} is truncated or unreadable ({type(exc).__name__}); re-extract it") from exc
+            if "feats" not in arrays or "boxes" not in arrays or len(arrays["feats"]) != len(arrays["boxes"]):
+                raise DataError(f"{file} needs arrays feats [R, D] and boxes [R, 4] with the same R")
+            return arrays
+    raise DataError(f"no features for image {image_id!r} in {folder} (expected {image_id}.safetensors or .npz)")
+
+
+def image_table(folder: Path, ids: list[str], max_regions: int) -> ImageFeatures:
+    """Features of ``ids`` padded to a common region count, boxes as the model's 7-d box features."""
+    arrays = [read_image(folder, i) for i in ids]
+    dims = {a["feats"].shape[-1] for a in arrays}
+    if len(dims) != 1:
+        raise DataError(f"{folder}: images have feature sizes {sorted(dims)}; extract them all with one model")
+    regions = min(max(len(a["feats"]) for a in arrays), max_regions)
+    n, dim = len(ids), dims.pop()
+    feats, boxes = torch.zeros(n, regions, dim), torch.zeros(n, regions, BOX_DIM)
+    mask, labels = torch.zeros(n, regions, dtype=torch.bool), torch.full((n, regions), -1)
+    for i, a in enumerate(arrays):
+        r = min(len(a["feats"]), regions)
+        box = torch.as_tensor(np.asarray(a["boxes"][:r, :4], dtype=np.float32))
+        if "image_size" in a:
+            w, h = (float(v) for v in np.asarray(a["image_size"]).reshape(-1)[:2])
+            box = box / torch.tensor([w, h, w, h])
+        elif box.numel() and float(box.max()) > 1.0:
+            raise DataError(f"image {ids[i]}: boxes are in pixels but the file has no image_size [w, h]; add it")
+        width, height = box[:, 2] - box[:, 0], box[:, 3] - box[:, 1]
+        feats[i, :r] = torch.as_tensor(np.asarray(a["feats"][:r], dtype=np.float32))
+        boxes[i, :r] = torch.cat([box, width[:, None], height[:, None], (width * height)[:, None]], 1)
+        mask[i, :r] = True
+        if "region_labels" in a:
+            labels[i, :r] = torch.as_tensor(np.asarray(a["region_labels"][:r], dtype=np.int64))
+    return ImageFeatures(feats, boxes, mask, labels, [[] for _ in ids])
+
+
+def _images(sample: dict[str, Any], family: str) -> list[str]:
+    images = sample.get("images", [sample["image"]] if "image" in sample else [])
+    if family == "nlvr2" and len(images) != 2:
+        raise DataError(f"an NLVR2 sample needs images: [left, right], got {images!r}")
+    if not images:
+        raise DataError(f"a sample has no image / images key: {sample!r:.80}")
+    return [str(i) for i in images]
+
+
+def build_disk_split(samples: list[dict[str, Any]], family: str, folder: Path, label_ids: dict[str, int],
+                     tokenizer: str | None, vocabulary: str, max_regions: int) -> Split:
+    ids = sorted({i for s in samples for i in _images(s, family)})
+    row = {i: n for n, i in enumerate(ids)}
+    feats = image_table(folder, ids, max_regions)
+    groups, texts, labels = [], [], []
+    for s in samples:
+        images = tuple(row[i] for i in _images(s, family))
+        if family == "vcr":
+            choices = s.get("choices") or []
+            groups.append(images[:1] * len(choices))
+            texts.append([(s["text"], str(c)) for c in choices])
+        elif family == "nlvr2":
+            groups.append(images)
+            texts.append([(s["text"], None)] * 2)
+        else:
+            groups.append(images[:1])
+            texts.append([(s["text"], None)])
+        labels.append(label_ids[str(s["label"])] if label_ids else int(s["label"]))
+    if len({len(g) for g in groups}) > 1:
+        raise DataError("VCR samples must all have the same number of choices")
+    return Split(pack(feats, groups, texts, tokenizer, vocabulary), torch.tensor(labels))
+
+
+@TASKS.register("vl_disk")
+@bounds(max_regions=(1, 1000))
+def vl_disk(path: str, family: str = "vqa", tokenizer: str | None = None, vocabulary: str = "full",
+            max_regions: int = 100) -> Task:
+    """A V+L dataset in ticketlab's on-disk format (JSONL samples + per-image region features)."""
+    if family not in FAMILIES:
+        raise DataError(f"task.options.family must be one of {', '.join(FAMILIES)}, got {family!r}")
+    root = Path(path).expanduser()
+    if not root.is_dir():
+        raise DataError(f"dataset path {root} is not a folder; check task.options.path")
+    splits = {s: read_samples(root / f"{s}.jsonl") for s in ("train", "val", "test")}
+    raw = [s["label"] for split in splits.values() for s in split]
+    label_ids: dict[str, int] = {}
+    if any(isinstance(v, str) for v in raw):
+        label_ids = {name: i for i, name in enumerate(sorted({str(v) for v in raw}))}
+    built = {name: build_disk_split(samples, family, root / "features", label_ids, tokenizer, vocabulary, max_regions)
+             for name, samples in splits.items()}
+    head, metric, classes = FAMILIES[family]
+    metric = "accuracy" if family == "retrieval" else metric  # on disk: ITM accuracy (galleries only when generated)
+    if family == "refcoco":
+        classes = int(built["train"].x["image_mask"].shape[-1])
+    elif family == "vcr":
+        classes = int(built["train"].x["text_ids"].shape[1])
+    elif label_ids:
+        classes = len(label_ids)
+    else:
+        classes = CLASSES.get(family) or int(max(int(s.y.max()) for s in built.values())) + 1
+    for name, split in built.items():  # regions pad per split: pad every split to the same count for the model
+        if family == "refcoco" and split.x["image_mask"].shape[-1] != classes:
+            raise DataError(f"refcoco: the {name} split's images have another maximum region count than train's; "
+                            f"set task.options.max_regions to a count every image reaches")
+    names = sorted(label_ids, key=label_ids.get) if label_ids else []
+    return Task(f"vl_{family}", classes, built["train"], built["val"], built["test"], class_names=names,
+                head=head, metric=metric)
