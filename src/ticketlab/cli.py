@@ -31,6 +31,9 @@ from ticketlab.commands import (
 from ticketlab.errors import TicketlabError
 from ticketlab.fileio import storage_error
 
+SMOKE_HELP = "run end to end in seconds on CPU: tiny files in the same formats and a tiny model stand in for the " \
+             "config's data and checkpoints (runs go to RUNS_DIR/smoke)"
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ticketlab", description="Lottery tickets in pre-trained models")
@@ -46,7 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name, func, text in (("find", cmd_find, "run or resume IMP and its baselines; prints the run folder"),
                              ("pretrain", cmd_pretrain, "pre-train the backbone of a config's pretrain section")):
-        add(name, func, text, config=True).add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+        p = add(name, func, text, config=True)
+        p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+        p.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
     add("demo", cmd_demo, "the demo: pre-train a small CNN on scenes, IMP + baselines, table and plot").add_argument(
         "-q", "--quiet", action="store_true", help="no progress bars")
     add("ls", cmd_ls, "one line per run").add_argument("--reindex", action="store_true",
@@ -78,12 +83,15 @@ def build_parser() -> argparse.ArgumentParser:
     study = add("study", cmd_study, "run a whole study: ticketlab study NAME CONFIG.yaml (see 'ticketlab list studies')")
     study.add_argument("study", nargs="+", metavar="NAME CONFIG", help="study name and its config file")
     study.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    study.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
     for name, func, text in (
         ("vl-study", study_alias("vl_tickets"), "alias of: ticketlab study vl_tickets CONFIG"),
         ("patch-study", study_alias("patch_tickets"), "alias of: ticketlab study patch_tickets CONFIG"),
         ("select", cmd_select, "patch tickets: (fine-tune and) run a token-reducing ViT selector over a dataset"),
     ):
-        add(name, func, text, config=True).add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+        p = add(name, func, text, config=True)
+        p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+        p.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
     export = add("export", cmd_export, "write a ticket as a state dict, a compressed file or a save_pretrained folder")
     export.add_argument("ticket", help="RUN[:ROUND] (default: the last round)")
     export.add_argument("--out", required=True, help="output folder")

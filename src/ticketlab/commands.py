@@ -28,8 +28,9 @@ from ticketlab.plugins import catalog
 from ticketlab.pretrain import pretrain_run_for, run_pretraining
 from ticketlab.prunable import prunable_names
 from ticketlab.report import results_table
+from ticketlab.smoke import smoke_config
 from ticketlab.store import ResultStore
-from ticketlab.studies import STUDIES, load_study, run_study
+from ticketlab.studies import STUDIES, run_study, study_config
 from ticketlab.studies.patch_tickets import SelectorConfig, run_selection
 from ticketlab.transfer import TransferSpec, perturbation_sensitivity, transfer_ticket
 
@@ -37,7 +38,14 @@ DEFAULT_RUNS_DIR = os.environ.get("TICKETLAB_RUNS_DIR", "runs")
 
 
 def _runs_dir(args: argparse.Namespace) -> Path:
-    return Path(args.runs_dir)
+    """Where runs go; a ``--smoke`` run keeps to ``RUNS/smoke`` so it never mixes with real results."""
+    return Path(args.runs_dir) / "smoke" if getattr(args, "smoke", False) else Path(args.runs_dir)
+
+
+def _config_data(args: argparse.Namespace, path: str) -> dict:
+    """The YAML of ``path``; with ``--smoke``, with tiny stand-ins for its data and checkpoints."""
+    data = read_yaml(path)
+    return smoke_config(data, _runs_dir(args) / "smoke-inputs") if getattr(args, "smoke", False) else data
 
 
 def cmd_find(args: argparse.Namespace) -> None:
@@ -45,7 +53,7 @@ def cmd_find(args: argparse.Namespace) -> None:
     if is_run_dir(source):  # an existing run folder: resume it where it lives
         config, runs_dir = parse_config(read_json(RunPaths(source).config)), source.parent
     else:
-        config, runs_dir = load_config(source), _runs_dir(args)
+        config, runs_dir = parse_config(_config_data(args, args.config)), _runs_dir(args)
     run_dir = run_experiment(config, runs_dir, progress=not args.quiet)
     if not is_main_process():
         return  # under several processes only rank 0 reports
@@ -56,7 +64,7 @@ def cmd_find(args: argparse.Namespace) -> None:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> None:
-    cfg = load_config(args.config)
+    cfg = parse_config(_config_data(args, args.config))
     if cfg.pretrain is None:
         raise ConfigError(f"{args.config} has no 'pretrain' section (objective, task, train)")
     print(run_pretraining(pretrain_run_for(cfg), _runs_dir(args), cfg.deterministic, progress=not args.quiet))
@@ -219,7 +227,7 @@ def cmd_study(args: argparse.Namespace) -> None:
         name, config = args.study
     else:
         raise TicketlabError(f"usage: ticketlab study NAME CONFIG.yaml (studies: {', '.join(STUDIES.names())})")
-    out = run_study(name, load_study(name, config), _runs_dir(args), progress=not args.quiet)
+    out = run_study(name, study_config(name, _config_data(args, config)), _runs_dir(args), progress=not args.quiet)
     print(out / "report.md")
 
 
@@ -233,7 +241,8 @@ def study_alias(name: str):  # noqa: ANN201
 
 
 def cmd_select(args: argparse.Namespace) -> None:
-    path = run_selection(from_dict(SelectorConfig, read_yaml(args.config)), _runs_dir(args), progress=not args.quiet)
+    path = run_selection(from_dict(SelectorConfig, _config_data(args, args.config)), _runs_dir(args),
+                         progress=not args.quiet)
     print(f"tickets: {path}\npicture: {path.parent / 'tickets.png'}")
 
 

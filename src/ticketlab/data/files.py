@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ticketlab.data.base import TASKS, Split, Task, images_to_tensor, task_from_arrays
+from ticketlab.data.base import TASKS, Split, Task, images_to_tensor, split_indices, task_from_arrays
 from ticketlab.data.loader import FileImage, LazyImages, RowImage
 from ticketlab.errors import DataError
 from ticketlab.registry import bounds
@@ -29,6 +29,7 @@ def _read_folder(root: Path, classes: list[str], image_size: int) -> tuple[LazyI
 
     files, labels = [], []
     for label, cls in enumerate(classes):
+        count = len(files)
         for file in sorted((root / cls).iterdir()) if (root / cls).is_dir() else []:
             if file.suffix.lower() in IMAGE_SUFFIXES:
                 try:
@@ -39,6 +40,9 @@ def _read_folder(root: Path, classes: list[str], image_size: int) -> tuple[LazyI
                         from exc
                 files.append(file)
                 labels.append(label)
+        if len(files) == count:
+            raise DataError(f"class folder {root / cls} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}); add "
+                            "images or remove the folder")
     if not files:
         raise DataError(f"no images found under {root} (expected {root}/<class>/<image>.png)")
     return LazyImages(FileImage(files), np.arange(len(files)), image_size, str(root)), torch.tensor(labels)
@@ -48,14 +52,22 @@ def _read_folder(root: Path, classes: list[str], image_size: int) -> tuple[LazyI
 @bounds(image_size=(1, 4096), val_fraction=(0.01, 0.5), test_fraction=(0.01, 0.5))
 def image_folder(path: str, image_size: int = 32, val_fraction: float = 0.1, test_fraction: float = 0.2,
                  seed: int = 0) -> Task:
-    """``path/<class>/*.png``, or ``path/{train,val,test}/<class>/*.png`` for given splits."""
+    """``path/<class>/*.png``; ``path/{train,val,test}/<class>/``; or ImageNet's / VisDA's ``path/train`` +
+    ``path/val`` (or ``validation``): then validation is cut from train and the published val split is the test."""
     root = _existing(path)
     if (root / "train").is_dir():
         classes = sorted(d.name for d in (root / "train").iterdir() if d.is_dir())
-        splits = {s: Split(*_read_folder(root / s, classes, image_size)) for s in ("train", "val", "test")
-                  if (root / s).is_dir()}
-        if set(splits) != {"train", "val", "test"}:
-            raise DataError(f"{root} has a train/ folder but not all of train/, val/, test/")
+        held_out = next((root / n for n in ("val", "validation") if (root / n).is_dir()), None)
+        if held_out is not None and not (root / "test").is_dir():  # ImageNet / VisDA: val is the evaluation split
+            x, y = _read_folder(root / "train", classes, image_size)
+            train, val, _ = split_indices(len(y), val_fraction, 0.0, seed)
+            test = Split(*_read_folder(held_out, classes, image_size))
+            return Task(root.name, len(classes), Split(x.subset(train), y[train]), Split(x.subset(val), y[val]), test,
+                        class_names=classes)
+        if held_out is None or not (root / "test").is_dir():
+            raise DataError(f"{root} has a train/ folder but not val/ (or validation/); add it")
+        splits = {s: Split(*_read_folder(d, classes, image_size)) for s, d in
+                  (("train", root / "train"), ("val", held_out), ("test", root / "test"))}
         return Task(root.name, len(classes), **splits, class_names=classes)
     classes = sorted(d.name for d in root.iterdir() if d.is_dir())
     x, y = _read_folder(root, classes, image_size)

@@ -170,8 +170,9 @@ def _family(model: nn.Module) -> str:
 def hf(path: str | None = None, config: dict[str, Any] | None = None, model_type: str | None = None,
        pooling: str = "auto", attn_implementation: str | None = None, allow_missing: list[str] | None = None,
        random_init: bool = False) -> Backbone:
-    """Any Auto-class backbone. ``pooling``: auto (pooler if the checkpoint has one, else [CLS] / token mean),
+    """Any Auto-class backbone (``path: minilm`` = the shipped MiniLM-L6). ``pooling``: auto (pooler if the checkpoint has one, else [CLS] / token mean),
     pooler, cls, mean. ``attn_implementation='eager'`` when attention maps are needed."""
+    path = minilm_path() if path == "minilm" else path
     if pooling not in ("auto", "pooler", "cls", "mean"):
         raise ConfigError(f"model.options.pooling must be auto, pooler, cls or mean, got {pooling!r}")
     declared_type = _declared_type(path) or model_type
@@ -238,6 +239,7 @@ def _named(default_type: str, doc: str) -> Any:
 def input_defaults(options: dict[str, Any]) -> dict[str, Any]:
     """The task options a Hugging Face model implies: its image size and, for a folder, its tokenizer."""
     path, config = options.get("path"), dict(options.get("config") or {})
+    path = minilm_path() if path == "minilm" else path
     if path and (Path(path) / "config.json").is_file():
         try:
             config = {**json.loads((Path(path) / "config.json").read_text(encoding="utf-8")), **config}

@@ -30,8 +30,13 @@ STUDIES: Registry[Study] = Registry("study")
 
 def load_study(name: str, path: str | Path) -> Any:
     """Parse and check study ``name``'s config file (before any work starts)."""
+    return study_config(name, read_yaml(path))
+
+
+def study_config(name: str, data: dict[str, Any]) -> Any:
+    """Parse and check study ``name``'s config from its YAML data."""
     study = STUDIES.get(name)
-    cfg = from_dict(study.config_cls, read_yaml(path))
+    cfg = from_dict(study.config_cls, data)
     study.check(cfg)
     return cfg
 

@@ -1,0 +1,239 @@
+"""``--smoke``: run a real-data preset end to end on CPU in seconds, unchanged but for scale.
+
+Every dataset the config names is replaced by a few samples written in *its own on-disk format* (CIFAR
+binary records, SVHN ``.mat``, IDX, an ImageFolder tree, CSV text, V+L JSONL + per-image features), every
+checkpoint by a tiny model of the same family in the same key format (torchvision / MoCo v2 / SimCLR for
+ResNets by the file's name; a ``save_pretrained`` folder with tokenizer or image processor for Hugging Face
+models), and every training recipe by one epoch of small batches with at most two pruning rounds — so the
+loaders, key mapping, loading checks and the whole runner are exercised exactly as on the real data.
+"""
+
+from __future__ import annotations
+
+import copy
+import gzip
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ticketlab.data.base import TASKS
+from ticketlab.models.base import MODELS, build_model
+
+HF_TYPES = {"vit": "vit", "bert": "bert", "hf_resnet": "resnet", "uniter": "bert", "hf": None}
+TINY_HF = {
+    "vit": {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64,
+            "image_size": 32, "patch_size": 8},
+    "bert": {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64},
+    "resnet": {"hidden_sizes": [8, 16], "depths": [1, 1], "embedding_size": 8},
+}
+TINY_HF["deit"] = TINY_HF["vit"]
+TINY_HF["roberta"] = TINY_HF["distilbert"] = TINY_HF["bert"]
+N_TRAIN, N_TEST = 40, 16
+
+
+def smoke_config(data: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """A copy of config ``data`` with tiny stand-ins (written under ``folder``) for its data and checkpoints."""
+    folder.mkdir(parents=True, exist_ok=True)
+    out = copy.deepcopy(data)
+    _walk(out, folder, None)
+    return out
+
+
+def _walk(node: Any, folder: Path, key: str | None) -> None:
+    if isinstance(node, list):
+        for item in node:
+            _walk(item, folder, key)
+        return
+    if not isinstance(node, dict):
+        return
+    name = node.get("name")
+    if isinstance(name, str) and name in MODELS and key in ("model", "student"):
+        _smoke_model(node, folder)
+    elif isinstance(name, str) and name in TASKS:
+        _smoke_task(node, folder)
+    for k, v in list(node.items()):
+        if k in ("train", "finetune", "imp_train", "downstream_train") and isinstance(v, dict):
+            node[k] = {**v, "epochs": 1, "batch_size": min(int(v.get("batch_size", 8)), 8), "warmup_steps": 0}
+        elif k == "prune" and isinstance(v, dict):
+            node[k] = {**v, "rounds": min(int(v.get("rounds", 2)), 2)}
+        elif k in ("seeds", "keep_rates", "transfer_seeds") and isinstance(v, list):
+            node[k] = v[:1]
+        elif k in ("equal_budget_rates", "baseline_rounds"):
+            node[k] = []
+        elif k == "engine":
+            node[k] = {**(v or {}), "device": "cpu", "precision": "fp32", "workers": 0, "compile": False}
+        else:
+            _walk(v, folder, k)
+
+
+# -- data ------------------------------------------------------------------------------------------------
+def _rng(name: str) -> np.random.Generator:
+    return np.random.default_rng(sum(map(ord, name)))
+
+
+def _labels(n: int, k: int, rng: np.random.Generator) -> np.ndarray:
+    return np.concatenate([np.arange(k), rng.integers(0, k, max(n - k, 0))])[:n].astype(np.uint8)
+
+
+def _cifar(root: Path, files: dict[str, int], label_bytes: int, classes: int) -> None:
+    rng = _rng(str(root))
+    for file, n in files.items():
+        labels = _labels(n, classes, rng)
+        records = np.concatenate([np.repeat(labels[:, None], label_bytes, 1),
+                                  rng.integers(0, 256, (n, 3072), dtype=np.uint8)], 1)
+        (root / file).write_bytes(records.astype(np.uint8).tobytes())
+
+
+def _idx(root: Path, stem: str, array: np.ndarray) -> None:
+    head = bytes([0, 0, 8, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    (root / f"{stem}.gz").write_bytes(gzip.compress(head + array.astype(np.uint8).tobytes()))
+
+
+def write_data(task: str, options: dict[str, Any], root: Path) -> str:
+    """Tiny files in the format of task ``task`` under ``root``; returns the path its options should name."""
+    root.mkdir(parents=True, exist_ok=True)
+    rng = _rng(task)
+    if task == "cifar10":
+        _cifar(root, {**{f"data_batch_{i}.bin": N_TRAIN // 5 for i in range(1, 6)}, "test_batch.bin": N_TEST}, 1, 10)
+    elif task == "cifar100":
+        _cifar(root, {"train.bin": N_TRAIN * 3, "test.bin": N_TEST}, 2, 20)
+    elif task == "svhn":
+        from scipy.io import savemat
+
+        for file, n in (("train_32x32.mat", N_TRAIN), ("test_32x32.mat", N_TEST)):
+            savemat(str(root / file), {"X": rng.integers(0, 256, (32, 32, 3, n), dtype=np.uint8),
+                                       "y": (_labels(n, 10, rng).astype(np.int64) + 1)[:, None]})
+    elif task in ("mnist", "fashion_mnist"):
+        for prefix, n in (("train", N_TRAIN), ("t10k", N_TEST)):
+            _idx(root, f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)))
+            _idx(root, f"{prefix}-labels-idx1-ubyte", _labels(n, 10, rng))
+    elif task == "image_folder":
+        from PIL import Image
+
+        for split, n in (("train", 12), ("val", 4)):
+            for cls in ("n01440764", "n01443537"):
+                (root / split / cls).mkdir(parents=True, exist_ok=True)
+                for i in range(n):
+                    pixels = rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)
+                    Image.fromarray(pixels).save(root / split / cls / f"{i}.png")
+    elif task == "text":
+        import csv
+
+        columns = [options.get("text_column", "text"), options.get("label_column", "label")]
+        with open(root / "data.csv", "w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(columns)
+            for i in range(N_TRAIN):
+                good = i % 2 == 0
+                writer.writerow([f"{'a fine good film' if good else 'a dull bad film'} number {i}",
+                                 "positive" if good else "negative"])
+        return str(root / "data.csv")
+    elif task == "vl_disk":
+        _vl_files(root, options.get("family", "vqa"), rng)
+    else:
+        return options.get("path", "")
+    return str(root)
+
+
+def _vl_files(root: Path, family: str, rng: np.random.Generator) -> None:
+    from safetensors.numpy import save_file
+
+    (root / "features").mkdir(exist_ok=True)
+    for i in range(8):
+        save_file({"feats": rng.normal(size=(4, 192)).astype(np.float32),
+                   "boxes": np.array([[0, 0, 16, 16], [16, 0, 32, 16], [0, 16, 16, 32], [16, 16, 32, 32]], np.float32),
+                   "image_size": np.array([32, 32], np.float32)}, str(root / "features" / f"img{i}.safetensors"))
+    for split, n in (("train", 16), ("val", 8), ("test", 8)):
+        with open(root / f"{split}.jsonl", "w", encoding="utf-8") as handle:
+            for j in range(n):
+                sample: dict[str, Any] = {"image": f"img{j % 8}", "text": "what colour is the small cube?",
+                                          "label": ["red", "blue", "green"][j % 3]}
+                if family == "nlvr2":
+                    sample = {"images": [f"img{j % 8}", f"img{(j + 1) % 8}"], "text": "both have a cube", "label": j % 2}
+                elif family in ("snli_ve", "retrieval", "pretrain", "refcoco"):
+                    sample["label"] = j % (3 if family == "snli_ve" else 2)
+                elif family == "vcr":
+                    sample = {**sample, "choices": ["red", "blue", "green", "grey"], "label": j % 4}
+                handle.write(json.dumps(sample) + "\n")
+
+
+def _smoke_task(node: dict[str, Any], folder: Path) -> None:
+    options = dict(node.get("options") or {})
+    name = node["name"]
+    if name in ("cifar10", "cifar100", "svhn", "mnist", "fashion_mnist", "image_folder", "text", "vl_disk"):
+        options["path"] = write_data(name, options, folder / "data" / name)
+        if "image_size" in options:
+            options["image_size"] = 32
+    for key, small in (("n_train", 48), ("n_val", 24), ("n_test", 24)):
+        if key in options:
+            options[key] = min(int(options[key]), small)
+    node["options"] = options
+
+
+# -- checkpoints -----------------------------------------------------------------------------------------
+def _smoke_model(node: dict[str, Any], folder: Path) -> None:
+    name, options = node["name"], dict(node.get("options") or {})
+    if "width" in options or name.startswith("resnet"):
+        options["width"] = 4
+    if node.get("checkpoint"):
+        node["checkpoint"] = _resnet_checkpoint(name, options, Path(node["checkpoint"]).name, folder)
+    if isinstance(options.get("config"), dict) and name in HF_TYPES and name != "uniter":
+        options["config"] = TINY_HF[options.get("model_type") or HF_TYPES[name] or "bert"]
+    if options.get("path") and name in HF_TYPES:
+        options["path"] = _hf_folder(options.get("model_type") or HF_TYPES[name] or "bert", folder)
+        options.pop("config", None)
+        if name == "uniter":
+            options["num_layers"] = min(int(options.get("num_layers", 2)), 2)
+            options["image_feature_dim"] = 192
+    node["options"] = options
+
+
+def _resnet_checkpoint(name: str, options: dict[str, Any], filename: str, folder: Path) -> str:
+    """A tiny ImageNet-layout checkpoint in the key format its file name suggests (moco / simclr / torchvision)."""
+    state = build_model(name, 10, {**options, "stem": "imagenet"}).backbone.state_dict()
+    width = next(v for k, v in reversed(state.items()) if k.endswith("running_mean")).shape[0]
+    lowered = filename.lower()
+    if "moco" in lowered:
+        state = {f"module.encoder_q.{k}": v for k, v in state.items()} | {
+            "module.encoder_q.fc.0.weight": torch.randn(width, width), "module.encoder_q.fc.2.weight":
+            torch.randn(128, width), "module.queue": torch.randn(128, 16)}
+    elif "simclr" in lowered:
+        state = {f"backbone.{k}": v for k, v in state.items()} | {"projector.0.weight": torch.randn(width, width)}
+    else:
+        state = {**state, "fc.weight": torch.randn(1000, width), "fc.bias": torch.zeros(1000)}
+    path = folder / "checkpoints" / filename
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": state}, path)
+    return str(path)
+
+
+def _hf_folder(model_type: str, folder: Path) -> str:
+    """A tiny ``save_pretrained`` folder of ``model_type``, with MiniLM's tokenizer or an image processor."""
+    import transformers
+    from transformers import AutoConfig, AutoModel
+
+    from ticketlab.models.hf import minilm_path
+
+    transformers.utils.logging.disable_progress_bar()
+
+    target = folder / "checkpoints" / f"tiny-{model_type}"
+    if (target / "config.json").is_file():
+        return str(target)
+    config = AutoConfig.for_model(model_type, **TINY_HF.get(model_type, TINY_HF["bert"]))
+    is_text = not hasattr(config, "image_size") and model_type != "resnet"
+    if is_text:
+        config.vocab_size = 30522  # MiniLM's tokenizer
+    torch.manual_seed(0)
+    AutoModel.from_config(config).save_pretrained(target)
+    if is_text:
+        for file in Path(minilm_path()).iterdir():
+            if file.name.startswith(("tokenizer", "vocab", "special_tokens")):
+                shutil.copy(file, target / file.name)
+    else:
+        (target / "preprocessor_config.json").write_text(json.dumps(
+            {"image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5], "size": {"height": 32, "width": 32}}))
+    return str(target)
