@@ -13,7 +13,7 @@ from pathlib import Path
 from ticketlab.analysis import overlap_matrix, sensitivity_table, summarize_transfer
 from ticketlab.bench import bench_ticket
 from ticketlab.config import ConfigError, TaskConfig, from_dict, load_config, parse_config, read_yaml
-from ticketlab.data import TASKS, build_task
+from ticketlab.data import TASKS
 from ticketlab.engine import is_main_process
 from ticketlab.errors import TicketlabError
 from ticketlab.experiment import run_experiment
@@ -32,7 +32,7 @@ from ticketlab.smoke import smoke_config
 from ticketlab.store import ResultStore
 from ticketlab.studies import STUDIES, run_study, study_config
 from ticketlab.studies.patch_tickets import SelectorConfig, run_selection
-from ticketlab.transfer import TransferSpec, perturbation_sensitivity, transfer_ticket
+from ticketlab.transfer import TransferSpec, perturbation_sensitivity, target_task, transfer_ticket
 
 DEFAULT_RUNS_DIR = os.environ.get("TICKETLAB_RUNS_DIR", "runs")
 
@@ -174,7 +174,7 @@ def cmd_transfer(args: argparse.Namespace) -> None:
     rounds = RunPaths(run).finished_rounds() if k is None else [k]
     seeds = _seeds(args)
     spec0 = _transfer_spec(args, run, seeds[0])
-    task = build_task(spec0.target.name, spec0.target.options)
+    task = target_task(run, spec0)
     rows = [{**transfer_ticket(run, r, _transfer_spec(args, run, s), task, progress=not args.quiet).metrics,
              "source": run.name} for r in rounds for s in seeds]
     summary = summarize_transfer(rows, within_std=args.within_std)
@@ -210,7 +210,7 @@ def cmd_analyze(args: argparse.Namespace) -> None:
         label, run, k, ticket = refs[0]
         seeds = _seeds(args)
         spec = _transfer_spec(args, run, seeds[0])
-        task = build_task(spec.target.name, spec.target.options)
+        task = target_task(run, spec)
         print(f"perturbation sensitivity of {label} ({ticket.sparsity():.2%}) on {task.name}, seeds {seeds}")
         rows = perturbation_sensitivity(run, k, spec, task, seeds, source=label, progress=not args.quiet)
         for variant, cell in sensitivity_table(rows)[label].items():

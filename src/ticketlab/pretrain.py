@@ -13,7 +13,7 @@ from ticketlab.config import EngineConfig, ExperimentConfig, ModelConfig, Pretra
 from ticketlab.data.base import build_task
 from ticketlab.engine import is_main_process, wait_for_everyone
 from ticketlab.fileio import atomic_dir, ensure_writable_dir, save_tensors, write_json
-from ticketlab.models.base import build_model
+from ticketlab.models.base import build_model, model_input_defaults
 from ticketlab.objectives.base import OBJECTIVES
 from ticketlab.paths import CONFIG, PRETRAINED_BACKBONE, pretrain_dir, training_checkpoint, write_history
 from ticketlab.train import train_model
@@ -41,7 +41,8 @@ def run_pretraining(run: PretrainRun, runs_dir: Path, deterministic: bool = Fals
     checkpoint = folder / PRETRAINED_BACKBONE
     if checkpoint.is_file():
         return checkpoint
-    task = build_task(run.pretrain.task.name, run.pretrain.task.options)
+    task = build_task(run.pretrain.task.name, run.pretrain.task.options,
+                      model_input_defaults(run.model.name, run.model.options))
     model = build_model(run.model.name, task.num_classes, run.model.options, seed=run.seed, head=task.head,
                         normalize=run.model.normalize)
     objective = OBJECTIVES.build(run.pretrain.objective, **run.pretrain.objective_options)

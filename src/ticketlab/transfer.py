@@ -20,7 +20,7 @@ from ticketlab.data.base import Task, build_task
 from ticketlab.errors import TicketlabError
 from ticketlab.fileio import atomic_dir, is_writable, read_json, write_json
 from ticketlab.masks import Mask
-from ticketlab.models.base import build_model
+from ticketlab.models.base import build_model, model_input_defaults
 from ticketlab.objectives.base import OBJECTIVES
 from ticketlab.paths import IMP, METRICS, RunPaths, load_theta_p, training_checkpoint, write_history
 from ticketlab.train import train_model
@@ -66,7 +66,7 @@ def transfer_ticket(run_dir: Path, k: int, spec: TransferSpec, task: Task | None
         raise TicketlabError(f"run folder {run_dir} is read-only, so the transfer result could not be saved; copy the "
                              "run into a writable runs folder and pass --runs-dir there")
     source = parse_config(read_json(paths.config))
-    task = task or build_task(spec.target.name, spec.target.options)
+    task = task or target_task(run_dir, spec)
     model = build_model(source.model.name, task.num_classes, source.model.options, seed=spec.seed,
                         head=task.head, normalize=source.model.normalize)
     model.load_state_dict(theta_p_backbone(run_dir), strict=False)
@@ -85,6 +85,12 @@ def transfer_ticket(run_dir: Path, k: int, spec: TransferSpec, task: Task | None
     return TransferResult(metrics, result.state)
 
 
+def target_task(run_dir: Path, spec: TransferSpec) -> Task:
+    """The transfer's target task, with what the source run's model implies (image size, tokenizer) as defaults."""
+    source = parse_config(read_json(RunPaths(Path(run_dir)).config)).model
+    return build_task(spec.target.name, spec.target.options, model_input_defaults(source.name, source.options))
+
+
 def perturbation_sensitivity(run_dir: Path, k: int, spec: TransferSpec, task: Task | None = None,
                              seeds: list[int] | None = None, source: str | None = None,
                              progress: bool = False) -> list[dict[str, Any]]:
@@ -92,7 +98,7 @@ def perturbation_sensitivity(run_dir: Path, k: int, spec: TransferSpec, task: Ta
     ``spec.target``, once per seed: one row per (seed, variant) with its score and mask sparsity."""
     run_dir = Path(run_dir)
     ticket = Mask.load(RunPaths(run_dir).mask(IMP, k))
-    task = task or build_task(spec.target.name, spec.target.options)
+    task = task or target_task(run_dir, spec)
     rows = []
     for seed in seeds if seeds is not None else [spec.seed]:
         for variant in ("ticket", *PERTURBATIONS):

@@ -170,8 +170,9 @@ def _family(model: nn.Module) -> str:
 def hf(path: str | None = None, config: dict[str, Any] | None = None, model_type: str | None = None,
        pooling: str = "auto", attn_implementation: str | None = None, allow_missing: list[str] | None = None,
        random_init: bool = False) -> Backbone:
-    """Any Auto-class backbone (``path: minilm`` = the shipped MiniLM-L6). ``pooling``: auto (pooler if the checkpoint has one, else [CLS] / token mean),
-    pooler, cls, mean. ``attn_implementation='eager'`` when attention maps are needed."""
+    """Any Auto-class backbone (``path: minilm`` = the shipped MiniLM-L6). ``pooling``: auto (pooler if the
+    checkpoint has one, else [CLS] / token mean), pooler, cls, mean.
+    ``attn_implementation='eager'`` when attention maps are needed."""
     path = minilm_path() if path == "minilm" else path
     if pooling not in ("auto", "pooler", "cls", "mean"):
         raise ConfigError(f"model.options.pooling must be auto, pooler, cls or mean, got {pooling!r}")

@@ -39,6 +39,7 @@ from ticketlab.experiment import run_experiment
 from ticketlab.figures import chance, markdown_table, pct, plot_heatmap, plot_layer_sparsity, plot_overlap, pm, pyplot
 from ticketlab.fileio import ensure_writable_dir, write_json
 from ticketlab.masks import Mask
+from ticketlab.models.base import model_input_defaults
 from ticketlab.paths import IMP, REPORT, RunPaths, load_run, study_dir
 from ticketlab.report import ticket_summary
 from ticketlab.schedules import round_sparsities
@@ -121,7 +122,8 @@ def run_cv_study(study: StudyConfig, runs_dir: Path, progress: bool = True) -> P
                         for label, cfg in pretraining_configs(study).items()}
     downstream_runs = {key: run_experiment(cfg, runs_dir, progress) for key, cfg in downstream_configs(study).items()}
 
-    tasks = {t.name: build_task(t.name, t.options) for t in study.downstream}
+    implied = model_input_defaults(study.model.name, study.model.options)
+    tasks = {t.name: build_task(t.name, t.options, implied) for t in study.downstream}
     rows = []
     rounds = len(round_sparsities(study.prune.schedule, study.prune.rounds, study.prune.rate, study.prune.sparsities))
     jobs = [(label, run, t, seed, k) for label, run in pretraining_runs.items() for t in study.downstream

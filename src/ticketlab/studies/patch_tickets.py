@@ -33,7 +33,7 @@ from ticketlab.experiment import run_experiment
 from ticketlab.figures import chance, markdown_table, pm, pyplot
 from ticketlab.fileio import atomic_dir, ensure_writable_dir, read_json, save_tensors, write_json
 from ticketlab.metrics import accuracy
-from ticketlab.models.base import build_model
+from ticketlab.models.base import build_model, model_input_defaults
 from ticketlab.objectives.patches import RandomPatches, TicketPatches
 from ticketlab.patches.tickets import find_tickets, load_tickets, save_tickets, ticket_grid_png, with_tickets
 from ticketlab.patches.vit import patch_vit
@@ -98,7 +98,7 @@ def run_selection(cfg: SelectorConfig, runs_dir: Path, progress: bool = True) ->
     folder = select_dir(ensure_writable_dir(Path(runs_dir)), config_hash(cfg))
     if (folder / TICKETS).is_file():
         return folder / TICKETS
-    task = build_task(cfg.task.name, cfg.task.options)
+    task = build_task(cfg.task.name, cfg.task.options, model_input_defaults(cfg.model.name, cfg.model.options))
     model = selector_model(cfg, task.num_classes)
     metrics: dict[str, Any] = {}
     if cfg.finetune is not None:
@@ -123,7 +123,9 @@ def train_student(cfg: PatchStudyConfig, keep_rate: float, seed: int, variant: s
                   folder: Path, progress: bool) -> dict[str, Any]:
     if (folder / METRICS).is_file():
         return read_json(folder / METRICS)
-    task = build_task(cfg.selector.task.name, cfg.selector.task.options)
+    selector = cfg.selector
+    task = build_task(selector.task.name, selector.task.options,
+                      model_input_defaults(selector.model.name, selector.model.options))
     model = build_model(cfg.student.name, task.num_classes, cfg.student.options, seed=seed,
                         normalize=cfg.student.normalize)
     vit = model.backbone.model

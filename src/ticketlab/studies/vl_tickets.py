@@ -38,6 +38,7 @@ from ticketlab.data.base import build_task
 from ticketlab.experiment import run_experiment
 from ticketlab.figures import chance, markdown_table, pct, pm, pyplot
 from ticketlab.fileio import ensure_writable_dir, write_json
+from ticketlab.models.base import model_input_defaults
 from ticketlab.paths import REPORT, load_run, study_dir
 from ticketlab.studies.base import STUDIES, Study
 from ticketlab.transfer import TransferSpec, transfer_ticket
@@ -108,7 +109,8 @@ def run_vl_study(study: VLStudyConfig, runs_dir: Path, progress: bool = True) ->
     pretraining_run = run_experiment(pretraining_config(study), runs_dir, progress)
     task_runs = {key: run_experiment(cfg, runs_dir, progress) for key, cfg in task_configs(study).items()}
 
-    tasks = {t.name: build_task(t.name, t.options) for t in study.tasks}
+    implied = model_input_defaults(study.model.name, study.model.options)
+    tasks = {t.name: build_task(t.name, t.options, implied) for t in study.tasks}
     adversarial = {"objective": "villa", "objective_options": study.adversarial_options}
     adv_tasks = study.adversarial_tasks or list(tasks)
     jobs = [(t, k, "standard") for t in study.tasks for k in [0, *study.transfer_rounds]]
