@@ -29,10 +29,13 @@ def tiny_config(**overrides: object) -> dict:
         "model": {"name": "resnet20", "options": {"width": 4}},
         "task": {"name": "scenes_shape", "options": dict(TINY_SCENES)},
         "train": {"optimizer": "sgd", "lr": 0.05, "epochs": 1, "batch_size": 32},
-        "prune": {"rounds": 2, "rewind": "init"},  # a random ResNet has no θp: rewind to its initialisation
+        "prune": {"rounds": 2},
         "baselines": ["omp", "random_prune", "random_reinit", "reversed"],
     }
     cfg.update(overrides)
+    model = cfg["model"]
+    if not (cfg.get("pretrain") or model.get("checkpoint") or model.get("options", {}).get("path")):
+        cfg["prune"] = {"rewind": "init", **cfg["prune"]}  # a random model has no θp: rewind to its initialisation
     return cfg
 
 

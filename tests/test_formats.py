@@ -129,3 +129,14 @@ def test_an_empty_class_folder_is_one_clear_error(tmp_path):
     (tmp_path / "dogs").mkdir()
     with pytest.raises(DataError, match=r"class folder .*dogs holds no images"):
         build_task("image_folder", {"path": str(tmp_path)})
+
+
+def test_npz_inputs_and_labels_of_different_lengths_are_refused_and_string_labels_mapped(tmp_path):
+    x = np.random.default_rng(0).integers(0, 256, (80, 8, 8, 3), dtype=np.uint8)
+    np.savez(tmp_path / "bad.npz", x=x, y=np.arange(50) % 2)
+    with pytest.raises(DataError, match="80 inputs but 50 labels"):
+        build_task("npz", {"path": str(tmp_path / "bad.npz")})
+    np.savez(tmp_path / "named.npz", x=x, y=np.array(["dog", "cat", "bird", "cat"] * 20))
+    task = build_task("npz", {"path": str(tmp_path / "named.npz")})
+    assert task.class_names == ["bird", "cat", "dog"] and task.num_classes == 3
+    assert sorted(torch.cat([task.train.y, task.val.y, task.test.y]).tolist()) == sorted([2, 1, 0, 1] * 20)

@@ -203,7 +203,7 @@ def test_bad_hf_weights_are_one_line(tmp_path, capsys):
                vocab_size=50).save_pretrained(tmp_path / "bert")
     (tmp_path / "bert/model.safetensors").write_bytes(b"garbage")
     cfg = tiny_config(model={"name": "bert", "options": {"path": str(tmp_path / "bert")}})
-    one_line_error(capsys, ["prunable", write(tmp_path, cfg)], "could not load Hugging Face model")
+    one_line_error(capsys, ["prunable", write(tmp_path, cfg)], "could not load a Hugging Face model")
 
 
 @pytest.mark.parametrize("content", [b'{"round": 1}', b"\xff\xfe not utf-8", b"[1, 2]"])

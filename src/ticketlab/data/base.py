@@ -150,6 +150,8 @@ def task_from_arrays(name: str, x: torch.Tensor, y: torch.Tensor, num_classes: i
                      test_fraction: float, seed: int, class_names: list[str] | None = None) -> Task:
     if len(y) == 0:
         raise DataError(f"task {name!r}: the dataset is empty; check the path and its contents")
+    if len(x) != len(y):
+        raise DataError(f"task {name!r}: {len(x)} inputs but {len(y)} labels; every input needs exactly one label")
     train, val, test = split_indices(len(y), val_fraction, test_fraction, seed)
     splits = [Split(x.subset(idx) if hasattr(x, "subset") else x[idx], y[idx]) for idx in (train, val, test)]
     return Task(name, num_classes, *splits, class_names=class_names or [])

@@ -74,7 +74,17 @@ def image_folder(path: str, image_size: int = 32, val_fraction: float = 0.1, tes
     return task_from_arrays(root.name, x, y, len(classes), val_fraction, test_fraction, seed, classes)
 
 
-def _labels(array: np.ndarray, where: str) -> torch.Tensor:
+def _labels(array: np.ndarray, where: str, names: list[str] | None = None) -> torch.Tensor:
+    """Integer labels; string labels are mapped to ids in sorted order, the mapping appended to ``names``."""
+    if array.dtype.kind in ("U", "S", "O"):
+        values = [v.decode() if isinstance(v, bytes) else str(v) for v in array.tolist()]
+        if names is not None and not names:
+            names.extend(sorted(set(values)))
+        mapping = {n: i for i, n in enumerate(names or sorted(set(values)))}
+        unknown = sorted(set(values) - set(mapping))
+        if unknown:
+            raise DataError(f"{where}: labels {unknown[:3]} do not occur in the other splits; fix the labels")
+        return torch.as_tensor([mapping[v] for v in values], dtype=torch.long)
     if not np.issubdtype(array.dtype, np.integer):
         if np.issubdtype(array.dtype, np.floating) and np.all(np.mod(array, 1) == 0):
             array = array.astype(np.int64)
@@ -106,16 +116,19 @@ def npz(path: str, image_size: int | None = None, num_classes: int | None = None
         names = [s for s in ("train", "val", "test") if f"x_{s}" in arrays]
         if names != ["train", "val", "test"]:
             raise DataError(f"{root}: has x_train but not all of x_val and x_test; add them or use x/y")
-        splits = {s: Split(images_to_tensor(arrays[f"x_{s}"], image_size), _labels(arrays[f"y_{s}"], f"{root}:y_{s}"))
-                  for s in names}
+        classes: list[str] = sorted({str(v) for s in names for v in arrays[f"y_{s}"].tolist()}) \
+            if arrays["y_train"].dtype.kind in ("U", "S") else []
+        splits = {s: Split(images_to_tensor(arrays[f"x_{s}"], image_size),
+                           _labels(arrays[f"y_{s}"], f"{root}:y_{s}", classes)) for s in names}
         k = num_classes or int(max(int(s.y.max()) for s in splits.values() if len(s)) + 1)
-        return Task(root.stem, k, **splits)
+        return Task(root.stem, len(classes) or k, **splits, class_names=classes)
     if "x" not in arrays or "y" not in arrays:
         raise DataError(f"{root}: expected arrays 'x' and 'y' (or x_train/y_train/...), found {sorted(arrays)}")
-    y = _labels(arrays["y"], f"{root}:y")
-    k = num_classes or (int(y.max()) + 1 if len(y) else 0)
+    classes: list[str] = []
+    y = _labels(arrays["y"], f"{root}:y", classes)
+    k = len(classes) or num_classes or (int(y.max()) + 1 if len(y) else 0)
     return task_from_arrays(root.stem, images_to_tensor(arrays["x"], image_size), y, k, val_fraction,
-                            test_fraction, seed)
+                            test_fraction, seed, classes)
 
 
 @TASKS.register("hf_disk")
