@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -9,6 +11,7 @@ from safetensors.torch import load_file
 from tests.conftest import TINY_SCENES, tiny_config
 from ticketlab import cli
 from ticketlab.config import parse_config
+from ticketlab.errors import TicketlabError
 from ticketlab.experiment import run_experiment
 from ticketlab.export import export_ticket, load_compressed
 from ticketlab.masks import Mask
@@ -81,3 +84,25 @@ def test_bench_cli_prints_one_line_per_variant(resnet_run, capsys):
     assert cli.main(["bench", str(resnet_run), "--seconds", "0.05"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 1 + 3 and all("throughput(b32)" in line for line in lines[1:])
+
+
+def test_nm_export_records_its_pattern_and_every_layer_holds_it(tmp_path):
+    from safetensors import safe_open
+
+    from ticketlab.export import export_ticket, semi_structured
+
+    cfg = tiny_config(model={"name": "vit", "options": {"config": VIT}},
+                      prune={"method": "nm_2_4_magnitude", "schedule": "explicit", "sparsities": [0.5]}, baselines=[])
+    run = run_experiment(parse_config(cfg), tmp_path / "runs", progress=False)
+    (row,) = export_ticket(run, 1, tmp_path / "out", ["nm"])
+    assert row["max_abs_diff"] < 1e-5
+    with safe_open(row["path"], "pt") as handle:
+        meta = handle.metadata()
+        layers = json.loads(meta["layers"])
+        assert meta["pattern"] == "2:4" and len(layers) == 2 * 6
+        for key in layers:  # at most 2 non-zeros in every 4 consecutive weights of a row
+            groups = handle.get_tensor(key).reshape(-1, 4)
+            assert int((groups != 0).sum(1).max()) <= 2
+    if not torch.cuda.is_available():
+        with pytest.raises(TicketlabError, match="need a CUDA GPU"):
+            semi_structured(torch.nn.Linear(8, 8))

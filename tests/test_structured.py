@@ -80,5 +80,83 @@ def test_bench_times_a_channel_ticket_with_its_channels_removed(tmp_path):
                       prune={"method": "channel_magnitude", "schedule": "explicit", "sparsities": [0.35]}, baselines=[])
     run = run_experiment(parse_config(cfg), tmp_path, progress=False)
     rows = {r["variant"]: r for r in bench_ticket(run, 1, seconds=0.05) if r["device"] == "cpu"}
-    slimmed, dense = rows["ticket (channels removed)"], rows["dense"]
+    slimmed, dense = rows["ticket (structures removed)"], rows["dense"]
     assert slimmed["params"] < dense["params"] and slimmed["flops_b1"] < 0.8 * dense["flops_b1"]
+
+
+# -- transformer heads and FFN neurons ----------------------------------------------------------------------
+HEAD_MODELS = {
+    "vit": ("vit", {"config": {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
+                                "intermediate_size": 64, "image_size": 16, "patch_size": 8}}),
+    "bert": ("bert", {"config": {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
+                                  "intermediate_size": 64, "vocab_size": 50}}),
+    "distilbert": ("hf", {"model_type": "distilbert", "config": {"n_layers": 2, "dim": 32, "hidden_dim": 64,
+                                                                  "n_heads": 4, "vocab_size": 50}}),
+}
+
+
+@pytest.mark.parametrize("family", sorted(HEAD_MODELS))
+def test_head_ffn_tickets_remove_whole_heads_and_neurons_exactly(family):
+    from ticketlab.pruning.heads import transformer_blocks
+    from ticketlab.surgery import slim
+
+    name, options = HEAD_MODELS[family]
+    model = build_model(name, 3, options, seed=0).eval()
+    names = prunable_names(model)
+    params = dict(model.named_parameters())
+    mask = prune("head_ffn_magnitude", {n: params[n] for n in names}, Mask.ones(model, names), 0.4, None, model)
+    assert 0.4 <= mask.sparsity() < 0.4 + 8 * 32 * 4 / mask.num_total()  # overshoots by less than one head
+    blocks = transformer_blocks(model)
+    assert sorted(b.kind for b in blocks) == ["head", "head", "neuron", "neuron"]
+    for block in blocks:  # every group is all kept or all pruned, across producers and the consumer
+        rows = torch.stack([mask.tensors[n].reshape(-1, block.size * mask.tensors[n].shape[1]).all(1) |
+                            ~mask.tensors[n].reshape(-1, block.size * mask.tensors[n].shape[1]).any(1)
+                            for n in block.producers])
+        assert bool(rows.all())
+        alive = mask.tensors[block.producers[0]].reshape(-1, block.size * params[block.producers[0]].shape[1]).any(1)
+        assert torch.equal(mask.tensors[block.consumer].t().reshape(alive.numel(), -1).any(1), alive)
+        assert int(alive.sum()) >= 1
+    small = slim(model, mask)
+    x = torch.randn(2, 3, 16, 16) if name == "vit" else torch.randint(1, 50, (2, 7))
+    masked = build_model(name, 3, options, seed=0).eval()
+    mask.apply_(masked)
+    assert torch.allclose(small(x), masked(x), atol=1e-5)
+    removed = sum(p.numel() for p in model.parameters()) - sum(p.numel() for p in small.parameters())
+    assert removed >= mask.num_pruned() * 0.95  # the pruned weights are gone (their biases too)
+
+
+def test_head_ffn_needs_transformer_layers():
+    resnet = build_model("resnet20", 2, {"width": 4})
+    names = prunable_names(resnet)
+    params = dict(resnet.named_parameters())
+    with pytest.raises(ConfigError, match="head/FFN tickets need attention or FFN layers"):
+        prune("head_ffn_magnitude", {n: params[n] for n in names}, Mask.ones(resnet, names), 0.3, None, resnet)
+
+
+def test_structured_exports_are_smaller_and_reload_with_plain_torch(tmp_path):
+    from safetensors.torch import load_file
+
+    from ticketlab.export import export_ticket
+    from ticketlab.surgery import fit_to_state
+
+    options = {"config": {**HEAD_MODELS["vit"][1]["config"], "image_size": 32, "patch_size": 16}}
+    cfg = tiny_config(model={"name": "vit", "options": options}, task={"name": "scenes_shape", "options":
+                      {"n_train": 64, "n_val": 16, "n_test": 16}},
+                      prune={"method": "head_ffn_magnitude", "schedule": "explicit", "sparsities": [0.5]},
+                      baselines=["random_prune"])
+    run = run_experiment(parse_config(cfg), tmp_path / "runs", progress=False)
+    rows = {r["format"]: r for r in export_ticket(run, 1, tmp_path / "out", ["state_dict", "slim"])}
+    pruned = Mask.load(run / "rounds/round_001/mask.safetensors").num_pruned()
+    assert rows["state_dict"]["bytes"] - rows["slim"]["bytes"] >= 0.95 * 4 * pruned  # the pruned fp32 weights are gone
+    assert rows["slim"]["max_abs_diff"] < 1e-4
+    state = load_file(str(tmp_path / "out" / "ticket.slim.safetensors"))
+    from transformers import AutoConfig, AutoModel
+
+    core = AutoModel.from_config(AutoConfig.for_model("vit", **options["config"]), add_pooling_layer=False)
+    backbone = {k: v for k, v in state.items() if not k.startswith("classifier.")}
+    fit_to_state(core, backbone).load_state_dict(backbone)  # plain transformers + the 20-line resizer
+    assert core.layers[0].attention.q_proj.out_features < 32 or core.layers[1].mlp.fc1.out_features < 64
+    rp = Mask.load(run / "baselines/random_prune/round_001/mask.safetensors")
+    assert rp.sparsity() >= 0.5  # the random baseline prunes whole random heads / neurons (scope head_ffn)
+    with pytest.raises(ConfigError, match="format nm needs an N:M ticket"):
+        export_ticket(run, 1, tmp_path / "out2", ["nm"])

@@ -3,8 +3,8 @@ batch 1 and throughput at batch 32 (median with interquartile range, ``torch.uti
 a GPU when present.
 
 An unstructured ticket stored densely runs exactly as fast as the dense model (its zeros are still multiplied);
-the table says so rather than hiding it. A channel ticket is also timed with its dead channels physically removed
-(``ticketlab.surgery.slim``). Sizes come from the exports (``ticketlab export``).
+the table says so rather than hiding it. A structured ticket (channels, heads, FFN neurons) is also timed with its
+pruned groups physically removed (``ticketlab.surgery.slim``; its file is the ``slim`` export). Sizes come from the exports (``ticketlab export``).
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ import torch
 from torch.utils import benchmark
 from torch.utils.flop_counter import FlopCounterMode
 
-from ticketlab.export import example_inputs, export_ticket, ticket_model
+from ticketlab.export import STRUCTURED, example_inputs, export_ticket, ticket_model
+from ticketlab.pruning.base import PRUNING_METHODS
 from ticketlab.surgery import slim
 
 
@@ -39,8 +40,10 @@ def timing(model: torch.nn.Module, x: torch.Tensor, device: str, seconds: float)
 def bench_ticket(run_dir: Path, k: int, seconds: float = 1.0) -> list[dict[str, Any]]:
     """One row per (variant, device): the dense model (round 0 weights' architecture) and the ticket."""
     ticket, mask, info = ticket_model(run_dir, k)
+    structured = PRUNING_METHODS.get(info["config"].prune.method).scope in STRUCTURED
     with tempfile.TemporaryDirectory() as tmp:
-        files = {r["format"]: r for r in export_ticket(run_dir, k, Path(tmp), ["state_dict", "compressed"])}
+        formats = ["state_dict", "compressed", *(["slim"] if structured else [])]
+        files = {r["format"]: r for r in export_ticket(run_dir, k, Path(tmp), formats)}
     one = example_inputs(ticket)[:1]
     batch = one.expand(32, *one.shape[1:]).contiguous()
     total = sum(p.numel() for p in ticket.parameters())
@@ -54,13 +57,13 @@ def bench_ticket(run_dir: Path, k: int, seconds: float = 1.0) -> list[dict[str, 
                          "flops_b1": flops(ticket.cpu(), one), "file_bytes": size,
                          "latency_b1": timing(ticket, one, device, seconds),
                          "throughput_b32": 32 / (timing(ticket, batch, device, seconds)["median_ms"] / 1000)})
-    if info["config"].prune.method.startswith("channel"):  # a channel ticket: time it physically slimmed
+    if structured:  # a channel or head/FFN ticket: time it with its pruned groups physically removed
         small = slim(ticket, mask)
         for device in devices:
-            rows.append({"variant": "ticket (channels removed)", "device": device,
+            rows.append({"variant": "ticket (structures removed)", "device": device,
                          "params": sum(p.numel() for p in small.parameters()),
                          "nonzero_params": sum(int(torch.count_nonzero(p)) for p in small.parameters()),
-                         "flops_b1": flops(small.cpu(), one), "file_bytes": files["state_dict"]["bytes"],
+                         "flops_b1": flops(small.cpu(), one), "file_bytes": files["slim"]["bytes"],
                          "latency_b1": timing(small, one, device, seconds),
                          "throughput_b32": 32 / (timing(small, batch, device, seconds)["median_ms"] / 1000)})
     return rows

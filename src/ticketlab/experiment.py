@@ -287,7 +287,7 @@ def run_units(run: RunContext, store: ResultStore | None, runs_dir: Path, progre
             else:
                 previous, weights = run.imp_mask(k - 1), run.imp_weights(k - 1)
                 generator = torch.Generator().manual_seed(config.seed * 7919 + k)
-                mask = prune(config.prune.method, weights, previous, run.sparsity(k), generator)
+                mask = prune(config.prune.method, weights, previous, run.sparsity(k), generator, run.fresh_model())
                 start = rewound_state(run)
             metrics = train_branch(run, IMP, k, mask, start, progress)
             # round k's mask exists: round k-1's weights are no longer needed

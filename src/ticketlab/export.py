@@ -6,6 +6,12 @@ Formats (``FORMATS``):
   weights.
 - ``hf``: a ``save_pretrained`` folder (config, weights, and the checkpoint's tokenizer / image processor
   files) that plain ``transformers.AutoModel.from_pretrained`` loads without ticketlab; HF families only.
+- ``slim`` (structured tickets: ``channel_*``, ``head_ffn_*``): the pruned channels / heads / FFN neurons are
+  removed (``ticketlab.surgery.slim``) and the smaller state dict saved with the family's key names; load it into
+  the family's architecture (``AutoModel.from_config`` or our ResNet) after ``ticketlab.surgery.fit_to_state``
+  (transformers 5 no longer stores per-layer pruned heads in a config, so plain ``from_pretrained`` cannot).
+- ``nm`` (N:M tickets): the state dict plus, in its metadata, the N:M layers; ``semi_structured(model)`` turns
+  those Linear layers into ``torch.sparse`` semi-structured (2:4) tensors for GPU kernels (fp16/bf16, CUDA).
 - ``compressed``: only the kept values of every masked tensor plus its bitmask (``np.packbits``), other
   tensors dense, in one safetensors file; :func:`load_compressed` (safetensors + numpy, no ticketlab needed
   beyond this function) restores the dense state dict. ``compressed-tensors`` is not used: its bitmask format
@@ -31,8 +37,11 @@ from ticketlab.fileio import read_json
 from ticketlab.masks import Mask
 from ticketlab.models.base import TicketModel, build_model
 from ticketlab.paths import IMP, RunPaths, load_theta_p
+from ticketlab.pruning.base import PRUNING_METHODS
+from ticketlab.surgery import fit_to_state, slim
 
-FORMATS = ("state_dict", "hf", "compressed")
+FORMATS = ("state_dict", "hf", "compressed", "slim", "nm")
+STRUCTURED = ("channel", "head_ffn")  # pruning scopes whose groups ``slim`` removes physically
 CNN_HEAD = {"head.weight": "fc.weight", "head.bias": "fc.bias"}  # torchvision's classifier names
 
 
@@ -129,6 +138,13 @@ def export_ticket(run_dir: Path, k: int, out: Path, formats: list[str], rewound:
     if bad:
         raise ConfigError(f"unknown export format {bad[0]!r}; formats: {', '.join(FORMATS)}")
     model, mask, info = ticket_model(run_dir, k, rewound)
+    scope = PRUNING_METHODS.get(info["config"].prune.method).scope
+    if "slim" in formats and scope not in STRUCTURED:
+        raise ConfigError(f"format slim needs a structured ticket (channel_* or head_ffn_* methods); this run used "
+                          f"{info['config'].prune.method!r}: export state_dict, compressed" +
+                          (" or hf" if _hf_core(model) is not None else ""))
+    if "nm" in formats and not scope.startswith("nm_"):
+        raise ConfigError(f"format nm needs an N:M ticket (nm_* methods); this run used {info['config'].prune.method!r}")
     if "hf" in formats and _hf_core(model) is None:
         raise ConfigError(f"format hf needs a Hugging Face model family; {info['config'].model.name!r} supports "
                           "state_dict and compressed")
@@ -145,6 +161,19 @@ def export_ticket(run_dir: Path, k: int, out: Path, formats: list[str], rewound:
         if fmt == "state_dict":
             path = out / "ticket.safetensors"
             save_file({k: v.contiguous() for k, v in keys.items()}, str(path))
+            restored = load_file(str(path))
+        elif fmt == "slim":
+            path = out / "ticket.slim.safetensors"
+            small = slim(model, mask)
+            save_file({k: v.contiguous() for k, v in original_keys(small).items()}, str(path),
+                      metadata={"format": "ticketlab-slim-v1", "method": info["config"].prune.method})
+            restored = load_file(str(path))
+        elif fmt == "nm":
+            path = out / "ticket.nm.safetensors"
+            layers = [key_of[n] for n in mask.names() if n.endswith(".weight")]
+            save_file({k: v.contiguous() for k, v in keys.items()}, str(path),
+                      metadata={"format": "ticketlab-nm-v1", "pattern": scope.removeprefix("nm_").replace("_", ":"),
+                                "layers": json.dumps(layers)})
             restored = load_file(str(path))
         elif fmt == "compressed":
             path = out / "ticket.compressed.safetensors"
@@ -178,8 +207,25 @@ def _check(model: TicketModel, fmt: str, restored: dict[str, torch.Tensor] | Non
             diff = (loaded(**{name: x}).last_hidden_state - ours).abs().max()
         else:
             clone = copy.deepcopy(model)
-            clone.load_state_dict({name: restored[key] for name, key in key_of.items()})
+            names = dict(zip(original_keys(clone), clone.state_dict(), strict=True))
+            ours = {names[key]: value for key, value in restored.items()}
+            if fmt == "slim":
+                fit_to_state(clone, ours)
+            clone.load_state_dict(ours)
             diff = (clone(x) - reference).abs().max()
     if float(diff) > 1e-4:
         raise TicketlabError(f"export {fmt} does not reproduce the ticket (max output difference {float(diff):.2e})")
     return float(diff)
+
+
+def semi_structured(model: torch.nn.Module, layers: list[str] | None = None) -> torch.nn.Module:
+    """Turn the (N:M-pruned) Linear weights of ``model`` into semi-structured sparse tensors, in place, so that
+    CUDA runs them with 2:4 kernels (the model must be on a CUDA device in fp16 or bf16)."""
+    from torch.sparse import to_sparse_semi_structured
+
+    if not torch.cuda.is_available():
+        raise TicketlabError("semi-structured (2:4) kernels need a CUDA GPU; on CPU use the nm export as a state dict")
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear) and (layers is None or f"{name}.weight" in layers):
+            module.weight = torch.nn.Parameter(to_sparse_semi_structured(module.weight.detach()), requires_grad=False)
+    return model

@@ -16,6 +16,7 @@ from ticketlab.models import hf as _hf  # noqa: F401
 from ticketlab.models import resnet as _resnet  # noqa: F401
 from ticketlab.objectives import contrastive as _contrastive  # noqa: F401
 from ticketlab.objectives import patches as _patch_objectives  # noqa: F401
+from ticketlab.pruning import heads as _heads  # noqa: F401
 from ticketlab.pruning import magnitude as _magnitude  # noqa: F401
 from ticketlab.pruning import nm as _nm  # noqa: F401
 from ticketlab.pruning import random as _random  # noqa: F401

@@ -21,7 +21,8 @@ Start = tuple[Mask, dict[str, torch.Tensor]]
 @baseline("omp", "one-shot magnitude")
 def one_shot_magnitude(run: RunContext, k: int) -> Start:
     """OMP: prune the dense task-trained weights straight to round k's sparsity, then rewind."""
-    mask = prune(run.config.prune.method, run.imp_weights(0), run.dense_mask(), run.sparsity(k))
+    mask = prune(run.config.prune.method, run.imp_weights(0), run.dense_mask(), run.sparsity(k), None,
+                 run.fresh_model())
     return mask, rewound_state(run)
 
 
@@ -30,7 +31,8 @@ def random_pruning(run: RunContext, k: int) -> Start:
     """RP: a random mask at round k's sparsity (same scope as the IMP method), on the rewind weights."""
     scope = PRUNING_METHODS.get(run.config.prune.method).scope
     generator = torch.Generator().manual_seed(run.config.seed * 7919 + 1000 + k)
-    mask = prune(f"{scope}_random", run.pretrained_state(), run.dense_mask(), run.sparsity(k), generator)
+    mask = prune(f"{scope}_random", run.pretrained_state(), run.dense_mask(), run.sparsity(k), generator,
+                 run.fresh_model())
     return mask, rewound_state(run)
 
 

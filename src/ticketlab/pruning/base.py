@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -21,7 +22,8 @@ class PruningMethod:
 
     scorer: Scorer
     scope: str  # "global" | "layerwise" | a pattern's name (then ``select`` reaches the sparsity)
-    select: Callable[[Mapping[str, torch.Tensor], Mask, float], Mask] | None = None
+    select: Callable[..., Mask] | None = None  # (scores, current, sparsity[, structure]) -> Mask
+    structure: Callable[[Any], Any] | None = None  # model -> what ``select`` needs to know of it (heads, blocks)
 
 
 PRUNING_METHODS: Registry[PruningMethod] = Registry("pruning method")
@@ -93,11 +95,16 @@ def prune(
     current: Mask,
     sparsity: float,
     generator: torch.Generator | None = None,
+    model: Any = None,
 ) -> Mask:
     """Pure pruning step: (trained weights, current mask, target sparsity) -> new mask."""
     spec = PRUNING_METHODS.get(method)
     generator = generator or torch.Generator().manual_seed(0)
     scores = spec.scorer({n: weights[n] for n in current.names()}, generator)
+    if spec.select is not None and spec.structure is not None:
+        if model is None:
+            raise ConfigError(f"pruning method {method!r} needs the model's structure; pass model=")
+        return spec.select(scores, current, sparsity, spec.structure(model))
     if spec.select is not None:
         return spec.select(scores, current, sparsity)
     return select_to_sparsity(scores, current, sparsity, spec.scope)
