@@ -160,3 +160,22 @@ def test_structured_exports_are_smaller_and_reload_with_plain_torch(tmp_path):
     assert rp.sparsity() >= 0.5  # the random baseline prunes whole random heads / neurons (scope head_ffn)
     with pytest.raises(ConfigError, match="format nm needs an N:M ticket"):
         export_ticket(run, 1, tmp_path / "out2", ["nm"])
+
+
+def test_the_demo_comparison_of_unstructured_structured_and_two_four_tickets(tmp_path):
+    from ticketlab.comparison import compare_structures
+
+    cfg = parse_config(tiny_config(model={"name": "resnet20", "options": {"width": 8}}))
+    rows, table = compare_structures(cfg, tmp_path, seconds=0.05)
+    assert [r["kind"] for r in rows] == ["dense", "unstructured", "structured", "unstructured", "2:4"]
+    kinds = {(r["kind"], round(r["sparsity"], 1)): r for r in rows}
+    assert kinds["2:4", 0.5]["sparsity"] == pytest.approx(0.5, abs=1e-6)
+    assert kinds["unstructured", 0.4]["sparsity"] == pytest.approx(0.4, abs=1e-4)
+    assert kinds["unstructured", 0.5]["sparsity"] == pytest.approx(0.5, abs=1e-4)
+    structured = kinds["structured", 0.4]
+    assert 0.4 <= structured["sparsity"] < 0.42 and structured["method"] == "channel_magnitude"
+    kinds = {r["kind"]: r for r in rows}
+    assert kinds["structured"]["params"] < 0.8 * kinds["dense"]["params"]  # channels really gone
+    assert all(0 <= r["test_score"] <= 1 and r["latency_ms"] > 0 for r in rows)
+    assert "| 2:4 | nm_2_4_magnitude | 50.00 % |" in table and "speed-up" in table
+    assert kinds["structured"]["latency_ms"] < kinds["dense"]["latency_ms"] * 1.5  # measured, not assumed

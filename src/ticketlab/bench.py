@@ -4,7 +4,8 @@ a GPU when present.
 
 An unstructured ticket stored densely runs exactly as fast as the dense model (its zeros are still multiplied);
 the table says so rather than hiding it. A structured ticket (channels, heads, FFN neurons) is also timed with its
-pruned groups physically removed (``ticketlab.surgery.slim``; its file is the ``slim`` export). Sizes come from the exports (``ticketlab export``).
+pruned groups physically removed (``ticketlab.surgery.slim``; its file is the ``slim`` export). Sizes come from
+the exports (``ticketlab export``).
 """
 
 from __future__ import annotations

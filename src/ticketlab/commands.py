@@ -12,11 +12,12 @@ from pathlib import Path
 
 from ticketlab.analysis import overlap_matrix, sensitivity_table, summarize_transfer
 from ticketlab.bench import bench_ticket
+from ticketlab.comparison import compare_structures
 from ticketlab.config import ConfigError, TaskConfig, from_dict, load_config, parse_config, read_yaml
 from ticketlab.data import TASKS
 from ticketlab.engine import is_main_process
 from ticketlab.errors import TicketlabError
-from ticketlab.experiment import run_experiment
+from ticketlab.experiment import run_dir_for, run_experiment
 from ticketlab.export import export_ticket
 from ticketlab.figures import pct, plot_layer_sparsity, plot_overlap
 from ticketlab.fileio import read_json
@@ -275,6 +276,16 @@ def _json_option(value: str | None, flag: str) -> dict:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
+    """The demo run, then its tickets of three kinds at 50 % (unstructured, structured, 2:4) side by side."""
     config = resources.files("ticketlab") / "configs" / "demo.yaml"
     args.config = str(config)
     cmd_find(args)
+    if not is_main_process():
+        return
+    _, table = compare_structures(load_config(args.config), _runs_dir(args), progress=not args.quiet)
+    run_dir = run_dir_for(load_config(args.config), _runs_dir(args))
+    results = RunPaths(run_dir).results
+    results.write_text(results.read_text(encoding="utf-8") + "\n## Unstructured vs structured vs 2:4 tickets at 50 %"
+                       "\n\n" + table, encoding="utf-8")
+    print(f"\nunstructured vs structured vs 2:4 tickets at matched parameter counts:\n{table}"
+          f"report: {results}")
