@@ -26,26 +26,34 @@ def flops(model, x):  # noqa: ANN001, ANN201
 
 def test_channel_tickets_prune_whole_inner_channels_and_slim_keeps_the_function():
     model = build_model("resnet20", 10, {"width": 8}, seed=0).eval()
+    with torch.no_grad():  # trained-like BatchNorm shifts: a pruned channel's BN output is not zero
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.bias.normal_(generator=torch.Generator().manual_seed(1))
     names = prunable_names(model)
     params = dict(model.named_parameters())
     mask = prune("channel_magnitude", {n: params[n] for n in names}, Mask.ones(model, names), 0.3)
     inner = inner_convs(names)
     assert inner and all(".conv1." in n for n in inner)  # basic blocks: only conv1 reads into the block
+    readers = {n.replace(".conv1.", ".conv2.") for n in inner}
     for name, keep in mask.tensors.items():
         rows = keep.flatten(1)
         if name in inner:
             assert torch.all(rows.all(1) | ~rows.any(1)), name  # whole output channels
             assert rows.any(1).sum() >= 1
-        else:
+            reader = mask.tensors[name.replace(".conv1.", ".conv2.")].transpose(0, 1).flatten(1)
+            assert torch.equal(reader.any(1), rows.any(1)) and torch.all(reader.all(1) | ~reader.any(1))
+        elif name not in readers:
             assert keep.all(), name  # residual-stream convolutions stay dense
-    largest_filter = max(mask.tensors[n][0].numel() for n in inner)
-    assert 0.3 <= mask.sparsity() < 0.3 + largest_filter / mask.num_total()
+    largest_channel = max(mask.tensors[n][0].numel() * 2 for n in inner)
+    assert 0.3 <= mask.sparsity() < 0.3 + largest_channel / mask.num_total()
     small = slim(model, mask)
     x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     reference = mask.apply_(model)(x)
     assert torch.allclose(small(x), reference, atol=1e-5)
-    assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in model.parameters())
-    assert flops(small, x) < 0.85 * flops(model, x)
+    removed = sum(p.numel() for p in model.parameters()) - sum(p.numel() for p in small.parameters())
+    assert mask.num_pruned() <= removed <= mask.num_pruned() + 2 * sum(rows.shape[0] for rows in mask.tensors.values())
+    assert flops(small, x) < 0.9 * flops(model, x)
 
 
 def test_channel_method_rejects_models_without_residual_blocks_and_unreachable_sparsity():
@@ -59,7 +67,7 @@ def test_channel_method_rejects_models_without_residual_blocks_and_unreachable_s
     names = prunable_names(resnet)
     params = dict(resnet.named_parameters())
     with pytest.raises(ConfigError, match="channel tickets can prune at most"):
-        prune("channel_magnitude", {n: params[n] for n in names}, Mask.ones(resnet, names), 0.9)
+        prune("channel_magnitude", {n: params[n] for n in names}, Mask.ones(resnet, names), 0.99)
 
 
 def test_channel_imp_run_with_baselines(tmp_path):
@@ -81,7 +89,7 @@ def test_bench_times_a_channel_ticket_with_its_channels_removed(tmp_path):
     run = run_experiment(parse_config(cfg), tmp_path, progress=False)
     rows = {r["variant"]: r for r in bench_ticket(run, 1, seconds=0.05) if r["device"] == "cpu"}
     slimmed, dense = rows["ticket (structures removed)"], rows["dense"]
-    assert slimmed["params"] < dense["params"] and slimmed["flops_b1"] < 0.8 * dense["flops_b1"]
+    assert slimmed["params"] < dense["params"] and slimmed["flops_b1"] < 0.9 * dense["flops_b1"]
 
 
 # -- transformer heads and FFN neurons ----------------------------------------------------------------------
@@ -167,14 +175,11 @@ def test_the_demo_comparison_of_unstructured_structured_and_two_four_tickets(tmp
 
     cfg = parse_config(tiny_config(model={"name": "resnet20", "options": {"width": 8}}))
     rows, table = compare_structures(cfg, tmp_path, seconds=0.05)
-    assert [r["kind"] for r in rows] == ["dense", "unstructured", "structured", "unstructured", "2:4"]
-    kinds = {(r["kind"], round(r["sparsity"], 1)): r for r in rows}
-    assert kinds["2:4", 0.5]["sparsity"] == pytest.approx(0.5, abs=1e-6)
-    assert kinds["unstructured", 0.4]["sparsity"] == pytest.approx(0.4, abs=1e-4)
-    assert kinds["unstructured", 0.5]["sparsity"] == pytest.approx(0.5, abs=1e-4)
-    structured = kinds["structured", 0.4]
-    assert 0.4 <= structured["sparsity"] < 0.42 and structured["method"] == "channel_magnitude"
+    assert [r["kind"] for r in rows] == ["dense", "unstructured", "structured", "2:4"]
     kinds = {r["kind"]: r for r in rows}
+    assert kinds["2:4"]["sparsity"] == pytest.approx(0.5, abs=1e-6)
+    assert kinds["unstructured"]["sparsity"] == pytest.approx(0.5, abs=1e-4)
+    assert 0.5 <= kinds["structured"]["sparsity"] < 0.52 and kinds["structured"]["method"] == "channel_magnitude"
     assert kinds["structured"]["params"] < 0.8 * kinds["dense"]["params"]  # channels really gone
     assert all(0 <= r["test_score"] <= 1 and r["latency_ms"] > 0 for r in rows)
     assert "| 2:4 | nm_2_4_magnitude | 50.00 % |" in table and "speed-up" in table

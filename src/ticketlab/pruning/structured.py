@@ -3,11 +3,13 @@
 their filter, so that ``ticketlab.surgery.slim`` can remove them physically (the next convolution loses the
 matching input channels) and the exported model has fewer FLOPs on any hardware.
 
-Inside IMP, each round prunes the globally lowest-scoring live channels (at least one channel stays per layer)
-until the prunable set reaches the round's target; whole channels overshoot the target by less than one
-filter, so the recorded sparsity is the mask's own. Convolutions whose outputs join the residual stream (the
-block's last conv, shortcuts) stay dense: that keeps the surgery exact without a dependency graph, and caps the
-reachable sparsity (an error names it).
+A pruned channel's filter and the next convolution's weights that read it are both masked, so the mask counts
+every weight the surgery removes and the masked model equals the slimmed one exactly (the channel's BatchNorm
+shift reaches no one). Inside IMP, each round prunes the globally lowest-scoring live channels (at least one
+channel stays per layer) until the prunable set reaches the round's target; whole channels overshoot the target
+by less than one channel's weights, so the recorded sparsity is the mask's own. Convolutions whose outputs join
+the residual stream (the block's last conv, shortcuts) keep every output channel: that keeps the surgery exact
+without a dependency graph, and caps the reachable sparsity (an error names it).
 """
 
 from __future__ import annotations
@@ -56,11 +58,14 @@ def channel_select(scores: Mapping[str, torch.Tensor], current: Mask, sparsity: 
             break
         if live[name] <= 1:
             continue  # a layer keeps at least one channel
-        need -= int(keep[name][c].sum())
+        reader = next_conv(name, set(names))
+        need -= int(keep[name][c].sum()) + int(keep[reader][:, c].sum())
         keep[name][c] = False
+        keep[reader][:, c] = False  # the reading conv ignores the channel: exact even with a BatchNorm shift
         live[name] -= 1
     if need > 0:
-        reachable = sum(current.tensors[n][0].numel() * (current.tensors[n].shape[0] - 1) for n in inner)
+        reachable = sum((current.tensors[n][0].numel() + current.tensors[next_conv(n, set(names))][:, 0].numel())
+                        * (current.tensors[n].shape[0] - 1) for n in inner)
         raise ConfigError(f"channel tickets can prune at most {reachable / current.num_total():.1%} of these prunable "
                           f"weights (only inner block convolutions are pruned); lower the schedule's last sparsity")
     return Mask(keep)
