@@ -287,5 +287,5 @@ def cmd_demo(args: argparse.Namespace) -> None:
     results = RunPaths(run_dir).results
     results.write_text(results.read_text(encoding="utf-8") + "\n## Unstructured vs structured vs 2:4 tickets at 50 %"
                        "\n\n" + table, encoding="utf-8")
-    print(f"\nunstructured vs structured vs 2:4 tickets at matched parameter counts:\n{table}"
+    print(f"\nunstructured vs structured vs 2:4 tickets at matched sparsity:\n{table}"
           f"report: {results}")

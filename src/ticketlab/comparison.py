@@ -10,12 +10,13 @@ structured ticket with its channels / heads removed, the 2:4 ticket densely (2:4
 from __future__ import annotations
 
 import dataclasses
+import statistics
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ticketlab.bench import example_inputs, timing
+from ticketlab.bench import example_inputs, flops, timing
 from ticketlab.config import ExperimentConfig
 from ticketlab.experiment import run_experiment
 from ticketlab.export import ticket_model
@@ -33,10 +34,11 @@ def structured_method(model: TicketModel) -> str:
     return "channel_magnitude" if model.family == "cnn" else "head_ffn_magnitude"
 
 
-def compare_structures(config: ExperimentConfig, runs_dir: Path, seconds: float = 0.5,
+def compare_structures(config: ExperimentConfig, runs_dir: Path, seconds: float = 3.0,
                        progress: bool = False) -> tuple[list[dict[str, Any]], str]:
     """Rows (kind, sparsity, test score, chance, params, latency) and the markdown table of them."""
     rows: list[dict[str, Any]] = []
+    models: list[TicketModel] = []
     for kind, method, sparsity in KINDS:
         if method is None:
             method = structured_method(build_model(config.model.name, 2, config.model.options))
@@ -45,18 +47,25 @@ def compare_structures(config: ExperimentConfig, runs_dir: Path, seconds: float 
         metrics = read_json(RunPaths(run).metrics(IMP, 1))
         if not rows:
             dense = read_json(RunPaths(run).metrics(IMP, 0))
-            rows.append(_row("dense", 0.0, dense, ticket_model(run, 0)[0], seconds))
+            rows.append(_row("dense", 0.0, dense, ticket_model(run, 0)[0]))
+            models.append(ticket_model(run, 0)[0])
         runnable = slim(model, mask) if kind == "structured" else model
-        rows.append(_row(kind, mask.sparsity(), metrics, runnable, seconds, method))
+        rows.append(_row(kind, mask.sparsity(), metrics, runnable, method))
+        models.append(runnable)
+    for row, (median, spread) in zip(rows, interleaved_latency(models, seconds), strict=True):
+        row["latency_ms"], row["iqr_ms"] = median, spread
     dense_ms = rows[0]["latency_ms"]
     table = markdown_table(
-        ["kind", "method", "sparsity (prunable)", "test score", "chance", "non-zero parameters", "CPU ms (batch 32)",
-         "speed-up"],
+        ["kind", "method", "sparsity (prunable)", "test score", "chance", "non-zero parameters", "FLOPs run",
+         "CPU ms (batch 32)", "speed-up"],
         [[r["kind"], r["method"], pct(r["sparsity"]), pct(r["test_score"]), pct(r["chance"]) if r["chance"] else "–",
-          f"{r['params']:,}", f"{r['latency_ms']:.1f} ± {r['iqr_ms']:.1f}", f"×{dense_ms / r['latency_ms']:.2f}"]
-         for r in rows])
+          f"{r['params']:,}", f"{r['flops']:,}", f"{r['latency_ms']:.1f} ± {r['iqr_ms']:.1f}",
+          f"×{dense_ms / r['latency_ms']:.2f}"] for r in rows])
     note = ("One seed, one round straight to the target (one-shot magnitude, rewound to θp and retrained): a "
-            "demonstration of the trade-off, not a result. Unstructured and 2:4 tickets run densely on CPU.")
+            "demonstration of the trade-off, not a result. Unstructured and 2:4 tickets run densely on CPU (same "
+            "FLOPs as dense); latency is the median of interleaved rounds ± its interquartile range — differences "
+            "within it are noise. A channel ticket saves FLOPs only where it removes channels of early, "
+            "high-resolution stages.")
     return rows, f"{table}\n\n{note}\n"
 
 
@@ -65,11 +74,24 @@ def _one_round(config: ExperimentConfig, method: str, sparsity: float) -> Experi
     return dataclasses.replace(config, prune=prune, baselines=[], baseline_rounds=[])
 
 
-def _row(kind: str, sparsity: float, metrics: dict[str, Any], model: TicketModel, seconds: float,
-         method: str = "–") -> dict[str, Any]:
-    one = example_inputs(model)
-    batch = one[:1].expand(32, *one.shape[1:]).contiguous()
-    speed = timing(model, batch, "cpu", seconds)
+def _row(kind: str, sparsity: float, metrics: dict[str, Any], model: TicketModel, method: str = "–") -> dict[str, Any]:
     return {"kind": kind, "method": method, "sparsity": sparsity, "test_score": metrics["test_acc"],
             "chance": metrics.get("chance_test"), "params": sum(int(torch.count_nonzero(p)) for p in model.parameters()),
-            "latency_ms": speed["median_ms"], "iqr_ms": speed["iqr_ms"]}
+            "flops": flops(model, example_inputs(model)[:1])}
+
+
+def interleaved_latency(models: list[TicketModel], seconds: float, rounds: int = 7) -> list[tuple[float, float]]:
+    """(median, interquartile range) in ms of each model at batch 32, timed in interleaved rounds so that drifts
+    of the machine's speed hit every model alike."""
+    one = example_inputs(models[0])[:1]
+    batch = one.expand(32, *one.shape[1:]).contiguous()
+    samples: list[list[float]] = [[] for _ in models]
+    for _ in range(rounds):
+        for i, model in enumerate(models):
+            samples[i].append(timing(model, batch, "cpu", seconds / rounds)["median_ms"])
+    out = []
+    for values in samples:
+        ordered = sorted(values)
+        q = len(ordered) // 4
+        out.append((statistics.median(ordered), ordered[-1 - q] - ordered[q]))
+    return out
