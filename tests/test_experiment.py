@@ -208,3 +208,21 @@ def test_early_rewind_point_is_the_snapshot_after_k_steps(tmp_path):
     too_late = parse_config(tiny_config(prune={"rounds": 1, "rewind": "early", "rewind_steps": 4}, baselines=[]))
     with pytest.raises(ConfigError, match="exceeds the 3 steps"):
         run_experiment(too_late, tmp_path, progress=False)
+
+
+@pytest.mark.parametrize("source", ["final", "best"])
+def test_imp_prunes_from_the_end_of_training_weights_by_default(tmp_path, source):
+    from ticketlab.pruning import prune
+
+    cfg = tiny_config(train={"optimizer": "sgd", "lr": 0.3, "epochs": 3, "batch_size": 32}, baselines=[],
+                      prune={"rounds": 1, "weights": source} if source == "best" else {"rounds": 1}, keep="all")
+    run_dir = run_experiment(parse_config(cfg), tmp_path, progress=False)
+    round0 = run_dir / "rounds/round_000"
+    assert (round0 / "final_weights.safetensors").is_file() == (source == "final")
+    weights = load_tensors(round0 / ("final_weights.safetensors" if source == "final" else "weights.safetensors"))[0]
+    dense = Mask.load(round0 / "mask.safetensors")
+    expected = prune("global_magnitude", weights, dense, 0.2, torch.Generator().manual_seed(3 * 7919 + 1))
+    assert Mask.load(run_dir / "rounds/round_001/mask.safetensors").digest() == expected.digest()
+    metrics = json.loads((round0 / "metrics.json").read_text())
+    assert metrics["val_acc"] == max(json.loads(line)["val_score"] for line in
+                                     (round0 / "metrics.jsonl").read_text().splitlines())  # reported: best-val

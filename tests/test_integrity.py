@@ -243,7 +243,8 @@ def test_every_finished_round_has_a_manifest_and_verify_names_what_to_delete(fin
     _, _, run = finished
     manifest = json.loads((run / "rounds/round_001" / MANIFEST).read_text())
     assert {"mask.safetensors", "mask.json", "metrics.json"} <= set(manifest["files"])
-    assert manifest["released"] == ["weights.json", "weights.safetensors"]  # keep: needed
+    assert manifest["released"] == ["final_weights.json", "final_weights.safetensors", "weights.json",
+                                    "weights.safetensors"]  # keep: needed
     assert cli.main(["verify", str(run)]) == 0
     capsys.readouterr()
     mask = run / "rounds/round_002/mask.safetensors"

@@ -30,10 +30,11 @@ def reduced(config: dict) -> dict:
             p["objective_options"]["queue_size"] = 96
     for t in out["downstream"]:
         if t["name"].startswith("scenes"):
-            t["options"] = dict(small)
+            t["options"] = {**small, "seed": t["options"].get("seed", 0)}  # keeps its own scene streams
     out["downstream_train"].update(epochs=1)
     out["prune"]["rounds"] = 2
     out["analysis_round"] = 2
+    out["transfer_seeds"] = out["transfer_seeds"][:2]
     return out
 
 

@@ -14,6 +14,7 @@ import torch
 
 from ticketlab.errors import MaskMismatchError
 from ticketlab.masks import Mask
+from ticketlab.stats import matching_sparsity
 
 
 def _overlap_counts(a: Mask, b: Mask) -> dict[str, tuple[int, int, int, int]]:
@@ -67,11 +68,9 @@ PERTURBATIONS = ("complement", "random", "delta10")
 
 
 def highest_sparsity(curve: Iterable[tuple[float, float]], threshold: float) -> float | None:
-    """The highest sparsity whose score reaches ``threshold``; ``None`` when none does.
-
-    ``curve`` holds (sparsity, score) pairs of the sparse models (the dense point excluded).
-    """
-    return max((s for s, score in curve if score >= threshold), default=None)
+    """The highest sparsity s whose score and every lower sparsity's reach ``threshold`` (``stats.matching_sparsity``:
+    one contiguous rule everywhere); ``None`` when none does. ``curve``: (sparsity, score) of the sparse models."""
+    return matching_sparsity(list(curve), threshold)
 
 
 def at_chance(score: float, chance: float | None, n: int | None) -> bool:

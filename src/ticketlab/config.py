@@ -117,6 +117,7 @@ class PruneConfig:
     sparsities: list[float] = field(default_factory=list)  # for schedule "explicit"
     rewind: str = "pretrained"
     rewind_steps: int = 0  # for rewind "early": weights after this many fine-tuning steps
+    weights: Literal["final", "best"] = "final"  # prune from the end-of-training weights (LTH) or the best-val ones
     prunable: PrunableConfig = field(default_factory=PrunableConfig)
 
 

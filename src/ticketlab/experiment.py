@@ -46,18 +46,21 @@ from ticketlab.models.base import TicketModel, build_model, model_input_defaults
 from ticketlab.objectives.base import OBJECTIVES
 from ticketlab.paths import (
     EARLY,
+    FINAL_WEIGHTS,
     IMP,
     MASK,
     METRICS,
+    PRETRAINED_BACKBONE,
     WEIGHTS,
     RunPaths,
     check_round,
     load_theta_p,
+    pretrain_dir,
     training_checkpoint,
     write_history,
 )
 from ticketlab.paths import run_dir as run_dir_of
-from ticketlab.pretrain import pretrain_run_for, run_pretraining
+from ticketlab.pretrain import load_pretrained_heads, pretrain_run_for, run_pretraining
 from ticketlab.prunable import prunable_names
 from ticketlab.pruning.base import prune, target_pruned_count
 from ticketlab.report import write_report
@@ -111,6 +114,26 @@ class RunContext:
                                  "round 0 and the last round); set keep: all in a new run to keep every round's")
         return load_tensors(self.paths.weights(k))[0]
 
+    def pretrained_heads(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
+        """IMP on the pre-training task itself (same objective, options and task): the pre-training's head and
+        objective parts, which belong to θp and are rewound with it (as the MoCo code rewinds its key encoder and
+        queue); None otherwise or for pre-trainings written before heads were kept."""
+        cfg = self.config
+        if cfg.pretrain is None or (cfg.objective, cfg.objective_options, cfg.task) != \
+                (cfg.pretrain.objective, cfg.pretrain.objective_options, cfg.pretrain.task):
+            return None
+        return self.memo("pretrained_heads", lambda: load_pretrained_heads(
+            pretrain_dir(self.dir.parent, config_hash(pretrain_run_for(cfg))) / PRETRAINED_BACKBONE))
+
+    def pruning_weights(self, k: int) -> dict[str, torch.Tensor]:
+        """The weights round ``k + 1`` prunes from: round ``k``'s end-of-training weights (``prune.weights: final``,
+        as LTH and the papers' code do) or its best-validation ones. Rounds written before final weights were kept
+        fall back to the best-validation weights they were pruned from then."""
+        final = self.paths.final_weights(k)
+        if self.config.prune.weights == "final" and final.is_file():
+            return load_tensors(final)[0]
+        return self.imp_weights(k)
+
     # masks -------------------------------------------------------------------------------------
     def prunable(self) -> list[str]:
         return self.memo("prunable", lambda: prunable_names(self.fresh_model(), self.config.prune.prunable))
@@ -141,6 +164,9 @@ def prepare_theta_p(run: RunContext, runs_dir: Path, progress: bool) -> None:
     if cfg.pretrain is not None:
         checkpoint = run_pretraining(pretrain_run_for(cfg), runs_dir, cfg.deterministic, progress)
         load_backbone(model.backbone, checkpoint)
+        heads = run.pretrained_heads()
+        if heads is not None:  # IMP on the pre-training task: θp includes the pre-trained task head
+            model.head.load_state_dict(heads[0])
         source = str(checkpoint.relative_to(runs_dir))
         meta = {"backbone_from": os.path.relpath(checkpoint, run.dir),
                 "backbone_sha256": read_json(sidecar_path(checkpoint))["sha256"]}
@@ -175,10 +201,12 @@ def train_branch(run: RunContext, branch: str, k: int, mask: Mask, start: dict[s
         snapshot = SnapshotAtStep(run.config.prune.rewind_steps)
     objective = OBJECTIVES.build(run.config.objective, **run.config.objective_options)
     checkpoint = training_checkpoint(run.paths.branch(branch, k))
+    heads = run.pretrained_heads()
     result = train_model(model, run.task, run.config.train, seed=run.config.seed, mask=mask, objective=objective,
                          callbacks=[snapshot] if snapshot else [], deterministic=run.config.deterministic,
                          progress=f"{branch} round {k} ({mask.sparsity():.1%})" if progress else None,
-                         engine=run.config.engine, checkpoint=checkpoint)
+                         engine=run.config.engine, checkpoint=checkpoint,
+                         objective_state=heads[1] if heads is not None and heads[1] else None)
     metrics = {"format": 2, "round": k, "branch": branch, "target_sparsity": run.sparsity(k), "sparsity": mask.sparsity(),
                "model_sparsity": mask.model_sparsity(model), **result.metrics}
     if not same_on_every_rank(mask.digest()):
@@ -192,6 +220,8 @@ def train_branch(run: RunContext, branch: str, k: int, mask: Mask, start: dict[s
                                               "run": run.dir.name, "model": run.config.model.name})
         if branch == IMP:
             save_tensors(tmp / WEIGHTS, result.state, {"round": k})
+            if run.config.prune.weights == "final" and result.final_state is not None:
+                save_tensors(tmp / FINAL_WEIGHTS, result.final_state, {"round": k, "of": "the last epoch"})
         if snapshot is not None:
             save_tensors(tmp / EARLY, snapshot.state, {"step": run.config.prune.rewind_steps})
         write_json(tmp / METRICS, metrics)
@@ -285,14 +315,15 @@ def run_units(run: RunContext, store: ResultStore | None, runs_dir: Path, progre
             if k == 0:
                 mask, start = run.dense_mask(), run.pretrained_state()
             else:
-                previous, weights = run.imp_mask(k - 1), run.imp_weights(k - 1)
+                previous, weights = run.imp_mask(k - 1), run.pruning_weights(k - 1)
                 generator = torch.Generator().manual_seed(config.seed * 7919 + k)
                 mask = prune(config.prune.method, weights, previous, run.sparsity(k), generator, run.fresh_model())
                 start = rewound_state(run)
             metrics = train_branch(run, IMP, k, mask, start, progress)
             # round k's mask exists: round k-1's weights are no longer needed
             if k >= 2 and config.keep == "needed" and store is not None:
-                release_files(run.paths.branch(IMP, k - 1), [WEIGHTS, sidecar_path(run.paths.weights(k - 1)).name])
+                files = (run.paths.weights(k - 1), run.paths.final_weights(k - 1))
+                release_files(run.paths.branch(IMP, k - 1), [n for f in files for n in (f.name, sidecar_path(f).name)])
         else:
             mask, start = BASELINES.get(branch)(run, k)
             metrics = train_branch(run, branch, k, mask, start, progress)

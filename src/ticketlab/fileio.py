@@ -253,6 +253,7 @@ def verify_dir(folder: Path, skip: tuple[str, ...] = ()) -> list[str]:
 
 def release_files(folder: Path, names: list[str]) -> None:
     """Delete files of a finished folder that no later step needs, recording them as released in the manifest."""
+    names = [n for n in names if (folder / n).exists()]
     if (folder / MANIFEST).is_file():  # folders from before manifests: nothing to record
         manifest = read_json(folder / MANIFEST)
         manifest["released"] = sorted(set(manifest.get("released", [])) | set(names))

@@ -35,9 +35,11 @@ RUN_PREFIX = "imp-"
 CONFIG = "config.json"
 METRICS = "metrics.json"
 MASK = "mask.safetensors"
-WEIGHTS = "weights.safetensors"
+WEIGHTS = "weights.safetensors"  # the best-validation weights (reported, exported)
+FINAL_WEIGHTS = "final_weights.safetensors"  # the end-of-training weights IMP prunes from (prune.weights: final)
 EARLY = "rewind_early.safetensors"
 PRETRAINED_BACKBONE = "backbone.safetensors"
+PRETRAINED_HEADS = "heads.safetensors"  # beside the backbone: the task head (head.*) and objective parts (objective.*)
 TICKETS = "tickets.safetensors"
 REPORT = "report.md"
 HISTORY = "metrics.jsonl"
@@ -91,6 +93,9 @@ class RunPaths:
 
     def weights(self, k: int) -> Path:
         return self.branch(IMP, k) / WEIGHTS
+
+    def final_weights(self, k: int) -> Path:
+        return self.branch(IMP, k) / FINAL_WEIGHTS
 
     def early(self) -> Path:
         return self.branch(IMP, 0) / EARLY
@@ -223,7 +228,7 @@ def check_round(folder: Path, hash_weights: bool = False) -> dict[str, Any]:
         raise CorruptFileError(f"{folder / METRICS} is not a round's metrics (needs {', '.join(ROUND_KEYS)}); "
                                f"delete {folder} and re-run 'ticketlab find' on its run")
     if (folder / MANIFEST).is_file() or metrics.get("format", 1) >= 2:
-        problems = verify_dir(folder, skip=() if hash_weights else (WEIGHTS,))
+        problems = verify_dir(folder, skip=() if hash_weights else (WEIGHTS, FINAL_WEIGHTS))
         if problems:
             raise CorruptFileError(f"{problems[0]}; delete {folder} and re-run 'ticketlab find' on its run")
     return metrics

@@ -8,14 +8,24 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
+
+import torch
 
 from ticketlab.config import EngineConfig, ExperimentConfig, ModelConfig, PretrainConfig, config_hash, to_dict
 from ticketlab.data.base import build_task
 from ticketlab.engine import is_main_process, wait_for_everyone
-from ticketlab.fileio import atomic_dir, ensure_writable_dir, save_tensors, write_json
+from ticketlab.fileio import atomic_dir, ensure_writable_dir, load_tensors, save_tensors, write_json
 from ticketlab.models.base import build_model, model_input_defaults
 from ticketlab.objectives.base import OBJECTIVES
-from ticketlab.paths import CONFIG, PRETRAINED_BACKBONE, pretrain_dir, training_checkpoint, write_history
+from ticketlab.paths import (
+    CONFIG,
+    PRETRAINED_BACKBONE,
+    PRETRAINED_HEADS,
+    pretrain_dir,
+    training_checkpoint,
+    write_history,
+)
 from ticketlab.train import train_model
 
 
@@ -60,7 +70,36 @@ def run_pretraining(run: PretrainRun, runs_dir: Path, deterministic: bool = Fals
             "kind": "ticketlab-pretrained-backbone", "objective": run.pretrain.objective,
             "task": run.pretrain.task.name, "model": to_dict(run.model), "metrics": result.metrics,
         })
+        heads, extra = pretrained_heads(result)
+        save_tensors(tmp / PRETRAINED_HEADS, heads, {"kind": "ticketlab-pretrained-heads", "extra_state": extra})
         write_history(tmp, result.history)
     training_checkpoint(folder).unlink(missing_ok=True)
     wait_for_everyone()
     return checkpoint
+
+
+def pretrained_heads(result: Any) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The pre-training's task head (``head.*``) and objective parts (``objective.*``: projectors, MoCo's key encoder
+    and queue) as tensors, plus the objective's non-tensor state (MoCo's queue pointer) for the sidecar."""
+    tensors = {k: v for k, v in result.state.items() if k.startswith("head.")}
+    extra = {}
+    for key, value in (result.objective_state or {}).items():
+        if isinstance(value, torch.Tensor):
+            tensors[f"objective.{key}"] = value.contiguous()
+        else:
+            extra[key] = value
+    return tensors, extra
+
+
+def load_pretrained_heads(backbone_checkpoint: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
+    """(head state, objective state) saved beside a pre-trained backbone; None for pre-trainings written before
+    heads were kept."""
+    path = Path(backbone_checkpoint).parent / PRETRAINED_HEADS
+    if not path.is_file():
+        return None
+    tensors, meta = load_tensors(path)
+    head = {k.removeprefix("head."): v for k, v in tensors.items() if k.startswith("head.")}
+    objective: dict[str, Any] = {k.removeprefix("objective."): v for k, v in tensors.items()
+                                 if k.startswith("objective.")}
+    objective.update(meta.get("extra_state", {}))
+    return head, objective

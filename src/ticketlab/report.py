@@ -42,10 +42,21 @@ def _score(metrics: dict[str, Any]) -> str:
 
 
 def ticket_summary(rounds: list[dict[str, Any]], dense: float, relaxed: float = 0.99) -> str:
-    """Highest sparsity whose IMP ticket is matching (>= dense) and relaxed (>= 99 % of dense)."""
-    curve = [(r["sparsity"], r["metrics"]["test_acc"]) for r in rounds if r["round"] > 0]
-    return (f"highest matching sparsity {pct(highest_sparsity(curve, dense))}; "
-            f"highest relaxed ({relaxed:.0%}) sparsity {pct(highest_sparsity(curve, relaxed * dense))}")
+    """Highest sparsity up to which every IMP round is matching (val >= dense val) and relaxed (>= 99 %), decided
+    on *validation* scores, with the test score there; inconclusive when the dense model is at chance."""
+    first = rounds[0]["metrics"] if rounds else {}
+    if at_chance(first.get("test_acc", dense), first.get("chance_test"), first.get("n_test")):
+        return "matching / relaxed sparsity: inconclusive (the dense model is at chance)"
+    dense_val = first.get("val_acc", dense)
+    curve = [(r["sparsity"], r["metrics"].get("val_acc", r["metrics"]["test_acc"])) for r in rounds if r["round"] > 0]
+    test_at = {r["sparsity"]: r["metrics"]["test_acc"] for r in rounds}
+
+    def shown(s: float | None) -> str:
+        return pct(s) if s is None else f"{pct(s)} (test {test_at[s]:.2%})"
+
+    return (f"highest matching sparsity {shown(highest_sparsity(curve, dense_val))}; highest relaxed ({relaxed:.0%}) "
+            f"sparsity {shown(highest_sparsity(curve, relaxed * dense_val))} — every lower round matches too, decided "
+            "on validation scores (one seed: no interval)")
 
 
 def plot_sparsity_accuracy(run: dict[str, Any], path: Path) -> Path:

@@ -68,8 +68,10 @@ class SnapshotAtStep(Callback):
 @dataclass
 class TrainResult:
     metrics: dict[str, Any]
-    state: dict[str, torch.Tensor] = field(repr=False)
+    state: dict[str, torch.Tensor] = field(repr=False)  # best-validation weights
     history: list[dict[str, Any]] = field(default_factory=list)  # one row per epoch (metrics.jsonl)
+    final_state: dict[str, torch.Tensor] | None = field(default=None, repr=False)  # after the last epoch
+    objective_state: dict[str, Any] | None = field(default=None, repr=False)  # the objective's parts at the end
 
 
 def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -124,6 +126,7 @@ def train_model(
     config_key: str = "train",
     engine: EngineConfig | None = None,
     checkpoint: Path | None = None,
+    objective_state: dict[str, Any] | None = None,
 ) -> TrainResult:
     """Train ``model`` on ``task``; return the best-validation weights, their metrics and the epoch history.
 
@@ -144,6 +147,8 @@ def train_model(
                            augment_generator=torch.Generator().manual_seed(seed + 1), config_key=config_key,
                            reference_steps=min(10, steps_per_epoch), engine=run)
     objective = train_step.objective
+    if objective_state is not None:  # the objective's pre-trained parts (projector, key encoder, queue), rewound
+        objective.load_state_dict(objective_state)
     fingerprint = _fingerprint(task, recipe, seed, mask, objective, run)
     pos = {"epoch": 0, "batch": 0, "running": 0.0, "batches": 0, "order_state": generator.get_state()}
     best: dict[str, Any] = {"val": -1.0, "epoch": -1, "state": None}
@@ -222,6 +227,7 @@ def train_model(
     bar.close()
     run.end_tracking()
     assert best["state"] is not None
+    final_state = _cpu_state(model)
     model.load_state_dict(best["state"])
     test_score = objective.evaluate(model, task, "test")
     metrics = {
@@ -241,4 +247,6 @@ def train_model(
         "train_seconds": round(time.perf_counter() - started, 2),
     }
     model.to("cpu")
-    return TrainResult(metrics, best["state"], history)
+    return TrainResult(metrics, best["state"], history, final_state,
+                       {k: v.detach().cpu() if isinstance(v, torch.Tensor) else v
+                        for k, v in objective.state_dict().items()})

@@ -21,7 +21,7 @@ Start = tuple[Mask, dict[str, torch.Tensor]]
 @baseline("omp", "one-shot magnitude")
 def one_shot_magnitude(run: RunContext, k: int) -> Start:
     """OMP: prune the dense task-trained weights straight to round k's sparsity, then rewind."""
-    mask = prune(run.config.prune.method, run.imp_weights(0), run.dense_mask(), run.sparsity(k), None,
+    mask = prune(run.config.prune.method, run.pruning_weights(0), run.dense_mask(), run.sparsity(k), None,
                  run.fresh_model())
     return mask, rewound_state(run)
 

@@ -124,6 +124,15 @@ def scene_task(name: str, label: str, domain: str, n_train: int, n_val: int, n_t
     return Task(name, len(class_names), *splits, class_names=class_names)
 
 
+def stream_seeds(name: str, options: dict) -> set[int]:
+    """The generator seeds of a scenes task's three splits (empty for other tasks): two tasks whose sets intersect
+    show the same images, so a "downstream" task must not share them with its pre-training task."""
+    if not name.startswith("scenes_"):
+        return set()
+    seed = int(options.get("seed", 0))
+    return {seed * 1000 + offset for offset in range(3)}
+
+
 def _register(name: str, label: str, domain: str, doc: str) -> None:
     def factory(n_train: int = 2000, n_val: int = 500, n_test: int = 1000, image_size: int = 32,
                 seed: int = 0) -> Task:

@@ -35,6 +35,7 @@ from ticketlab.config import (
     validate,
 )
 from ticketlab.data.base import build_task
+from ticketlab.data.scenes import stream_seeds
 from ticketlab.experiment import run_experiment
 from ticketlab.figures import chance, markdown_table, pct, plot_heatmap, plot_layer_sparsity, plot_overlap, pm, pyplot
 from ticketlab.fileio import ensure_writable_dir, write_json
@@ -70,6 +71,7 @@ class StudyConfig:
     matching_within_std: bool = False
     analysis_round: int = 3  # the round whose masks are compared and perturbed
     seed: int = 0
+    share_init: bool = False  # every pre-training from one θ0 (then mask overlap partly measures the shared start)
 
 
 def check_study(study: StudyConfig) -> None:
@@ -86,17 +88,29 @@ def check_study(study: StudyConfig) -> None:
         raise ConfigError(f"analysis_round must be in 1..prune.rounds ({study.prune.rounds})")
     for cfg in [*pretraining_configs(study).values(), *downstream_configs(study).values()]:
         validate(cfg)
+    for p in study.pretrainings:
+        seen = stream_seeds(p.task.name, p.task.options)
+        for t in study.downstream:
+            if seen & stream_seeds(t.name, t.options):
+                raise ConfigError(f"downstream task {t.name} draws the scenes pre-training {p.label!r} trains on "
+                                  f"({p.task.name}, seed {p.task.options.get('seed', 0)}); give it another "
+                                  "options.seed so that transfer is to unseen images")
 
 
 def _pretrain(study: StudyConfig, p: StudyPretraining) -> PretrainConfig:
     return PretrainConfig(p.objective, p.objective_options, p.task, p.train)
 
 
+def init_seed(study: StudyConfig, p: StudyPretraining) -> int:
+    """The seed of pre-training ``p`` (its θ0 and its runs): independent per pre-training unless ``share_init``."""
+    return study.seed if study.share_init else study.seed + 1000 * study.pretrainings.index(p)
+
+
 def pretraining_configs(study: StudyConfig) -> dict[str, ExperimentConfig]:
     """IMP on each pre-training objective, from the θp that objective produced."""
     return {p.label: ExperimentConfig(model=study.model, task=p.task, train=p.imp_train, prune=study.prune,
                                       pretrain=_pretrain(study, p), objective=p.objective,
-                                      objective_options=p.objective_options, baselines=[], seed=study.seed)
+                                      objective_options=p.objective_options, baselines=[], seed=init_seed(study, p))
             for p in study.pretrainings}
 
 
@@ -105,7 +119,8 @@ def downstream_configs(study: StudyConfig) -> dict[tuple[str, str], ExperimentCo
     sources = [p for p in study.pretrainings if not study.downstream_imp_from or p.label in study.downstream_imp_from]
     return {(p.label, t.name): ExperimentConfig(model=study.model, task=t, train=study.downstream_train,
                                                 prune=study.prune, pretrain=_pretrain(study, p),
-                                                baselines=study.baselines if i == 0 else [], seed=study.seed)
+                                                baselines=study.baselines if i == 0 else [],
+                                                seed=init_seed(study, p))
             for i, p in enumerate(sources) for t in study.downstream}
 
 

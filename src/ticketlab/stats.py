@@ -1,0 +1,77 @@
+"""Statistics every report uses: confidence intervals, paired differences, the matching-sparsity rule.
+
+- ``mean_ci``: mean with a Student-t 95 % interval over seeds (t, not bootstrap: with 2–5 seeds a bootstrap
+  interval is too narrow); one value has no interval.
+- ``paired_ci``: the same for per-seed differences of two methods that share seeds.
+- ``matching_sparsity``: the highest sparsity s such that *every* sparsity ≤ s reaches the threshold — a late
+  single lucky round does not count. Reports decide it on validation scores and then show test scores there.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Interval:
+    mean: float
+    low: float | None  # None: fewer than two values
+    high: float | None
+    n: int
+
+    def __str__(self) -> str:
+        if self.low is None or self.high is None:
+            return f"{100 * self.mean:.2f} % (n = {self.n}, no interval)"
+        return f"{100 * self.mean:.2f} % [{100 * self.low:.2f}, {100 * self.high:.2f}] (95 % CI, n = {self.n})"
+
+
+def mean_ci(values: Sequence[float], confidence: float = 0.95) -> Interval:
+    """Mean and Student-t confidence interval of independent runs (e.g. one per seed)."""
+    values = [float(v) for v in values]
+    if not values:
+        raise ValueError("mean_ci of no values")
+    mean = statistics.fmean(values)
+    if len(values) < 2:
+        return Interval(mean, None, None, len(values))
+    from scipy.stats import t
+
+    half = t.ppf(0.5 + confidence / 2, len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
+    return Interval(mean, mean - half, mean + half, len(values))
+
+
+def paired_ci(a: Sequence[float], b: Sequence[float], confidence: float = 0.95) -> Interval:
+    """Interval of the mean difference a − b over pairs that share a seed."""
+    if len(a) != len(b):
+        raise ValueError(f"paired_ci needs pairs: {len(a)} vs {len(b)} values")
+    return mean_ci([x - y for x, y in zip(a, b, strict=True)], confidence)
+
+
+def matching_sparsity(curve: Sequence[tuple[float, float]], threshold: float) -> float | None:
+    """Highest sparsity whose score, and the score of every lower sparsity, reaches ``threshold``; ``None`` when
+    the lowest already misses it. ``curve``: (sparsity, score) of the sparse models."""
+    best = None
+    for sparsity, score in sorted(curve):
+        if score < threshold:
+            break
+        best = sparsity
+    return best
+
+
+def clearly_above(interval: Interval, chance: float) -> bool:
+    """The written rule for a usable dense reference: its interval's lower end (its mean, for one run) is above
+    chance."""
+    low = interval.low if interval.low is not None else interval.mean
+    return low > chance
+
+
+def verdict(measured: Interval, claim: float, chance: float | None = None) -> str:
+    """Reproduced when the claimed value lies inside the measured interval or below it (the claim holds at least),
+    contradicted when the whole interval is below the claim, inconclusive without an interval or at chance."""
+    if chance is not None and not clearly_above(measured, chance):
+        return "inconclusive"
+    if measured.low is None or measured.high is None:
+        return "inconclusive"
+    return "contradicted" if measured.high < claim else "reproduced"

@@ -1,0 +1,62 @@
+"""The statistics every report uses, on hand-built numbers."""
+
+from __future__ import annotations
+
+import pytest
+
+from ticketlab.report import ticket_summary
+from ticketlab.stats import Interval, matching_sparsity, mean_ci, paired_ci, verdict
+
+
+def test_t_interval_on_known_samples():
+    ci = mean_ci([1.0, 2.0, 3.0, 4.0, 5.0])
+    # mean 3, sd sqrt(2.5), t(0.975, 4) = 2.776445 -> half-width 2.776445 * 1.581139 / sqrt(5) = 1.963243
+    assert ci.mean == pytest.approx(3.0) and ci.low == pytest.approx(3 - 1.963243, abs=1e-5)
+    assert ci.high == pytest.approx(3 + 1.963243, abs=1e-5) and ci.n == 5
+    two = mean_ci([0.80, 0.84])  # t(0.975, 1) = 12.7062: two seeds give a wide interval, honestly
+    assert two.high - two.low == pytest.approx(2 * 12.7062 * 0.0282843 / 2 ** 0.5, rel=1e-4)
+    one = mean_ci([0.7])
+    assert one.low is None and "no interval" in str(one)
+
+
+def test_paired_interval_uses_per_seed_differences():
+    a, b = [0.90, 0.85, 0.80], [0.88, 0.83, 0.78]  # a beats b by exactly 0.02 on every seed
+    ci = paired_ci(a, b)
+    assert ci.mean == pytest.approx(0.02) and ci.high - ci.low == pytest.approx(0.0, abs=1e-12)
+    assert mean_ci(a).high - mean_ci(a).low > 0.1  # unpaired, the seed-to-seed spread swamps the difference
+    with pytest.raises(ValueError, match="pairs"):
+        paired_ci([1.0], [1.0, 2.0])
+
+
+def test_matching_sparsity_is_contiguous_a_late_single_match_does_not_count():
+    curve = [(0.2, 0.91), (0.36, 0.90), (0.488, 0.88), (0.59, 0.86), (0.67, 0.905)]
+    assert matching_sparsity(curve, 0.90) == 0.36  # 0.67 reaches 0.905 but 0.488 and 0.59 do not
+    assert matching_sparsity(curve, 0.95) is None
+    assert matching_sparsity(list(reversed(curve)), 0.85) == 0.67  # order of the input does not matter
+
+
+def test_verdict_rule():
+    assert verdict(Interval(0.70, 0.68, 0.72, 3), claim=0.71) == "reproduced"  # claim inside the interval
+    assert verdict(Interval(0.60, 0.58, 0.62, 3), claim=0.71) == "contradicted"  # whole interval below it
+    assert verdict(Interval(0.80, 0.78, 0.82, 3), claim=0.71) == "reproduced"  # holds at least
+    assert verdict(Interval(0.36, 0.30, 0.42, 3), claim=0.30, chance=0.346) == "inconclusive"  # not above chance
+    assert verdict(Interval(0.70, None, None, 1), claim=0.71) == "inconclusive"  # one run has no interval
+
+
+def rounds(val: list[float], test: list[float], chance: float = 0.2, n_test: int = 1000) -> list[dict]:
+    sparsities = [0.0, 0.2, 0.36, 0.488]
+    return [{"round": k, "sparsity": s, "metrics": {"val_acc": v, "test_acc": t, "chance_test": chance,
+                                                    "n_test": n_test}}
+            for k, (s, v, t) in enumerate(zip(sparsities, val, test, strict=True))]
+
+
+def test_ticket_summary_decides_on_validation_and_reports_test_there():
+    # test says round 3 matches (0.95 >= 0.90) but validation says it does not: validation decides
+    text = ticket_summary(rounds([0.90, 0.91, 0.90, 0.85], [0.90, 0.92, 0.93, 0.95]), 0.90)
+    assert "highest matching sparsity 36.00 % (test 93.00%)" in text
+    assert "relaxed (99%) sparsity 36.00 %" in text and "decided on validation" in text
+
+
+def test_a_dense_model_at_chance_makes_every_comparison_inconclusive():
+    text = ticket_summary(rounds([0.36, 0.37, 0.38, 0.39], [0.35, 0.36, 0.37, 0.38], chance=0.346), 0.35)
+    assert "inconclusive" in text and "matching sparsity 48" not in text

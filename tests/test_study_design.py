@@ -1,0 +1,68 @@
+"""Study designs that can support a claim: disjoint pre-training / downstream data, independent θ0."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ticketlab.errors import ConfigError
+from ticketlab.studies import study_config
+from ticketlab.studies.cv_pretraining import pretraining_configs
+
+EXAMPLE = yaml.safe_load((Path(__file__).parent.parent / "examples" / "cv_pretraining_study.yaml").read_text())
+
+
+def test_downstream_scenes_must_not_be_the_pretraining_scenes():
+    from ticketlab.data.base import build_task
+
+    study = study_config("cv_pretraining", EXAMPLE)  # the shipped study passes
+    pre = build_task(study.pretrainings[0].task.name, {**study.pretrainings[0].task.options, "n_train": 50})
+    down = build_task(study.downstream[0].name, {**study.downstream[0].options, "n_train": 50})
+    assert not any((pre.train.x == image).flatten(1).all(1).any() for image in down.train.x)  # no shared image
+    shared = {**EXAMPLE, "downstream": [{"name": "scenes_shape", "options": {"n_train": 300}}]}  # seed 0 = pre-training's
+    with pytest.raises(ConfigError, match="draws the scenes pre-training 'supervised' trains on"):
+        study_config("cv_pretraining", shared)
+
+
+def test_each_pretraining_starts_from_its_own_init_unless_shared():
+    seeds = [cfg.seed for cfg in pretraining_configs(study_config("cv_pretraining", EXAMPLE)).values()]
+    assert len(set(seeds)) == len(seeds) == 3
+    shared = pretraining_configs(study_config("cv_pretraining", {**EXAMPLE, "share_init": True}))
+    assert {cfg.seed for cfg in shared.values()} == {EXAMPLE.get("seed", 0)}
+
+
+@pytest.mark.parametrize("objective", ["supervised", "simclr"])
+def test_pretrained_heads_are_saved_with_theta_p_and_rewound_in_pretraining_task_imp(tmp_path, monkeypatch, objective):
+    import torch
+
+    import ticketlab.experiment as experiment
+    from tests.conftest import TINY_SCENES, tiny_config
+    from ticketlab.config import parse_config
+    from ticketlab.fileio import load_tensors
+    from ticketlab.paths import load_theta_p
+
+    task = {"name": "scenes_shape", "options": dict(TINY_SCENES)}
+    train = {"optimizer": "sgd", "lr": 0.05, "epochs": 1, "batch_size": 48}
+    cfg = tiny_config(task=task, objective=objective, baselines=[], prune={"rounds": 1},
+                      pretrain={"objective": objective, "task": task, "train": train})
+    seen = []
+    original = experiment.train_model
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("objective_state"))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(experiment, "train_model", spy)
+    run = experiment.run_experiment(parse_config(cfg), tmp_path, progress=False)
+    (heads_file,) = tmp_path.glob("pretrain-*/heads.safetensors")
+    saved = load_tensors(heads_file)[0]
+    theta_p = load_theta_p(run)
+    assert all(torch.equal(theta_p[k], v) for k, v in saved.items() if k.startswith("head."))  # the head is in θp
+    if objective == "simclr":
+        projector = {k.removeprefix("objective."): v for k, v in saved.items() if k.startswith("objective.")}
+        assert projector and len(seen) == 2  # round 0 and round 1 both start from the pre-trained projector
+        assert all(torch.equal(state[k], v) for state in seen for k, v in projector.items())
+    else:
+        assert seen == [None, None]  # supervised has no objective parts
