@@ -184,10 +184,46 @@ def test_patch_study_end_to_end(tmp_path, capsys):
     out = next((tmp_path / "runs").glob("patchstudy-*"))
     report = (out / "report.md").read_text()
     assert "| 0.5 | 8/64 | ticket |" in report and "| 0.5 | 8/64 | rc_budget |" in report
+    assert "| 0.5 | 8/64 | position |" in report  # the position-only control
     assert "Weight-level IMP vs random re-initialisation" in report
+    assert "## Verdicts" in report and "| 0.5 | sparse | ticket students beat random-patch (RC) students |" in report
     assert_figure(out / "students.png")
     assert_figure(out / "weight_level.png")
     rows = json.loads((out / "students.json").read_text())
-    assert len(rows) == 2 * (2 + 2 + 1)  # seeds x (ticket, rc at 0.9; ticket, rc, rc_budget at 0.5)
+    assert len(rows) == 2 * (3 + 4)  # seeds x (ticket, rc, position at 0.9; + rc_budget at 0.5)
     budget = next(r for r in rows if r["variant"] == "rc_budget")
     assert budget["epochs"] == 8  # 1 / 0.5^3
+    assert all(r["scored"] == "final epoch" for r in rows)
+    assert all(0 <= r["sparse_selector_acc"] <= 1 for r in rows if r["variant"] == "rc")  # the named extra
+    assert all(r["selector_test_acc"] is not None for r in rows)  # the selector's own accuracy is reported
+
+
+def test_cross_fitting_a_selector_never_picks_tickets_of_images_it_was_trained_on(monkeypatch):
+    import ticketlab.studies.patch_tickets as study
+    task = build_task("scenes_shape", {"n_train": 40, "n_val": 8, "n_test": 8})
+    cfg = study.SelectorConfig(model=ModelConfig("vit", {"config": {"hidden_size": 16, "num_hidden_layers": 3,
+                                                                   "num_attention_heads": 2, "intermediate_size": 32,
+                                                                   "image_size": 32, "patch_size": 8}}),
+                               keep_rate=0.5, finetune=TrainConfig(epochs=1, batch_size=20, lr=1e-3, optimizer="adamw"))
+    trained = []
+    original = study.fine_tune_selector
+
+    def spy(cfg, half, folder, label, progress):
+        model, metrics = original(cfg, half, folder, label, progress)
+        trained.append((model, {tuple(x.flatten().tolist()[:64]) for x in half.train.x}))
+        return model, metrics
+
+    monkeypatch.setattr(study, "fine_tune_selector", spy)
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as tmp:
+        _, tickets, _ = study.cross_fitted_tickets(cfg, task, Path(tmp) / "sel", progress=False)
+    (model_a, seen_a), (model_b, seen_b) = trained
+    assert not seen_a & seen_b and len(seen_a) + len(seen_b) == 40  # two disjoint halves of the training images
+    from_b = find_tickets(model_b, task, splits=("train",))["train"]
+    from_a = find_tickets(model_a, task, splits=("train",))["train"]
+    for i, image in enumerate(task.train.x):
+        key = tuple(image.flatten().tolist()[:64])
+        expected = from_b[i] if key in seen_a else from_a[i]  # the selector that did not train on the image
+        assert torch.equal(tickets["train"][i], expected)

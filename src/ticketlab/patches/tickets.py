@@ -24,11 +24,12 @@ def dataset_fingerprint(task: Task) -> dict[str, Any]:
 
 
 @torch.no_grad()
-def find_tickets(selector: nn.Module, task: Task, batch_size: int = 256) -> dict[str, torch.Tensor]:
+def find_tickets(selector: nn.Module, task: Task, batch_size: int = 256,
+                 splits: tuple[str, ...] = SPLITS) -> dict[str, torch.Tensor]:
     """The surviving patch indices of every image (sorted), per split, from a token-reducing selector."""
     selector.eval()
     out = {}
-    for split in SPLITS:
+    for split in splits:
         data = getattr(task, split)
         chunks = []
         for start in range(0, len(data), batch_size):

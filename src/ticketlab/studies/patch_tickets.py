@@ -4,8 +4,14 @@ weight-level comparison, and their report.
 Selection: ``runs/select-<hash>/`` (fine-tuned selector, ``tickets.safetensors``, ``tickets.png``).
 Students: ``runs/patchstudy-<hash>/k_<k>/seed_<s>/<variant>/metrics.json``, written atomically and
 never recomputed. Variants: ``ticket`` (the selector's patches), ``rc`` (random patches of the same
-count, a fresh draw every step) and ``rc_budget`` (RC with epochs scaled by 1/k³, Shen et al.'s
-equal-budget variant). Each is scored dense (all patches) and sparse (the selector's test patches).
+count, a fresh draw every step), ``rc_budget`` (RC with epochs scaled by 1/k³, Shen et al.'s
+equal-budget variant) and ``position`` (the position-only control: every image gets the ticket of another
+image of its split, so the patch positions keep the selector's distribution but say nothing about the image).
+Students are scored at their final epoch (no checkpoint is chosen on a metric that is not reported), dense (all
+patches) and sparse: ticket and position students on their own test patches, RC on random test patches of the
+same count as in the original protocol (``sparse_selector_acc``: RC on the selector's patches, a named extra).
+The selector is cross-fitted by default: two selectors, each fine-tuned on one half of the training images,
+pick the tickets of the other half, so no training ticket comes from a selector that saw that image's label.
 """
 
 from __future__ import annotations
@@ -15,9 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from tqdm.auto import tqdm
 
-from ticketlab.analysis import mean_std
 from ticketlab.config import (
     EngineConfig,
     ExperimentConfig,
@@ -28,9 +34,8 @@ from ticketlab.config import (
     to_dict,
     validate,
 )
-from ticketlab.data.base import build_task
+from ticketlab.data.base import Split, Task, build_task
 from ticketlab.experiment import run_experiment
-from ticketlab.figures import chance, markdown_table, pm, pyplot
 from ticketlab.fileio import atomic_dir, ensure_writable_dir, read_json, save_tensors, write_json
 from ticketlab.metrics import accuracy
 from ticketlab.models.base import build_model, model_input_defaults
@@ -40,9 +45,7 @@ from ticketlab.patches.vit import patch_vit
 from ticketlab.paths import (
     CONFIG,
     METRICS,
-    REPORT,
     TICKETS,
-    load_run,
     select_dir,
     student_dir,
     study_dir,
@@ -50,7 +53,8 @@ from ticketlab.paths import (
     write_history,
 )
 from ticketlab.studies.base import STUDIES, Study
-from ticketlab.train import train_model
+from ticketlab.studies.patch_report import write_patch_report
+from ticketlab.train import Callback, train_model
 
 
 @dataclass(frozen=True)
@@ -61,6 +65,8 @@ class SelectorConfig:
     reduction_layers: list[int] = field(default_factory=list)  # 0-based; empty = blocks 4, 7, 10 of 12, scaled
     finetune: TrainConfig | None = None  # fine-tune with token reduction first; None = use the model as is
     seed: int = 0
+    keep_warmup_steps: int = 0  # keep rate goes linearly from 1 to keep_rate over these steps (EViT's warm-up)
+    cross_fit: bool = True  # training-image tickets come from a selector fine-tuned on the other half
     engine: EngineConfig = field(default_factory=EngineConfig)
 
 
@@ -78,6 +84,7 @@ class PatchStudyConfig:
     keep_rates: list[float] = field(default_factory=lambda: [0.9, 0.7, 0.5])
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     equal_budget_rates: list[float] = field(default_factory=list)  # run rc_budget at these keep rates
+    position_control: bool = True  # train the position-only control (tickets shuffled across images)
     weight_level: list[WeightLevelRun] = field(default_factory=list)
     engine: EngineConfig = field(default_factory=EngineConfig)
 
@@ -93,20 +100,61 @@ def selector_model(cfg: SelectorConfig, num_classes: int) -> Any:
     return model
 
 
+class KeepRateWarmup(Callback):
+    """EViT's warm-up: the selector's keep rate falls linearly from 1 to its target over the first steps."""
+
+    def __init__(self, backbone: Any, target: float, steps: int) -> None:
+        self.backbone, self.target, self.steps = backbone, target, steps
+        backbone.keep_rate = 1.0 if steps > 0 else target
+
+    def on_step_end(self, step: int, model: Any) -> None:
+        self.backbone.keep_rate = 1.0 - (1.0 - self.target) * min(1.0, step / max(self.steps, 1))
+
+
+def fine_tune_selector(cfg: SelectorConfig, task: Task, folder: Path, label: str,
+                       progress: bool) -> tuple[Any, dict[str, Any]]:
+    model = selector_model(cfg, task.num_classes)
+    if cfg.finetune is None:
+        return model, {}
+    warmup = KeepRateWarmup(model.backbone, cfg.keep_rate, cfg.keep_warmup_steps)
+    result = train_model(model, task, cfg.finetune, seed=cfg.seed, callbacks=[warmup],
+                         progress=f"selector {label} k={cfg.keep_rate}" if progress else None, engine=cfg.engine,
+                         checkpoint=folder.parent / f".{folder.name}.{label}.checkpoint.pt")
+    model.backbone.keep_rate = cfg.keep_rate
+    return model, result.metrics
+
+
+def cross_fitted_tickets(cfg: SelectorConfig, task: Task, folder: Path,
+                         progress: bool) -> tuple[Any, dict[str, torch.Tensor], dict[str, Any]]:
+    """Tickets of the training images from the selector fine-tuned on the *other* half; val/test tickets from the
+    first selector (neither saw them). Without ``cross_fit``, one selector on all training images."""
+    if not cfg.cross_fit or cfg.finetune is None:
+        model, metrics = fine_tune_selector(cfg, task, folder, "all", progress)
+        return model, find_tickets(model, task), metrics
+    order = torch.randperm(len(task.train), generator=torch.Generator().manual_seed(cfg.seed))
+    halves = [torch.sort(order[: len(order) // 2]).values, torch.sort(order[len(order) // 2 :]).values]
+    models, metrics = [], {}
+    for i, rows in enumerate(halves):
+        half = dataclasses.replace(task, train=Split(task.train.x[rows] if not hasattr(task.train.x, "subset") else
+                                                     task.train.x.subset(rows.numpy()), task.train.y[rows]))
+        model, m = fine_tune_selector(cfg, half, folder, f"half{i}", progress)
+        models.append(model)
+        metrics[f"half{i}"] = m
+    tickets = find_tickets(models[0], task)
+    other = find_tickets(models[1], task, splits=("train",))["train"]
+    train_tickets = tickets["train"].clone()
+    train_tickets[halves[0]] = other[halves[0]]  # half 0's images: picked by the selector trained on half 1
+    tickets["train"] = train_tickets
+    return models[0], tickets, {**metrics["half0"], "halves": metrics}
+
+
 def run_selection(cfg: SelectorConfig, runs_dir: Path, progress: bool = True) -> Path:
-    """Fine-tune the selector with token reduction (if asked), then write every image's patch ticket."""
+    """Fine-tune the selector(s) with token reduction (if asked), then write every image's patch ticket."""
     folder = select_dir(ensure_writable_dir(Path(runs_dir)), config_hash(cfg))
     if (folder / TICKETS).is_file():
         return folder / TICKETS
     task = build_task(cfg.task.name, cfg.task.options, model_input_defaults(cfg.model.name, cfg.model.options))
-    model = selector_model(cfg, task.num_classes)
-    metrics: dict[str, Any] = {}
-    if cfg.finetune is not None:
-        result = train_model(model, task, cfg.finetune, seed=cfg.seed,
-                             progress=f"selector k={cfg.keep_rate}" if progress else None, engine=cfg.engine,
-                             checkpoint=training_checkpoint(folder))
-        metrics = result.metrics
-    tickets = find_tickets(model, task)
+    model, tickets, metrics = cross_fitted_tickets(cfg, task, folder, progress)
     vit = model.backbone.model
     grid = vit.config.image_size // vit.config.patch_size
     with atomic_dir(folder) as tmp:
@@ -133,7 +181,11 @@ def train_student(cfg: PatchStudyConfig, keep_rate: float, seed: int, variant: s
     tickets, meta = load_tickets(tickets_path, task, num_patches)
     ticketed = with_tickets(task, tickets)
     recipe = cfg.train
-    if variant == "ticket":
+    if variant in ("ticket", "position"):
+        if variant == "position":  # each image gets another image's ticket: positions without content
+            generator = torch.Generator().manual_seed(seed + 7)
+            tickets = {s: t[torch.randperm(len(t), generator=generator)] for s, t in tickets.items()}
+            ticketed = with_tickets(task, tickets)
         objective, train_task = TicketPatches(), ticketed
     else:
         objective, train_task = RandomPatches(meta["kept"], num_patches), task
@@ -142,9 +194,15 @@ def train_student(cfg: PatchStudyConfig, keep_rate: float, seed: int, variant: s
     result = train_model(model, train_task, recipe, seed=seed, objective=objective,
                          progress=f"{variant} k={keep_rate} seed {seed}" if progress else None, engine=cfg.engine,
                          checkpoint=training_checkpoint(folder))
+    model.load_state_dict(result.final_state)  # scored at the final epoch: nothing chosen on an unreported metric
+    draw = torch.rand(len(task.test), num_patches, generator=torch.Generator().manual_seed(seed + 11))
+    random_test = dataclasses.replace(task.test, patches=draw.topk(meta["kept"], dim=1).indices.sort(dim=1).values)
+    sparse = accuracy(model, ticketed.test) if variant in ("ticket", "position") else accuracy(model, random_test)
     metrics = {**result.metrics, "variant": variant, "keep_rate": keep_rate, "patches": meta["kept"],
-               "num_patches": num_patches, "dense_test_acc": result.metrics["test_acc"],
-               "sparse_test_acc": accuracy(model, ticketed.test)}
+               "num_patches": num_patches, "scored": "final epoch",
+               "dense_test_acc": accuracy(model, dataclasses.replace(task.test, patches=None)),
+               "sparse_test_acc": sparse, "sparse_selector_acc": accuracy(model, ticketed.test),
+               "selector_test_acc": meta["selector"]["metrics"].get("test_acc")}
     with atomic_dir(folder) as tmp:
         write_json(tmp / METRICS, metrics)
         write_history(tmp, result.history)
@@ -161,7 +219,8 @@ def run_patch_study(cfg: PatchStudyConfig, runs_dir: Path, progress: bool = True
     for k in cfg.keep_rates:
         tickets_path = ticket_files[k] = run_selection(dataclasses.replace(cfg.selector, keep_rate=k), runs_dir,
                                                        progress)
-        variants = ["ticket", "rc"] + (["rc_budget"] if k in cfg.equal_budget_rates else [])
+        variants = ["ticket", "rc"] + (["rc_budget"] if k in cfg.equal_budget_rates else []) + \
+            (["position"] if cfg.position_control else [])
         jobs = [(seed, v) for seed in cfg.seeds for v in variants]
         for seed, variant in tqdm(jobs, desc=f"students k={k}", disable=not progress):
             folder = student_dir(out, k, seed, variant)
@@ -170,80 +229,6 @@ def run_patch_study(cfg: PatchStudyConfig, runs_dir: Path, progress: bool = True
     write_json(out / "students.json", rows)
     write_patch_report(out, cfg, rows, weight_runs, ticket_files)
     return out
-
-
-def summarize_students(rows: list[dict[str, Any]]) -> dict[tuple[float, str], dict[str, Any]]:
-    """Per (keep rate, variant): (mean, std) of dense and sparse test accuracy, and the patch counts."""
-    groups: dict[tuple[float, str], list[dict[str, Any]]] = {}
-    for row in rows:
-        groups.setdefault((row["keep_rate"], row["variant"]), []).append(row)
-    return {key: {"dense": mean_std(r["dense_test_acc"] for r in group),
-                  "sparse": mean_std(r["sparse_test_acc"] for r in group),
-                  "patches": f"{group[0]['patches']}/{group[0]['num_patches']}",
-                  "chance_test": group[0].get("chance_test")}
-            for key, group in groups.items()}
-
-
-def write_patch_report(out: Path, cfg: PatchStudyConfig, rows: list[dict[str, Any]], weight_runs: dict[str, Path],
-                       ticket_files: dict[float, Path]) -> Path:
-    plt = pyplot()
-    summary = summarize_students(rows)
-    lines = ["# Data-level tickets: ticket vs random-patch students", "",
-             f"Selector `{cfg.selector.model.name}` on `{cfg.selector.task.name}`"
-             f" ({'fine-tuned with token reduction' if cfg.selector.finetune else 'used as is'}); "
-             f"students `{cfg.student.name}` trained from scratch; seeds {cfg.seeds}. Test accuracy, mean ± std; "
-             "dense = all patches at test time, sparse = the selector's patches.", "",
-             markdown_table(["keep rate", "patches", "variant", "chance", "dense", "sparse"],
-                            [[k, s["patches"], variant, chance(s), pm(*s["dense"]), pm(*s["sparse"])]
-                             for (k, variant), s in sorted(summary.items())])]
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), dpi=130)
-    for ax, mode in zip(axes, ("dense", "sparse"), strict=True):
-        for variant, marker in (("ticket", "o"), ("rc", "s"), ("rc_budget", "^")):
-            points = sorted((k, s[mode]) for (k, v), s in summary.items() if v == variant)
-            if points:
-                ax.errorbar([k for k, _ in points], [100 * m for _, (m, _) in points],
-                            yerr=[100 * sd for _, (_, sd) in points], marker=marker, capsize=3, label=variant)
-        ax.set_title(f"{mode} evaluation", fontsize=10)
-        ax.set_xlabel("keep rate k")
-        ax.grid(alpha=0.3)
-    axes[0].set_ylabel("test accuracy (%)")
-    axes[0].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "students.png")
-    plt.close(fig)
-    lines += ["", "![students](students.png)", ""]
-    for k, path in ticket_files.items():
-        lines.append(f"Tickets at k = {k}: `{path.parent / 'tickets.png'}`")
-    if weight_runs:
-        fig, axes = plt.subplots(1, len(weight_runs), figsize=(4.5 * len(weight_runs), 3.6), dpi=130, squeeze=False)
-        lines += ["", "## Weight-level IMP vs random re-initialisation (the study's first claim)", "",
-                  "| architecture | sparsity | IMP | random re-init |", "|---|---|---|---|"]
-        for ax, (label, run_dir) in zip(axes[0], weight_runs.items(), strict=True):
-            run = load_run(run_dir)
-            imp = [r for r in run["rounds"] if r["round"] > 0]
-            reinit = {r["round"]: r for r in run["baselines"].get("random_reinit", [])}
-            ax.plot([100 * r["sparsity"] for r in imp], [100 * r["metrics"]["test_acc"] for r in imp], "o-",
-                    label="IMP ticket")
-            ax.plot([100 * reinit[r["round"]]["sparsity"] for r in imp if r["round"] in reinit],
-                    [100 * reinit[r["round"]]["metrics"]["test_acc"] for r in imp if r["round"] in reinit], "x--",
-                    label="random re-init")
-            ax.axhline(100 * run["rounds"][0]["metrics"]["test_acc"], color="black", linestyle=":", label="dense")
-            ax.set_title(label, fontsize=10)
-            ax.set_xlabel("sparsity (%)")
-            ax.grid(alpha=0.3)
-            for r in imp:
-                other = reinit.get(r["round"])
-                other_acc = f"{100 * other['metrics']['test_acc']:.1f}" if other else "—"
-                lines.append(f"| {label} | {100 * r['sparsity']:.1f} % | {100 * r['metrics']['test_acc']:.1f} | "
-                             f"{other_acc} |")
-        axes[0][0].set_ylabel("test accuracy (%)")
-        axes[0][0].legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(out / "weight_level.png")
-        plt.close(fig)
-        lines += ["", "![weight level](weight_level.png)", ""]
-    (out / REPORT).write_text("\n".join(lines) + "\n")
-    return out / REPORT
 
 
 STUDIES.register("patch_tickets")(Study(PatchStudyConfig, check_patch_study, run_patch_study,
