@@ -12,7 +12,6 @@ import contextlib
 import math
 import os
 import shutil
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -50,23 +49,21 @@ from ticketlab.paths import (
     IMP,
     MASK,
     METRICS,
-    PRETRAINED_BACKBONE,
     WEIGHTS,
     RunPaths,
     check_round,
     load_theta_p,
-    pretrain_dir,
     training_checkpoint,
     write_history,
 )
 from ticketlab.paths import run_dir as run_dir_of
-from ticketlab.pretrain import load_pretrained_heads, pretrain_run_for, run_pretraining
+from ticketlab.pretrain import heads_for_run, pretrain_run_for, run_pretraining
 from ticketlab.prunable import prunable_names
 from ticketlab.pruning.base import prune, target_pruned_count
 from ticketlab.report import write_report
 from ticketlab.rewind import rewound_state
 from ticketlab.schedules import round_sparsities
-from ticketlab.store import ResultStore
+from ticketlab.store import ResultStore, set_status
 from ticketlab.train import SnapshotAtStep, train_model
 
 
@@ -118,12 +115,7 @@ class RunContext:
         """IMP on the pre-training task itself (same objective, options and task): the pre-training's head and
         objective parts, which belong to θp and are rewound with it (as the MoCo code rewinds its key encoder and
         queue); None otherwise or for pre-trainings written before heads were kept."""
-        cfg = self.config
-        if cfg.pretrain is None or (cfg.objective, cfg.objective_options, cfg.task) != \
-                (cfg.pretrain.objective, cfg.pretrain.objective_options, cfg.pretrain.task):
-            return None
-        return self.memo("pretrained_heads", lambda: load_pretrained_heads(
-            pretrain_dir(self.dir.parent, config_hash(pretrain_run_for(cfg))) / PRETRAINED_BACKBONE))
+        return self.memo("pretrained_heads", lambda: heads_for_run(self.config, self.dir.parent))
 
     def pruning_weights(self, k: int) -> dict[str, torch.Tensor]:
         """The weights round ``k + 1`` prunes from: round ``k``'s end-of-training weights (``prune.weights: final``,
@@ -242,15 +234,6 @@ def check_schedule(run: RunContext) -> None:
                               f"{k - 1}; use at most {k - 1} rounds or a lower prune.rate")
 
 
-def set_status(store: ResultStore | None, paths: RunPaths, config: ExperimentConfig, status: str,
-               error: str | None = None) -> None:
-    """Record the run's status in its folder (the source of truth) and in the index (main process only)."""
-    if store is None:
-        return
-    write_json(paths.status, {"status": status, "error": error, "pid": os.getpid(), "time": time.time()})
-    store.upsert_run(paths.root.name, paths.root, to_dict(config), status, error)
-
-
 def run_experiment(config: ExperimentConfig, runs_dir: str | Path = "runs", progress: bool = True) -> Path:
     """Run (or resume) IMP and its baselines; return the run folder.
 
@@ -282,18 +265,18 @@ def run_experiment(config: ExperimentConfig, runs_dir: str | Path = "runs", prog
             store = ResultStore(runs_dir)
             if not paths.config.is_file():
                 write_json(paths.config, to_dict(config))
-            set_status(store, paths, config, "running")
+            set_status(store, paths, to_dict(config), "running")
         try:
             run_units(run, store, runs_dir, progress and main)
         except KeyboardInterrupt:
-            set_status(store, paths, config, "interrupted")
+            set_status(store, paths, to_dict(config), "interrupted")
             raise
         except BaseException as exc:
-            set_status(store, paths, config, "failed", f"{type(exc).__name__}: {exc}"[:2000])
+            set_status(store, paths, to_dict(config), "failed", f"{type(exc).__name__}: {exc}"[:2000])
             raise
         if main:
             write_report(paths.root)
-            set_status(store, paths, config, "done")
+            set_status(store, paths, to_dict(config), "done")
     wait_for_everyone()
     return paths.root
 

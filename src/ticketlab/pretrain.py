@@ -103,3 +103,12 @@ def load_pretrained_heads(backbone_checkpoint: Path) -> tuple[dict[str, torch.Te
                                  if k.startswith("objective.")}
     objective.update(meta.get("extra_state", {}))
     return head, objective
+
+
+def heads_for_run(cfg: ExperimentConfig, runs_dir: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
+    """The pre-trained heads an IMP run on the pre-training task itself (same objective, options and task) rewinds
+    with θp; None for any other run."""
+    if cfg.pretrain is None or (cfg.objective, cfg.objective_options, cfg.task) != \
+            (cfg.pretrain.objective, cfg.pretrain.objective_options, cfg.pretrain.task):
+        return None
+    return load_pretrained_heads(pretrain_dir(runs_dir, config_hash(pretrain_run_for(cfg))) / PRETRAINED_BACKBONE)

@@ -9,13 +9,14 @@ moved aside and rebuilt from the folders, run folders copied in are added when l
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
 from pathlib import Path
 from typing import Any
 
 from ticketlab.errors import TicketlabError
-from ticketlab.fileio import read_json, storage_error
+from ticketlab.fileio import read_json, storage_error, write_json
 from ticketlab.locks import is_locked
 from ticketlab.paths import IMP, RunPaths, is_run_dir, load_run, store_path
 
@@ -143,3 +144,12 @@ class ResultStore:
             db.row_factory = sqlite3.Row
             rows = db.execute("SELECT * FROM results WHERE run_id=? ORDER BY branch, round", (run_id,)).fetchall()
         return [dict(row) for row in rows]
+
+
+def set_status(store: ResultStore | None, paths: RunPaths, config: dict[str, Any], status: str,
+               error: str | None = None) -> None:
+    """Record a run's status in its folder (the source of truth) and in the index (main process only)."""
+    if store is None:
+        return
+    write_json(paths.status, {"status": status, "error": error, "pid": os.getpid(), "time": time.time()})
+    store.upsert_run(paths.root.name, paths.root, config, status, error)
