@@ -11,19 +11,13 @@ import statistics
 import time
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
+from ticketlab.bench import flops
 from ticketlab.masks import Mask
 from ticketlab.models import build_model
 from ticketlab.prunable import prunable_names
 from ticketlab.pruning import prune
 from ticketlab.surgery import slim
-
-
-def flops(model: torch.nn.Module, x: torch.Tensor) -> int:
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
-        model(x)
-    return int(counter.get_total_flops())
 
 
 def main() -> None:

@@ -31,14 +31,11 @@ class LoadReport:
     parameters_total: int = 0
 
     def summary(self) -> str:
-        def show(keys: list[str]) -> str:
-            return ", ".join(keys[:5]) + (f" (+{len(keys) - 5} more)" if len(keys) > 5 else "")
-
         lines = [f"loaded {self.parameters_loaded} of {self.parameters_total} parameters"]
         for label, keys in (("missing (kept at init)", self.missing), ("unused", self.unused),
                             ("skipped for shape", self.shape_mismatch)):
             if keys:
-                lines.append(f"{label}: {len(keys)}: {show(keys)}")
+                lines.append(f"{label}: {len(keys)}: {show_keys(keys, 5)}")
         return "; ".join(lines)
 
 
@@ -76,8 +73,9 @@ def map_state_dict(state: dict[str, torch.Tensor], target: nn.Module) -> tuple[d
     return mapped, report
 
 
-def _show(keys: list[str]) -> str:
-    return ", ".join(keys[:4]) + (f" (+{len(keys) - 4} more)" if len(keys) > 4 else "")
+def show_keys(keys: list[str], limit: int = 4) -> str:
+    """The first ``limit`` keys of a list, and how many more there are (every load error names keys this way)."""
+    return ", ".join(keys[:limit]) + (f" (+{len(keys) - limit} more)" if len(keys) > limit else "")
 
 
 def load_backbone(backbone: nn.Module, path: str | Path, allow_missing: list[str] | tuple[str, ...] = ()) -> LoadReport:
@@ -94,7 +92,7 @@ def load_backbone(backbone: nn.Module, path: str | Path, allow_missing: list[str
         mismatched = {m.split(" ")[0] for m in report.shape_mismatch}
         shape = [m for m in report.shape_mismatch if any(c in left for c in _candidates(m.split(" ")[0]))]
         absent = [k for k in left if not any(k in _candidates(m) for m in mismatched)]
-        what = "; ".join(f"{label} {len(keys)}: {_show(keys)}" for label, keys in
+        what = "; ".join(f"{label} {len(keys)}: {show_keys(keys)}" for label, keys in
                          (("missing", absent), ("shape mismatch", shape)) if keys)
         raise TicketlabError(f"checkpoint {path} would leave {len(left)} backbone weights of "
                              f"{type(backbone).__name__} at random init ({what}); use a checkpoint of this "

@@ -277,13 +277,13 @@ def _json_option(value: str | None, flag: str) -> dict:
 
 def cmd_demo(args: argparse.Namespace) -> None:
     """The demo run, then its tickets of three kinds at 50 % (unstructured, structured, 2:4) side by side."""
-    config = resources.files("ticketlab") / "configs" / "demo.yaml"
-    args.config = str(config)
+    args.config = str(resources.files("ticketlab") / "configs" / "demo.yaml")
     cmd_find(args)
     if not is_main_process():
         return
-    _, table = compare_structures(load_config(args.config), _runs_dir(args), progress=not args.quiet)
-    run_dir = run_dir_for(load_config(args.config), _runs_dir(args))
+    config = load_config(args.config)
+    _, table = compare_structures(config, _runs_dir(args), progress=not args.quiet)
+    run_dir = run_dir_for(config, _runs_dir(args))
     results = RunPaths(run_dir).results
     results.write_text(results.read_text(encoding="utf-8") + "\n## Unstructured vs structured vs 2:4 tickets at 50 %"
                        "\n\n" + table, encoding="utf-8")

@@ -47,8 +47,9 @@ def compare_structures(config: ExperimentConfig, runs_dir: Path, seconds: float 
         metrics = read_json(RunPaths(run).metrics(IMP, 1))
         if not rows:
             dense = read_json(RunPaths(run).metrics(IMP, 0))
-            rows.append(_row("dense", 0.0, dense, ticket_model(run, 0)[0]))
-            models.append(ticket_model(run, 0)[0])
+            dense_model = ticket_model(run, 0)[0]
+            rows.append(_row("dense", 0.0, dense, dense_model))
+            models.append(dense_model)
         runnable = slim(model, mask) if kind == "structured" else model
         rows.append(_row(kind, mask.sparsity(), metrics, runnable, method))
         models.append(runnable)

@@ -111,6 +111,10 @@ class RunContext:
                                  "round 0 and the last round); set keep: all in a new run to keep every round's")
         return load_tensors(self.paths.weights(k))[0]
 
+    def structure(self) -> TicketModel:
+        """The architecture, built once per run, for pruning methods that need its structure (heads, blocks)."""
+        return self.memo("structure", self.fresh_model)
+
     def pretrained_heads(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
         """IMP on the pre-training task itself (same objective, options and task): the pre-training's head and
         objective parts, which belong to θp and are rewound with it (as the MoCo code rewinds its key encoder and
@@ -300,7 +304,7 @@ def run_units(run: RunContext, store: ResultStore | None, runs_dir: Path, progre
             else:
                 previous, weights = run.imp_mask(k - 1), run.pruning_weights(k - 1)
                 generator = torch.Generator().manual_seed(config.seed * 7919 + k)
-                mask = prune(config.prune.method, weights, previous, run.sparsity(k), generator, run.fresh_model())
+                mask = prune(config.prune.method, weights, previous, run.sparsity(k), generator, run.structure())
                 start = rewound_state(run)
             metrics = train_branch(run, IMP, k, mask, start, progress)
             # round k's mask exists: round k-1's weights are no longer needed

@@ -45,8 +45,7 @@ def _slim_transformer(out: nn.Module, mask: Mask) -> None:
     for block in transformer_blocks(out):
         if not all(n in names for n in (*block.producers, block.consumer)):
             continue
-        alive_groups = mask.tensors[block.count_of].reshape(-1, block.size * mask.tensors[block.count_of].shape[1])
-        groups = torch.nonzero(alive_groups.any(1)).flatten()
+        groups = torch.nonzero(block.alive(mask.tensors)).flatten()
         keep = (groups[:, None] * block.size + torch.arange(block.size)).flatten()
         for producer in block.producers:
             path = producer.removesuffix(".weight")

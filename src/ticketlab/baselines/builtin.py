@@ -22,7 +22,7 @@ Start = tuple[Mask, dict[str, torch.Tensor]]
 def one_shot_magnitude(run: RunContext, k: int) -> Start:
     """OMP: prune the dense task-trained weights straight to round k's sparsity, then rewind."""
     mask = prune(run.config.prune.method, run.pruning_weights(0), run.dense_mask(), run.sparsity(k), None,
-                 run.fresh_model())
+                 run.structure())
     return mask, rewound_state(run)
 
 
@@ -32,7 +32,7 @@ def random_pruning(run: RunContext, k: int) -> Start:
     scope = PRUNING_METHODS.get(run.config.prune.method).scope
     generator = torch.Generator().manual_seed(run.config.seed * 7919 + 1000 + k)
     mask = prune(f"{scope}_random", run.pretrained_state(), run.dense_mask(), run.sparsity(k), generator,
-                 run.fresh_model())
+                 run.structure())
     return mask, rewound_state(run)
 
 

@@ -8,7 +8,9 @@ on one task can be transferred to any other of the same input size.
 
 from __future__ import annotations
 
+import inspect
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -109,8 +111,6 @@ def move_inputs(inputs: Inputs, device: torch.device) -> Inputs:
 def build_task(name: str, options: dict | None = None, defaults: dict | None = None) -> Task:
     """The task ``name`` with ``options``; ``defaults`` (what the model implies: image size, tokenizer) fill the
     options the task takes and the config leaves out."""
-    import inspect
-
     options = dict(options or {})
     accepted = inspect.signature(TASKS.get(name)).parameters
     for key, value in (defaults or {}).items():
@@ -146,6 +146,27 @@ def split_indices(n: int, val_fraction: float, test_fraction: float, seed: int) 
     return order[n_val + n_test :], order[:n_val], order[n_val : n_val + n_test]
 
 
+def label_names(values: Iterable[object]) -> list[str]:
+    """The class names of string labels — their distinct values, sorted — whose positions are the label ids: the one
+    mapping every loader records."""
+    return sorted({v.decode() if isinstance(v, bytes) else str(v) for v in values})
+
+
+def subset(x: torch.Tensor | object, index: np.ndarray | torch.Tensor) -> torch.Tensor | object:
+    """The selected rows of a split's inputs: a tensor, or lazily decoded images (``subset`` keeps them lazy)."""
+    return x.subset(np.asarray(index)) if hasattr(x, "subset") else x[index]
+
+
+def with_official_test(name: str, x_train: torch.Tensor | object, y_train: torch.Tensor, test: Split,
+                       classes: list[str], val_fraction: float, seed: int) -> Task:
+    """A dataset published with a test split: validation is a seeded cut of the training data (rows kept in file
+    order), the published test split stays the test — nothing is ever chosen on it."""
+    train, val, _ = split_indices(len(y_train), val_fraction, 0.0, seed)
+    train, val = np.sort(train), np.sort(val)
+    return Task(name, len(classes), Split(subset(x_train, train), y_train[train]),
+                Split(subset(x_train, val), y_train[val]), test, class_names=classes)
+
+
 def task_from_arrays(name: str, x: torch.Tensor, y: torch.Tensor, num_classes: int, val_fraction: float,
                      test_fraction: float, seed: int, class_names: list[str] | None = None) -> Task:
     if len(y) == 0:
@@ -153,5 +174,5 @@ def task_from_arrays(name: str, x: torch.Tensor, y: torch.Tensor, num_classes: i
     if len(x) != len(y):
         raise DataError(f"task {name!r}: {len(x)} inputs but {len(y)} labels; every input needs exactly one label")
     train, val, test = split_indices(len(y), val_fraction, test_fraction, seed)
-    splits = [Split(x.subset(idx) if hasattr(x, "subset") else x[idx], y[idx]) for idx in (train, val, test)]
+    splits = [Split(subset(x, idx), y[idx]) for idx in (train, val, test)]
     return Task(name, num_classes, *splits, class_names=class_names or [])

@@ -8,7 +8,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ticketlab.data.base import TASKS, Split, Task, images_to_tensor, split_indices, task_from_arrays
+from ticketlab.data.base import (
+    TASKS,
+    Split,
+    Task,
+    images_to_tensor,
+    label_names,
+    task_from_arrays,
+    with_official_test,
+)
 from ticketlab.data.loader import FileImage, LazyImages, RowImage
 from ticketlab.errors import DataError
 from ticketlab.registry import bounds
@@ -60,10 +68,8 @@ def image_folder(path: str, image_size: int = 32, val_fraction: float = 0.1, tes
         held_out = next((root / n for n in ("val", "validation") if (root / n).is_dir()), None)
         if held_out is not None and not (root / "test").is_dir():  # ImageNet / VisDA: val is the evaluation split
             x, y = _read_folder(root / "train", classes, image_size)
-            train, val, _ = split_indices(len(y), val_fraction, 0.0, seed)
             test = Split(*_read_folder(held_out, classes, image_size))
-            return Task(root.name, len(classes), Split(x.subset(train), y[train]), Split(x.subset(val), y[val]), test,
-                        class_names=classes)
+            return with_official_test(root.name, x, y, test, classes, val_fraction, seed)
         if held_out is None or not (root / "test").is_dir():
             raise DataError(f"{root} has a train/ folder but not val/ (or validation/); add it")
         splits = {s: Split(*_read_folder(d, classes, image_size)) for s, d in
@@ -79,8 +85,8 @@ def _labels(array: np.ndarray, where: str, names: list[str] | None = None) -> to
     if array.dtype.kind in ("U", "S", "O"):
         values = [v.decode() if isinstance(v, bytes) else str(v) for v in array.tolist()]
         if names is not None and not names:
-            names.extend(sorted(set(values)))
-        mapping = {n: i for i, n in enumerate(names or sorted(set(values)))}
+            names.extend(label_names(values))
+        mapping = {n: i for i, n in enumerate(names or label_names(values))}
         unknown = sorted(set(values) - set(mapping))
         if unknown:
             raise DataError(f"{where}: labels {unknown[:3]} do not occur in the other splits; fix the labels")
@@ -116,7 +122,7 @@ def npz(path: str, image_size: int | None = None, num_classes: int | None = None
         names = [s for s in ("train", "val", "test") if f"x_{s}" in arrays]
         if names != ["train", "val", "test"]:
             raise DataError(f"{root}: has x_train but not all of x_val and x_test; add them or use x/y")
-        classes: list[str] = sorted({str(v) for s in names for v in arrays[f"y_{s}"].tolist()}) \
+        classes: list[str] = label_names(v for s in names for v in arrays[f"y_{s}"].tolist()) \
             if arrays["y_train"].dtype.kind in ("U", "S") else []
         splits = {s: Split(images_to_tensor(arrays[f"x_{s}"], image_size),
                            _labels(arrays[f"y_{s}"], f"{root}:y_{s}", classes)) for s in names}

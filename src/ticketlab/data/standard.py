@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ticketlab.data.base import TASKS, Split, Task, split_indices
+from ticketlab.data.base import TASKS, Split, Task, with_official_test
 from ticketlab.data.loader import LazyImages
 from ticketlab.errors import DataError
 from ticketlab.registry import bounds
@@ -92,13 +92,9 @@ def _records(files: list[Path], record: int, label_bytes: int) -> Records:
 def _task(name: str, load_train: Any, y_train: np.ndarray, load_test: Any, y_test: np.ndarray, classes: list[str],
           image_size: int, val_fraction: float, seed: int, where: str) -> Task:
     """Train/val from the training files (seeded cut), test = the official test files."""
-    train_rows, val_rows, _ = split_indices(len(y_train), val_fraction, 0.0, seed)
-    train_all = LazyImages(load_train, np.arange(len(y_train)), image_size, where)
-    test = LazyImages(load_test, np.arange(len(y_test)), image_size, where)
-    y_tr, y_te = torch.as_tensor(y_train), torch.as_tensor(y_test)
-    return Task(name, len(classes), Split(train_all.subset(np.sort(train_rows)), y_tr[np.sort(train_rows)]),
-                Split(train_all.subset(np.sort(val_rows)), y_tr[np.sort(val_rows)]), Split(test, y_te),
-                class_names=classes)
+    train = LazyImages(load_train, np.arange(len(y_train)), image_size, where)
+    test = Split(LazyImages(load_test, np.arange(len(y_test)), image_size, where), torch.as_tensor(y_test))
+    return with_official_test(name, train, torch.as_tensor(y_train), test, classes, val_fraction, seed)
 
 
 def _class_names(file: Path, count: int) -> list[str]:

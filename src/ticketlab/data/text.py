@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ticketlab.data.base import TASKS, Split, Task, split_indices
+from ticketlab.data.base import TASKS, Split, Task, label_names, split_indices
 from ticketlab.errors import DataError
 from ticketlab.registry import bounds
 
@@ -89,7 +89,7 @@ def _label_ids(values: list[list[Any]], where: str) -> tuple[list[np.ndarray], l
     if all(isinstance(v, int | np.integer) and not isinstance(v, bool) for v in flat):
         count = max(int(v) for v in flat) + 1 if flat else 0
         return [np.asarray(split, dtype=np.int64) for split in values], [str(i) for i in range(count)]
-    names = sorted({str(v) for v in flat})
+    names = label_names(flat)
     index = {n: i for i, n in enumerate(names)}
     return [np.asarray([index[str(v)] for v in split], dtype=np.int64) for split in values], names
 

@@ -27,7 +27,6 @@ class Backbone:
     feature_dim: int
     family: str  # "cnn" | "transformer": picks the default prunable set
     normalization: tuple[list[float], list[float]] | None = None  # (mean, std) the checkpoint expects, if known
-    input_size: int | None = None  # the image size a model with fixed position embeddings expects
 
 
 IMAGENET = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])

@@ -13,6 +13,7 @@ may be absent. Heads of task checkpoints (``classifier.``, ``cls.``, ``lm_head.`
 
 from __future__ import annotations
 
+import inspect
 import json
 import re
 from pathlib import Path
@@ -22,6 +23,7 @@ import torch
 from safetensors import SafetensorError
 from torch import nn
 
+from ticketlab.checkpoints import show_keys
 from ticketlab.errors import ConfigError, TicketlabError
 from ticketlab.models.base import MODELS, Backbone
 
@@ -35,14 +37,11 @@ def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
 
 
-def _shown(keys: list[str]) -> str:
-    return ", ".join(keys[:4]) + (f" (+{len(keys) - 4} more)" if len(keys) > 4 else "")
-
-
 def load_auto_model(path: str | None, config: dict[str, Any], model_type: str | None, random_init: bool,
                     attn_implementation: str | None = None, allow_missing: list[str] | tuple[str, ...] = (),
-                    ignore_pooler: bool = False, without_pooler: bool = False) -> nn.Module:
-    """From ``path`` (pre-trained weights, checked) or from ``model_type`` + ``config`` (random weights).
+                    without_pooler: bool = False) -> tuple[nn.Module, list[str]]:
+    """From ``path`` (pre-trained weights, checked) or from ``model_type`` + ``config`` (random weights), with the
+    weights the checkpoint lacked but that were allowed to stay fresh (a pooler, ``allow_missing``).
 
     ``random_init`` with a path keeps the path's architecture but not its weights (θ0 for baselines).
     """
@@ -65,7 +64,7 @@ def load_auto_model(path: str | None, config: dict[str, Any], model_type: str | 
         else:
             cfg = AutoConfig.from_pretrained(path, **config)
         if path is None or random_init:
-            return AutoModel.from_config(cfg, **kwargs)
+            return AutoModel.from_config(cfg, **kwargs), []
         model, info = AutoModel.from_pretrained(path, config=cfg, output_loading_info=True, **kwargs)
     except (OSError, SafetensorError) as exc:
         raise TicketlabError(f"could not load a Hugging Face model from {path!r} ({_first_line(exc)}); give a "
@@ -76,32 +75,30 @@ def load_auto_model(path: str | None, config: dict[str, Any], model_type: str | 
     except (TypeError, ValueError, KeyError) as exc:
         raise ConfigError(f"bad model.options for a Hugging Face model ({_first_line(exc)}); check model_type "
                           "and config") from exc
-    check_loading(path, info, allow_missing, ignore_pooler)
-    return model
+    return model, check_loading(path, info, allow_missing)
 
 
-def check_loading(path: str, info: dict[str, Any], allow_missing: list[str] | tuple[str, ...],
-                  ignore_pooler: bool) -> None:
-    """Raise naming every backbone weight left at its random initialisation or of the wrong shape."""
-    allowed = [re.compile(p) for p in allow_missing]
-    if ignore_pooler:
-        allowed.append(re.compile(r"^pooler\."))
+def check_loading(path: str, info: dict[str, Any], allow_missing: list[str] | tuple[str, ...]) -> list[str]:
+    """Raise naming every backbone weight left at its random initialisation or of the wrong shape; return the
+    missing weights that were allowed (a pooler — the features may not use it — and ``allow_missing``)."""
+    allowed = [re.compile(p) for p in (*allow_missing, r"^pooler\.")]
 
     def problem(key: str) -> bool:
         return not any(p.search(key) for p in allowed)
 
     missing = sorted(k for k in info.get("missing_keys", ()) if problem(k))
     mismatched = sorted(str(k[0] if isinstance(k, tuple) else k) for k in info.get("mismatched_keys", ()))
-    unexpected = sorted(k for k in info.get("unexpected_keys", ()) if problem(k) and not HEAD_KEYS.search(k)
-                        and not k.startswith("pooler."))
+    unexpected = sorted(k for k in info.get("unexpected_keys", ()) if problem(k) and not HEAD_KEYS.search(k))
     if missing or mismatched:
-        what = "; ".join(f"{label} {len(keys)}: {_shown(keys)}" for label, keys in
+        what = "; ".join(f"{label} {len(keys)}: {show_keys(keys)}" for label, keys in
                          (("missing", missing), ("shape mismatch", mismatched)) if keys)
         raise TicketlabError(f"checkpoint {path!r} leaves backbone weights at random init ({what}); use the "
                              "checkpoint of this architecture, or list them in model.options.allow_missing")
     if unexpected:
-        raise TicketlabError(f"checkpoint {path!r} has weights this architecture does not use ({_shown(unexpected)});"
-                             " is it another architecture? (or list them in model.options.allow_missing)")
+        raise TicketlabError(f"checkpoint {path!r} has weights this architecture does not use "
+                             f"({show_keys(unexpected)}); is it another architecture? (or list them in "
+                             "model.options.allow_missing)")
+    return sorted(k for k in info.get("missing_keys", ()) if not problem(k))
 
 
 class HFBackbone(nn.Module):
@@ -113,8 +110,6 @@ class HFBackbone(nn.Module):
         self.pooling = pooling
         self.input_name = model.main_input_name
         self.pad_id = getattr(model.config, "pad_token_id", None)
-        import inspect
-
         self.accepted = set(inspect.signature(model.forward).parameters)  # DistilBERT takes no token_type_ids
 
     def _kwargs(self, inputs: Any) -> dict[str, torch.Tensor]:
@@ -176,55 +171,33 @@ def hf(path: str | None = None, config: dict[str, Any] | None = None, model_type
     path = minilm_path() if path == "minilm" else path
     if pooling not in ("auto", "pooler", "cls", "mean"):
         raise ConfigError(f"model.options.pooling must be auto, pooler, cls or mean, got {pooling!r}")
-    declared_type = _declared_type(path) or model_type
+    declared_type = _folder_config(path).get("model_type") or model_type
     skip_pooler = pooling in ("cls", "mean") or (pooling == "auto" and declared_type in CLS_TOKEN_TYPES)
-    cfg = dict(config or {})
-    model = load_auto_model(path, cfg, model_type, random_init, attn_implementation, allow_missing or [],
-                            ignore_pooler=True, without_pooler=skip_pooler and declared_type in POOLER_OPTIONAL)
+    model, fresh = load_auto_model(path, dict(config or {}), model_type, random_init, attn_implementation,
+                                   allow_missing or [], without_pooler=skip_pooler and declared_type in POOLER_OPTIONAL)
     mtype = model.config.model_type
     is_text = model.main_input_name == "input_ids"
     family = _family(model)
     has_pooler = getattr(model, "pooler", None) is not None or family != "transformer"  # CNNs pool in their forward
-    if path is not None and not random_init and has_pooler and not skip_pooler:
-        pooler_keys = [k for k in model.state_dict() if k.startswith("pooler.")]
-        if pooler_keys and not _has_keys(path, pooler_keys):
-            has_pooler = False  # a fresh pooler: use the tokens instead (checked in check_loading)
+    if any(k.startswith("pooler.") for k in fresh):
+        has_pooler = False  # the checkpoint has no pooler: use the tokens instead
     chosen = _pooling(mtype, has_pooler, pooling, is_text)
     if chosen == "pooler" and not has_pooler:
         raise ConfigError(f"model.options.pooling is pooler but {type(model).__name__} has no (pre-trained) pooler; "
                           "use auto, cls or mean")
     wrapper = ViTBackbone if mtype in CLS_TOKEN_TYPES and chosen == "cls" else HFBackbone
     out_dim = getattr(model.config, "hidden_size", None) or model.config.hidden_sizes[-1]
-    return Backbone(wrapper(model, chosen), int(out_dim), family, processor_normalization(path),
-                    input_size=image_size_of(model.config))
+    return Backbone(wrapper(model, chosen), int(out_dim), family, processor_normalization(path))
 
 
-def _declared_type(path: str | None) -> str | None:
+def _folder_config(path: str | None) -> dict[str, Any]:
+    """A local checkpoint folder's ``config.json`` ({} for a hub name, no folder or an unreadable file)."""
     if path is None or not (Path(path) / "config.json").is_file():
-        return None
+        return {}
     try:
-        return json.loads((Path(path) / "config.json").read_text(encoding="utf-8")).get("model_type")
+        return json.loads((Path(path) / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return None
-
-
-def _has_keys(path: str, keys: list[str]) -> bool:
-    """Whether a local safetensors checkpoint holds ``keys`` (under any base-model prefix)."""
-    files = sorted(Path(path).glob("*.safetensors")) if Path(path).is_dir() else []
-    if not files:
-        return True  # cannot tell (hub name, .bin): trust the loading report
-    from safetensors import safe_open
-
-    names: set[str] = set()
-    for file in files:
-        with safe_open(str(file), "pt") as handle:
-            names.update(handle.keys())
-    return all(any(n == k or n.endswith("." + k) for n in names) for k in keys)
-
-
-def image_size_of(config: Any) -> int | None:
-    size = getattr(config, "image_size", None)
-    return int(size[0] if isinstance(size, list | tuple) else size) if size else None
+        return {}
 
 
 def _named(default_type: str, doc: str) -> Any:
@@ -239,13 +212,8 @@ def _named(default_type: str, doc: str) -> Any:
 
 def input_defaults(options: dict[str, Any]) -> dict[str, Any]:
     """The task options a Hugging Face model implies: its image size and, for a folder, its tokenizer."""
-    path, config = options.get("path"), dict(options.get("config") or {})
-    path = minilm_path() if path == "minilm" else path
-    if path and (Path(path) / "config.json").is_file():
-        try:
-            config = {**json.loads((Path(path) / "config.json").read_text(encoding="utf-8")), **config}
-        except (OSError, ValueError):
-            pass
+    path = minilm_path() if options.get("path") == "minilm" else options.get("path")
+    config = {**_folder_config(path), **(options.get("config") or {})}
     size = config.get("image_size")
     out: dict[str, Any] = {"image_size": int(size[0] if isinstance(size, list) else size) if size else None}
     if path and any((Path(path) / f).is_file() for f in ("tokenizer.json", "vocab.txt", "tokenizer_config.json")):

@@ -38,9 +38,9 @@ class Block:
     consumer: str
     size: int  # rows per group: the head dimension, or 1 for a neuron
 
-    @property
-    def count_of(self) -> str:
-        return self.producers[0]
+    def alive(self, keep: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Which of the block's groups still keep a weight (read on its first producer)."""
+        return _group_view(keep[self.producers[0]], 0, self.size).any(1)
 
 
 def _linear(root: nn.Module, path: str) -> nn.Linear | None:
@@ -104,11 +104,11 @@ def head_select(scores: Mapping[str, torch.Tensor], current: Mask, sparsity: flo
     for index, block in enumerate(usable):
         parts = [(n, 0) for n in block.producers] + [(block.consumer, 1)]
         magnitude = sum(_group_view(scores[n].detach().abs().double(), d, block.size).sum(1) for n, d in parts)
-        alive = _group_view(keep[block.count_of], 0, block.size).any(1)
+        alive = block.alive(keep)
         per_group = sum(_group_view(keep[n], d, block.size).shape[1] for n, d in parts)
         candidates += [(float(magnitude[g]) / per_group, index, g) for g in torch.nonzero(alive).flatten().tolist()]
     need = target_pruned_count(sparsity, current.num_total()) - current.num_pruned()
-    live = {i: int(_group_view(keep[b.count_of], 0, b.size).any(1).sum()) for i, b in enumerate(usable)}
+    live = {i: int(b.alive(keep).sum()) for i, b in enumerate(usable)}
     for _, index, g in sorted(candidates):
         if need <= 0:
             break

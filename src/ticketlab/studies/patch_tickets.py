@@ -34,7 +34,7 @@ from ticketlab.config import (
     to_dict,
     validate,
 )
-from ticketlab.data.base import Split, Task, build_task
+from ticketlab.data.base import Split, Task, build_task, subset
 from ticketlab.experiment import run_experiment
 from ticketlab.fileio import atomic_dir, ensure_writable_dir, read_json, save_tensors, write_json
 from ticketlab.metrics import accuracy
@@ -135,8 +135,7 @@ def cross_fitted_tickets(cfg: SelectorConfig, task: Task, folder: Path,
     halves = [torch.sort(order[: len(order) // 2]).values, torch.sort(order[len(order) // 2 :]).values]
     models, metrics = [], {}
     for i, rows in enumerate(halves):
-        half = dataclasses.replace(task, train=Split(task.train.x[rows] if not hasattr(task.train.x, "subset") else
-                                                     task.train.x.subset(rows.numpy()), task.train.y[rows]))
+        half = dataclasses.replace(task, train=Split(subset(task.train.x, rows), task.train.y[rows]))
         model, m = fine_tune_selector(cfg, half, folder, f"half{i}", progress)
         models.append(model)
         metrics[f"half{i}"] = m

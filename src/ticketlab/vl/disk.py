@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ticketlab.data.base import TASKS, Split, Task
+from ticketlab.data.base import TASKS, Split, Task, label_names
 from ticketlab.errors import DataError
 from ticketlab.registry import bounds
 from ticketlab.vl.features import BOX_DIM, ImageFeatures
@@ -149,7 +149,7 @@ def vl_disk(path: str, family: str = "vqa", tokenizer: str | None = None, vocabu
     raw = [s["label"] for split in splits.values() for s in split]
     label_ids: dict[str, int] = {}
     if any(isinstance(v, str) for v in raw):
-        label_ids = {name: i for i, name in enumerate(sorted({str(v) for v in raw}))}
+        label_ids = {name: i for i, name in enumerate(label_names(raw))}
     built = {name: build_disk_split(samples, family, root / "features", label_ids, tokenizer, vocabulary, max_regions)
              for name, samples in splits.items()}
     head, metric, classes = FAMILIES[family]

@@ -172,7 +172,7 @@ def load_text_model(model_cls: Any, config_cls: Any, path: str | None, config: d
         if path is None:
             raise ConfigError(f"{model_cls.__name__} needs model.options.path (a local checkpoint folder) or "
                               "model.options.config (random weights)")
-        return load_auto_model(path, {}, None, random_init, kwargs.get("attn_implementation"), ignore_pooler=True)
+        return load_auto_model(path, {}, None, random_init, kwargs.get("attn_implementation"))[0]
     try:
         return model_cls(config_cls(**{**config, "vocab_size": max(tokenizer.compact_ids) + 1}))
     except (TypeError, ValueError) as exc:
