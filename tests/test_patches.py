@@ -169,6 +169,7 @@ def test_patch_study_end_to_end(tmp_path, capsys):
     example["student"]["options"]["config"].update(hidden_size=32, num_hidden_layers=2, intermediate_size=64)
     example["train"].update(epochs=1)
     example["keep_rates"], example["seeds"], example["equal_budget_rates"] = [0.9, 0.5], [0, 1], [0.5]
+    example["weight_seeds"] = [0, 1]
     for run in example["weight_level"]:
         run["experiment"]["task"]["options"] = dict(small)
         run["experiment"]["train"].update(epochs=1)
@@ -186,6 +187,9 @@ def test_patch_study_end_to_end(tmp_path, capsys):
     assert "| 0.5 | 8/64 | ticket |" in report and "| 0.5 | 8/64 | rc_budget |" in report
     assert "| 0.5 | 8/64 | position |" in report  # the position-only control
     assert "Weight-level IMP vs random re-initialisation" in report
+    assert "| IMP − re-init: CNN clearly > 0, ViT ≈ 0 |" in report  # claim 1's verdict row, two seeds each
+    from ticketlab.paths import RUN_PREFIX
+    assert len(list((tmp_path / "runs").glob(f"{RUN_PREFIX}*"))) == 4  # two architectures x two seeds
     assert "## Verdicts" in report and "| 0.5 | sparse | ticket students beat random-patch (RC) students |" in report
     assert_figure(out / "students.png")
     assert_figure(out / "weight_level.png")
@@ -227,3 +231,24 @@ def test_cross_fitting_a_selector_never_picks_tickets_of_images_it_was_trained_o
         key = tuple(image.flatten().tolist()[:64])
         expected = from_b[i] if key in seen_a else from_a[i]  # the selector that did not train on the image
         assert torch.equal(tickets["train"][i], expected)
+
+
+def test_claim1_rule_on_hand_built_gaps():
+    from ticketlab.stats import Interval
+    from ticketlab.studies.patch_report import claim1_verdict
+
+    dense = {"cnn": {"dense": Interval(0.8, 0.78, 0.82, 3), "chance": 0.35},
+             "vit": {"dense": Interval(0.6, 0.58, 0.62, 3), "chance": 0.35}}
+    cnn_wins = Interval(0.05, 0.03, 0.07, 3)
+    assert claim1_verdict({"cnn": cnn_wins, "vit": Interval(0.005, -0.01, 0.02, 3)}, dense, "cnn", "vit") == "reproduced"
+    assert claim1_verdict({"cnn": Interval(-0.05, -0.07, -0.03, 3), "vit": Interval(0.0, -0.01, 0.01, 3)},
+                          dense, "cnn", "vit") == "contradicted"
+    assert claim1_verdict({"cnn": cnn_wins, "vit": Interval(0.12, 0.1, 0.14, 3)}, dense, "cnn", "vit") == "contradicted"
+    assert claim1_verdict({"cnn": Interval(0.01, -0.02, 0.04, 3), "vit": Interval(0.0, -0.01, 0.01, 3)},
+                          dense, "cnn", "vit") == "inconclusive"
+    at_ceiling = {**dense, "cnn": {"dense": Interval(0.995, 0.99, 1.0, 3), "chance": 0.35}}
+    assert claim1_verdict({"cnn": cnn_wins, "vit": Interval(0.0, -0.01, 0.01, 3)}, at_ceiling, "cnn", "vit") == \
+        "inconclusive"
+    at_chance = {**dense, "vit": {"dense": Interval(0.36, 0.33, 0.39, 3), "chance": 0.35}}
+    assert claim1_verdict({"cnn": cnn_wins, "vit": Interval(0.0, -0.01, 0.01, 3)}, at_chance, "cnn", "vit") == \
+        "inconclusive"

@@ -60,3 +60,14 @@ def test_ticket_summary_decides_on_validation_and_reports_test_there():
 def test_a_dense_model_at_chance_makes_every_comparison_inconclusive():
     text = ticket_summary(rounds([0.36, 0.37, 0.38, 0.39], [0.35, 0.36, 0.37, 0.38], chance=0.346), 0.35)
     assert "inconclusive" in text and "matching sparsity 48" not in text
+
+
+def test_gap_rule_on_hand_built_intervals():
+    from ticketlab.stats import Interval, gap_verdict, interval_text
+
+    assert gap_verdict(Interval(0.03, 0.01, 0.05, 3)) == "reproduced"
+    assert gap_verdict(Interval(-0.03, -0.05, -0.01, 3)) == "contradicted"
+    assert gap_verdict(Interval(0.01, -0.01, 0.03, 3)) == "inconclusive"
+    assert gap_verdict(Interval(0.03, None, None, 1)) == "inconclusive"
+    assert gap_verdict(Interval(0.03, 0.01, 0.05, 3), usable=False) == "inconclusive"
+    assert interval_text(Interval(0.03, 0.01, 0.05, 3), signed=True) == "+3.00 [+1.00, +5.00]"

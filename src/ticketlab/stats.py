@@ -75,3 +75,22 @@ def verdict(measured: Interval, claim: float, chance: float | None = None) -> st
     if measured.low is None or measured.high is None:
         return "inconclusive"
     return "contradicted" if measured.high < claim else "reproduced"
+
+
+def gap_verdict(gap: Interval | None, usable: bool = True) -> str:
+    """The written rule for a claim "A beats B": reproduced when the paired 95 % interval of (A − B) lies above 0,
+    contradicted when it lies below 0, inconclusive when it straddles 0, has fewer than 2 seeds, or a model it
+    compares is not usable (not clearly above chance)."""
+    if gap is None or gap.low is None or gap.high is None or not usable:
+        return "inconclusive"
+    return "reproduced" if gap.low > 0 else "contradicted" if gap.high < 0 else "inconclusive"
+
+
+def interval_text(interval: Interval | None, signed: bool = False) -> str:
+    """'67.20 [65.10, 69.30]' in percent (points when ``signed``); the one way reports print an interval."""
+    if interval is None:
+        return "–"
+    fmt = "{:+.2f}" if signed else "{:.2f}"
+    if interval.low is None or interval.high is None:
+        return f"{fmt.format(100 * interval.mean)} (n = 1)"
+    return f"{fmt.format(100 * interval.mean)} [{fmt.format(100 * interval.low)}, {fmt.format(100 * interval.high)}]"

@@ -9,7 +9,7 @@ from typing import Any
 from ticketlab.analysis import mean_std
 from ticketlab.figures import chance, markdown_table, pm, pyplot
 from ticketlab.paths import REPORT, load_run
-from ticketlab.stats import Interval, clearly_above, mean_ci, paired_ci
+from ticketlab.stats import Interval, clearly_above, gap_verdict, interval_text, mean_ci, paired_ci
 
 
 def summarize_students(rows: list[dict[str, Any]]) -> dict[tuple[float, str], dict[str, Any]]:
@@ -33,14 +33,6 @@ def paired_gap(rows: list[dict[str, Any]], k: float, a: str, b: str, mode: str) 
     return paired_ci([by[a, s] for s in seeds], [by[b, s] for s in seeds]) if seeds else None
 
 
-def gap_verdict(gap: Interval | None, usable: bool) -> str:
-    """The written rule: reproduced when the paired 95 % interval of (ticket − RC) lies above 0, contradicted
-    when it lies below 0, inconclusive when it straddles 0, has fewer than 2 seeds, or a model is at chance."""
-    if gap is None or gap.low is None or gap.high is None or not usable:
-        return "inconclusive"
-    return "reproduced" if gap.low > 0 else "contradicted" if gap.high < 0 else "inconclusive"
-
-
 def verdict_table(rows: list[dict[str, Any]], summary: dict[tuple[float, str], dict[str, Any]]) -> list[str]:
     """Claim 2 of MISSION.md §3 per keep rate and evaluation, with the position-only control beside it."""
     table = []
@@ -52,24 +44,17 @@ def verdict_table(rows: list[dict[str, Any]], summary: dict[tuple[float, str], d
             usable = chance_level is None or all(
                 clearly_above(summary[(k, v)][f"{mode}_ci"], chance_level) for v in ("ticket", "rc") if (k, v) in summary)
             table.append([k, mode, "ticket students beat random-patch (RC) students",
-                          "–" if gap is None else f"{100 * gap.mean:+.2f} pts [{_pts(gap)}]",
-                          "–" if control is None else f"{100 * control.mean:+.2f} pts [{_pts(control)}]",
+                          interval_text(gap, signed=True), interval_text(control, signed=True),
                           gap_verdict(gap, usable)])
     return ["## Verdicts", "", "Rule: the paired 95 % t-interval over seeds of (ticket − RC) test accuracy: above 0 → "
             "reproduced, below 0 → contradicted, straddling 0, fewer than 2 seeds, or a student not clearly above "
             "chance (interval's lower end ≤ chance) → inconclusive. The position-only control (tickets of other "
             "images) shows how much of the gap positions alone explain.", "",
-            markdown_table(["keep rate", "evaluation", "claim (Shen et al., §3 claim 2)", "ticket − RC",
-                            "ticket − position control", "verdict"], table), ""]
+            markdown_table(["keep rate", "evaluation", "claim (Shen et al., §3 claim 2)", "ticket − RC (pts, 95 % CI)",
+                            "ticket − position control (pts)", "verdict"], table), ""]
 
 
-def _pts(interval: Interval) -> str:
-    if interval.low is None or interval.high is None:
-        return "n = 1"
-    return f"{100 * interval.low:+.2f}, {100 * interval.high:+.2f}"
-
-
-def write_patch_report(out: Path, cfg: Any, rows: list[dict[str, Any]], weight_runs: dict[str, Path],
+def write_patch_report(out: Path, cfg: Any, rows: list[dict[str, Any]], weight_runs: dict[str, dict[int, Path]],
                        ticket_files: dict[float, Path]) -> Path:
     plt = pyplot()
     summary = summarize_students(rows)
@@ -101,35 +86,98 @@ def write_patch_report(out: Path, cfg: Any, rows: list[dict[str, Any]], weight_r
     lines += ["", "![students](students.png)", ""]
     for k, path in ticket_files.items():
         lines.append(f"Tickets at k = {k}: `{path.parent / 'tickets.png'}`")
-    if weight_runs:
-        fig, axes = plt.subplots(1, len(weight_runs), figsize=(4.5 * len(weight_runs), 3.6), dpi=130, squeeze=False)
-        lines += ["", "## Weight-level IMP vs random re-initialisation (the study's first claim)", "",
-                  "| architecture | sparsity | IMP | random re-init |", "|---|---|---|---|"]
-        for ax, (label, run_dir) in zip(axes[0], weight_runs.items(), strict=True):
-            run = load_run(run_dir)
-            imp = [r for r in run["rounds"] if r["round"] > 0]
-            reinit = {r["round"]: r for r in run["baselines"].get("random_reinit", [])}
-            ax.plot([100 * r["sparsity"] for r in imp], [100 * r["metrics"]["test_acc"] for r in imp], "o-",
-                    label="IMP ticket")
-            ax.plot([100 * reinit[r["round"]]["sparsity"] for r in imp if r["round"] in reinit],
-                    [100 * reinit[r["round"]]["metrics"]["test_acc"] for r in imp if r["round"] in reinit], "x--",
-                    label="random re-init")
-            ax.axhline(100 * run["rounds"][0]["metrics"]["test_acc"], color="black", linestyle=":", label="dense")
-            ax.set_title(label, fontsize=10)
-            ax.set_xlabel("sparsity (%)")
-            ax.grid(alpha=0.3)
-            for r in imp:
-                other = reinit.get(r["round"])
-                other_acc = f"{100 * other['metrics']['test_acc']:.1f}" if other else "—"
-                lines.append(f"| {label} | {100 * r['sparsity']:.1f} % | {100 * r['metrics']['test_acc']:.1f} | "
-                             f"{other_acc} |")
-        axes[0][0].set_ylabel("test accuracy (%)")
-        axes[0][0].legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(out / "weight_level.png")
-        plt.close(fig)
-        lines += ["", "![weight level](weight_level.png)", ""]
+    lines += weight_level_section(out, weight_runs)
     (out / REPORT).write_text("\n".join(lines) + "\n")
     return out / REPORT
 
 
+
+
+def weight_level_rows(runs: dict[int, Path]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Per IMP round: IMP and random re-init intervals over seeds and their paired gap; and the dense reference."""
+    loaded = {seed: load_run(path) for seed, path in runs.items()}
+    first = next(iter(loaded.values()))
+    rows = []
+    for r in first["rounds"][1:]:
+        k = r["round"]
+        pairs = [(run["rounds"][k]["metrics"]["test_acc"], reinit[0]["metrics"]["test_acc"])
+                 for run in loaded.values()
+                 if (reinit := [b for b in run["baselines"].get("random_reinit", []) if b["round"] == k])]
+        rows.append({"round": k, "sparsity": r["sparsity"], "imp": mean_ci([a for a, _ in pairs or [(0, 0)]]),
+                     "reinit": mean_ci([b for _, b in pairs]) if pairs else None,
+                     "gap": paired_ci([a for a, _ in pairs], [b for _, b in pairs]) if pairs else None,
+                     "per_seed_gap": [a - b for a, b in pairs]})
+    dense = mean_ci([run["rounds"][0]["metrics"]["test_acc"] for run in loaded.values()])
+    return rows, {"dense": dense, "chance": first["rounds"][0]["metrics"].get("chance_test")}
+
+
+def claim1_verdict(gaps: dict[str, Interval], dense: dict[str, dict[str, Any]], cnn: str, vit: str) -> str:
+    """The written rule of claim 1: reproduced when the CNN's IMP − re-init interval lies above 0 and the ViT's mean
+    gap is below that interval's lower end; contradicted when the CNN's interval lies below 0 or the ViT's
+    interval lies wholly above the CNN's; otherwise, or when a dense model is not clearly above chance or the CNN
+    is at ceiling (≥ 99 %), inconclusive."""
+    for label in (cnn, vit):
+        chance_level = dense[label]["chance"]
+        if chance_level is not None and not clearly_above(dense[label]["dense"], chance_level):
+            return "inconclusive"
+    if dense[cnn]["dense"].mean >= 0.99:
+        return "inconclusive"
+    c, v = gaps[cnn], gaps[vit]
+    if c.low is None or c.high is None or v.low is None or v.high is None:
+        return "inconclusive"
+    if c.high < 0 or v.low > c.high:
+        return "contradicted"
+    return "reproduced" if c.low > 0 and v.mean < c.low else "inconclusive"
+
+
+def weight_level_section(out: Path, weight_runs: dict[str, dict[int, Path]]) -> list[str]:
+    """Claim 1 of MISSION.md §3: IMP tickets vs random re-initialisation, per architecture, over seeds."""
+    if not weight_runs:
+        return []
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(weight_runs), figsize=(4.5 * len(weight_runs), 3.6), dpi=130, squeeze=False)
+    table, gaps, dense = [], {}, {}
+    for ax, (label, runs) in zip(axes[0], weight_runs.items(), strict=True):
+        rows, dense[label] = weight_level_rows(runs)
+        per_seed = list(zip(*[r["per_seed_gap"] for r in rows], strict=True))
+        gaps[label] = mean_ci([sum(g) / len(g) for g in per_seed]) if per_seed else Interval(0.0, None, None, 0)
+        x = [100 * r["sparsity"] for r in rows]
+        for key, style, name in (("imp", "o-", "IMP ticket"), ("reinit", "x--", "random re-init")):
+            ok = [(xx, r[key]) for xx, r in zip(x, rows, strict=True) if r[key] is not None]
+            ax.errorbar([xx for xx, _ in ok], [100 * i.mean for _, i in ok],
+                        yerr=[100 * ((i.high or i.mean) - i.mean) for _, i in ok], fmt=style, capsize=3, label=name)
+        ax.axhline(100 * dense[label]["dense"].mean, color="black", linestyle=":", label="dense")
+        if dense[label]["chance"] is not None:
+            ax.axhline(100 * dense[label]["chance"], color="grey", linestyle="-.", label="chance")
+        ax.set_title(label, fontsize=10)
+        ax.set_xlabel("sparsity (%)")
+        ax.grid(alpha=0.3)
+        table += [[label, f"{100 * r['sparsity']:.1f} %", interval_text(dense[label]["dense"]),
+                   "–" if dense[label]["chance"] is None else f"{100 * dense[label]['chance']:.1f}",
+                   interval_text(r["imp"]), interval_text(r["reinit"]), interval_text(r["gap"], signed=True),
+                   gap_verdict(r["gap"])] for r in rows]
+    axes[0][0].set_ylabel("test accuracy (%)")
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "weight_level.png")
+    plt.close(fig)
+    labels = list(weight_runs)
+    cnn = next((x for x in labels if "vit" not in x.lower()), labels[-1])
+    vit = next((x for x in labels if "vit" in x.lower()), labels[0])
+    verdict = claim1_verdict(gaps, dense, cnn, vit) if cnn != vit else "inconclusive"
+    lines = ["## Weight-level IMP vs random re-initialisation (claim 1)", "",
+             "Claim (Shen et al., MISSION.md §3 claim 1): weight-level IMP tickets barely beat random re-initialisation "
+             "of the same mask on a ViT, whereas on a CNN they clearly do.", "",
+             "Rule: per seed, the gap IMP − re-init averaged over the IMP rounds; its 95 % t-interval over seeds per "
+             "architecture. Reproduced when the CNN's interval lies above 0 and the ViT's mean gap is below the CNN "
+             "interval's lower end; contradicted when the CNN's interval lies below 0 or the ViT's lies wholly above "
+             "the CNN's; otherwise — or with a dense model not clearly above chance, or the CNN at ceiling "
+             "(≥ 99 %) — inconclusive.", "",
+             markdown_table(["claim", *[f"gap {x} (pts)" for x in labels], "verdict"],
+                            [["IMP − re-init: CNN clearly > 0, ViT ≈ 0",
+                              *[interval_text(gaps[x], signed=True) for x in labels], verdict]]), "",
+             "Per round (test accuracy %, mean [95 % CI] over seeds; per-round verdict: the paired gap's rule):", "",
+             markdown_table(["architecture", "sparsity", "dense", "chance", "IMP", "random re-init",
+                             "IMP − re-init (pts)", "IMP beats re-init?"], table),
+             "", "![weight level](weight_level.png)", ""]
+    return lines

@@ -86,6 +86,7 @@ class PatchStudyConfig:
     equal_budget_rates: list[float] = field(default_factory=list)  # run rc_budget at these keep rates
     position_control: bool = True  # train the position-only control (tickets shuffled across images)
     weight_level: list[WeightLevelRun] = field(default_factory=list)
+    weight_seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # each weight-level run once per seed
     engine: EngineConfig = field(default_factory=EngineConfig)
 
 
@@ -224,7 +225,8 @@ def run_patch_study(cfg: PatchStudyConfig, runs_dir: Path, progress: bool = True
         for seed, variant in tqdm(jobs, desc=f"students k={k}", disable=not progress):
             folder = student_dir(out, k, seed, variant)
             rows.append(train_student(cfg, k, seed, variant, tickets_path, folder, progress))
-    weight_runs = {w.label: run_experiment(w.experiment, runs_dir, progress) for w in cfg.weight_level}
+    weight_runs = {w.label: {s: run_experiment(dataclasses.replace(w.experiment, seed=s), runs_dir, progress)
+                             for s in cfg.weight_seeds} for w in cfg.weight_level}
     write_json(out / "students.json", rows)
     write_patch_report(out, cfg, rows, weight_runs, ticket_files)
     return out
