@@ -34,14 +34,14 @@ def reduced(config: dict) -> dict:
     out["downstream_train"].update(epochs=1)
     out["prune"]["rounds"] = 2
     out["analysis_round"] = 2
-    out["transfer_seeds"] = out["transfer_seeds"][:2]
+    out["seeds"] = out["seeds"][:2]
     return out
 
 
 TINY_STUDY = reduced(yaml.safe_load(EXAMPLE.read_text()))
 LABELS = [p["label"] for p in TINY_STUDY["pretrainings"]]
 TARGETS = len(TINY_STUDY["downstream"])
-SEEDS = len(TINY_STUDY["transfer_seeds"])
+SEEDS = len(TINY_STUDY["seeds"])
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +58,11 @@ def test_study_writes_report_figures_and_summary(study_out):
     out = next((root / "runs").glob("study-*"))
     report = (out / "report.md").read_text()
     assert "| chance |" in report or "| chance | dense |" in report
+    assert report.index("## Verdicts") < report.index("## 1.")  # the verdict table opens the report
+    verdict_rows = [line for line in report.splitlines() if line.endswith(("| reproduced |", "| contradicted |",
+                                                                          "| inconclusive |"))]
+    # 3 own-task claims, 3 x targets transfers, 2 baselines x targets, 3 x 2 perturbations, 1 overlap
+    assert len(verdict_rows) == 3 + 3 * TARGETS + 2 * TARGETS + 6 + 1
     for heading in ("Tickets on the pre-training tasks", "Tickets found on each downstream task", "Transfer of",
                     "Universal pre-training tickets", "Mask overlap", "Perturbation sensitivity", "Per-layer"):
         assert heading in report
@@ -68,13 +73,15 @@ def test_study_writes_report_figures_and_summary(study_out):
     assert len(summary["pairs"]) == 3 * TARGETS
     variants = {(r["source"], r["variant"]) for r in summary["sensitivity"]}
     assert len(variants) == 3 * 4
+    assert {r["seed"] for r in summary["sensitivity"]} == set(TINY_STUDY["seeds"])  # seed i's ticket, seed i
     rows = json.loads((out / "transfer_rows.json").read_text())
     assert len(rows) == 3 * TARGETS * SEEDS * 3  # sources x targets x seeds x rounds (0..2)
     imp_runs = list((root / "runs").glob("imp-*"))
-    assert len(imp_runs) == 3 + 3 * TARGETS  # pre-training tickets + downstream tickets from each θp
-    assert len(list((root / "runs").glob("pretrain-*"))) == 3  # each θp pre-trained once, shared by its runs
+    # pre-training tickets + downstream tickets from the supervised θp, each once per seed
+    assert len(imp_runs) == (3 + TARGETS) * SEEDS
+    assert len(list((root / "runs").glob("pretrain-*"))) == 3  # each θp pre-trained once, shared by its seeds
     baselines = [p for p in imp_runs if (p / "baselines").is_dir()]
-    assert len(baselines) == TARGETS  # baselines from the first θp only
+    assert len(baselines) == TARGETS * SEEDS
 
 
 def test_rerunning_the_study_recomputes_nothing(study_out):

@@ -27,10 +27,13 @@ def test_downstream_scenes_must_not_be_the_pretraining_scenes():
 
 
 def test_each_pretraining_starts_from_its_own_init_unless_shared():
-    seeds = [cfg.seed for cfg in pretraining_configs(study_config("cv_pretraining", EXAMPLE)).values()]
-    assert len(set(seeds)) == len(seeds) == 3
+    configs = pretraining_configs(study_config("cv_pretraining", EXAMPLE))
+    theta0 = {label: {cfg.pretrain.seed for (lb, _), cfg in configs.items() if lb == label} for label, _ in configs}
+    assert all(len(seeds) == 1 for seeds in theta0.values())  # one θp per pre-training, shared by its IMP seeds
+    assert len({next(iter(seeds)) for seeds in theta0.values()}) == 3  # ... each from its own θ0
+    assert len({cfg.seed for cfg in configs.values()}) == len(configs) == 3 * len(EXAMPLE["seeds"])  # mask seeds
     shared = pretraining_configs(study_config("cv_pretraining", {**EXAMPLE, "share_init": True}))
-    assert {cfg.seed for cfg in shared.values()} == {EXAMPLE.get("seed", 0)}
+    assert {cfg.pretrain.seed for cfg in shared.values()} == {EXAMPLE.get("seed", 0)}
 
 
 @pytest.mark.parametrize("objective", ["supervised", "simclr"])

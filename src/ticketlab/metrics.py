@@ -75,6 +75,8 @@ def chance_score(metric: str, labels: torch.Tensor) -> float | None:
         return majority
     if metric == "mcc":
         return 0.0
+    if metric == "retrieval":  # mean R@1 of a random ranking over a gallery of one item per test pair
+        return 1.0 / len(labels)
     if metric == "f1":  # the majority class has F1 2p/(1+p), every other class 0; macro over the classes present
         return 2 * majority / (1 + majority) / int((counts > 0).sum())
     return None

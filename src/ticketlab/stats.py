@@ -94,3 +94,34 @@ def interval_text(interval: Interval | None, signed: bool = False) -> str:
     if interval.low is None or interval.high is None:
         return f"{fmt.format(100 * interval.mean)} (n = 1)"
     return f"{fmt.format(100 * interval.mean)} [{fmt.format(100 * interval.low)}, {fmt.format(100 * interval.high)}]"
+
+
+@dataclass(frozen=True)
+class SparsityClaim:
+    claimed: float  # the paper's matching (or relaxed) sparsity
+    tested: float  # the sparsity the claim is judged at: min(claimed, highest sparsity run)
+    measured: float | None  # highest s such that every sparsity ≤ s has a mean validation gap ≥ 0
+    verdict: str
+
+
+def sparsity_claim(gaps: Sequence[tuple[float, Interval]], claimed: float, usable: bool = True) -> SparsityClaim:
+    """The written rule for "a matching (relaxed) ticket exists at sparsity s*". ``gaps``: per sparsity run, the
+    paired interval over seeds of (sparse − reference) *validation* scores, reference = dense (matching) or
+    p · dense (relaxed). Judged at t = min(s*, highest sparsity run) over the sparsities ≤ t (the lowest one when
+    none is): contradicted when any of their intervals lies wholly below 0; reproduced when every mean gap is ≥ 0;
+    otherwise — or without a usable dense reference (not clearly above chance) — inconclusive."""
+    curve = sorted(gaps)
+    if not curve:
+        return SparsityClaim(claimed, claimed, None, "inconclusive")
+    tested = min(claimed, curve[-1][0])
+    judged = [g for s, g in curve if s <= tested + 1e-9] or [curve[0][1]]
+    measured = matching_sparsity([(s, g.mean) for s, g in curve], 0.0)
+    if not usable:
+        return SparsityClaim(claimed, tested, measured, "inconclusive")
+    if any(g.high is not None and g.high < 0 for g in judged):
+        verdict_ = "contradicted"
+    elif all(g.mean >= 0 for g in judged) and all(g.low is not None for g in judged):
+        verdict_ = "reproduced"
+    else:
+        verdict_ = "inconclusive"
+    return SparsityClaim(claimed, tested, measured, verdict_)

@@ -1,0 +1,203 @@
+"""The CV pre-training study's report: a verdict table first (the paper's claims, what was measured with 95 %
+intervals over seeds, and a verdict by the rules written in the report), then the tables and figures behind it."""
+
+from __future__ import annotations
+
+import itertools
+import statistics
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ticketlab.analysis import paired_gaps, sensitivity_table
+from ticketlab.baselines.base import branch_label
+from ticketlab.figures import markdown_table, pct, plot_heatmap, plot_layer_sparsity, plot_overlap, pm, pyplot
+from ticketlab.masks import Mask
+from ticketlab.paths import IMP, REPORT, load_run
+from ticketlab.stats import interval_text, sparsity_claim
+from ticketlab.studies.verdicts import RULES, claim_row, comparison_row, run_cells, usable
+
+OVERLAP_RULE = (
+"**Overlap** (\"tickets of different pre-trainings share few weights\"): the IoU of kept weights between "
+    "tickets of different objectives against that between tickets of the same objective found with other seeds "
+    "(the noise floor of mask finding). Reproduced when every cross-objective IoU is below every same-objective "
+    "IoU; contradicted when every cross-objective IoU is above them; otherwise inconclusive.")
+
+
+def overlap_row(overlaps: dict[tuple[str, str], dict[str, Any]], groups: dict[str, list[str]]) -> list[str]:
+    same = [overlaps[a, b]["iou"] for names in groups.values() for a, b in itertools.combinations(names, 2)]
+    cross = [overlaps[a, b]["iou"] for (g1, n1), (g2, n2) in itertools.combinations(groups.items(), 2)
+             for a in n1 for b in n2]
+    if not same or not cross:
+        verdict = "inconclusive"
+    else:
+        verdict = "reproduced" if max(cross) < min(same) else "contradicted" if min(cross) > max(same) else \
+            "inconclusive"
+    text = lambda v: f"{100 * statistics.fmean(v):.1f} % ({100 * min(v):.1f}–{100 * max(v):.1f})" if v else "–"  # noqa: E731
+    return ["tickets of different pre-trainings differ (mask overlap)", "< 6.55 % shared after 5 rounds",
+            f"IoU across objectives {text(cross)}; same objective, other seed {text(same)}", "–", verdict]
+
+
+def plot_curves(downstream: dict[tuple[str, str, int], dict[str, Any]], path: Path) -> None:
+    plt = pyplot()
+    tasks = list(dict.fromkeys(t for _, t, _ in downstream))
+    sources = list(dict.fromkeys(s for s, _, _ in downstream))
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 4.2), dpi=130, squeeze=False)
+    for ax, task in zip(axes[0], tasks, strict=True):
+        for i, source in enumerate(sources):
+            runs = {seed: run for (s, t, seed), run in downstream.items() if (s, t) == (source, task)}
+            series = {IMP: [run["rounds"] for run in runs.values()]}
+            for branch in next(iter(runs.values()))["baselines"]:
+                series[branch] = [run["baselines"][branch] for run in runs.values()]
+            for j, (branch, per_seed) in enumerate(series.items()):
+                by_round: dict[int, list[float]] = {}
+                spars = {}
+                for rows in per_seed:
+                    for r in rows:
+                        if r["round"] > 0:
+                            by_round.setdefault(r["round"], []).append(100 * r["metrics"]["test_acc"])
+                            spars[r["round"]] = 100 * r["sparsity"]
+                ks = sorted(by_round)
+                color = f"C{i}" if branch == IMP else f"C{len(sources) + j}"
+                ax.errorbar([spars[k] for k in ks], [statistics.fmean(by_round[k]) for k in ks],
+                            yerr=[statistics.stdev(by_round[k]) if len(by_round[k]) > 1 else 0 for k in ks],
+                            marker="o" if branch == IMP else "x", linestyle="-" if branch == IMP else ":",
+                            color=color, capsize=2, label=f"{branch_label(branch)} from {source} θp")
+            dense = [100 * run["rounds"][0]["metrics"]["test_acc"] for run in runs.values()]
+            ax.axhline(statistics.fmean(dense), color=f"C{i}", linestyle="--", linewidth=1)
+            chance = next(iter(runs.values()))["rounds"][0]["metrics"].get("chance_test")
+            if chance is not None:
+                ax.axhline(100 * chance, color="grey", linestyle="-.", linewidth=1)
+        ax.set_title(task, fontsize=10)
+        ax.set_xlabel("sparsity (%)")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("test accuracy (%), mean ± std over seeds\n(dashed: dense, dash-dot: chance)")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=7, loc="lower center", ncol=min(len(labels), 4))
+    fig.tight_layout(rect=(0, 0.14, 1, 1))
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def write_cv_report(out: Path, study: Any, pretraining_runs: dict[tuple[str, int], Path],
+                    downstream_runs: dict[tuple[str, str, int], Path], summary: dict[str, Any],
+                    tickets: dict[str, Mask], overlaps: dict[tuple[str, str], Any],
+                    sensitivity: list[dict[str, Any]]) -> Path:
+    k, n = study.analysis_round, study.prune.rounds
+    sources = list(dict.fromkeys(label for label, _ in pretraining_runs))
+    targets = [t.name for t in study.downstream]
+    pre = {label: {seed: load_run(run) for (lb, seed), run in pretraining_runs.items() if lb == label}
+           for label in sources}
+    downstream = {key: load_run(run) for key, run in downstream_runs.items()}
+    verdicts, pre_cells = [], {}
+    for label in sources:
+        pre_cells[label] = run_cells(label, pre[label])
+        verdicts.append(claim_row(f"{label} ticket on its own pre-training task", study.claims.get(label),
+                                  pre_cells[label], label, ""))
+    for source, target in summary["pairs"]:
+        verdicts.append(claim_row(f"{source} ticket transferred to {target}", study.claims.get(target),
+                                  summary["cells"], source, target))
+    first = sources[0]
+    for target in targets:
+        runs = {seed: run for (s, t, seed), run in downstream.items() if (s, t) == (first, target)}
+        one = next(iter(runs.values()))
+        chance = one["rounds"][0]["metrics"].get("chance_test")
+        imp = {seed: run["rounds"][k]["metrics"]["test_acc"] for seed, run in runs.items()}
+        for branch in one["baselines"]:
+            other = {seed: r["metrics"]["test_acc"] for seed, run in runs.items() for r in run["baselines"][branch]
+                     if r["round"] == k}
+            verdicts.append(comparison_row(f"IMP (A) vs {branch_label(branch)} (B) on {target} from {first} θp, "
+                                           f"{pct(one['rounds'][k]['sparsity'])}", imp, other, chance))
+    by_source: dict[str, dict[str, dict[int, float]]] = {}
+    for row in sensitivity:
+        by_source.setdefault(row["source"], {}).setdefault(row["variant"], {})[row["seed"]] = row["test_acc"]
+    for source, variants in by_source.items():
+        for variant in ("random", "complement"):
+            verdicts.append(comparison_row(f"{source} ticket (A) vs {variant} mask (B) on {study.downstream[0].name}",
+                                           variants["ticket"], variants[variant],
+                                           summary["cells"][(source, study.downstream[0].name, 0)]["chance_test"]))
+    groups = {label: [name for name in tickets if name.startswith(f"{label} (pre-training")] for label in sources}
+    verdicts.append(overlap_row(overlaps, groups))
+
+    lines = [f"# CV pre-training ticket study ({out.name})", "",
+             f"Model `{study.model.name}` {study.model.options}; pruning {study.prune.method}, {n} rounds "
+             f"({study.prune.schedule}, rate {study.prune.rate}), rewind to θp (pre-trained heads rewound too); "
+             f"one θp per pre-training, each from its own θ0 (share_init: {study.share_init}); seeds {study.seeds}: "
+             "seed i finds every mask and fine-tunes its transfers. Intervals: Student-t 95 % over seeds.", "",
+             "## Verdicts", "", *[f"- {rule}" for rule in [*RULES, OVERLAP_RULE]], "",
+             "Claims are MISSION.md §1's (Chen et al.), mapped to the stand-in tasks in the study config.", "",
+             markdown_table(["claim", "paper", "measured (95 % CI)", "gap / context", "verdict"], verdicts), ""]
+
+    table = []
+    for label in sources:
+        cells = pre_cells[label]
+        table.append([label, pct(cells[(label, '', 0)].get("chance_test")),
+                      *[f"{interval_text(cells[(label, '', r)]['ci'])} ({pct(cells[(label, '', r)]['sparsity'])})"
+                        for r in range(n + 1)]])
+    lines += ["## 1. Tickets on the pre-training tasks", "",
+              markdown_table(["pre-training", "chance", "θp (round 0)", *[f"round {i}" for i in range(1, n + 1)]],
+                             table), "",
+              "Test score, mean [95 % CI] over seeds: accuracy (supervised) or k-NN accuracy of the backbone features "
+              "(SimCLR, MoCo).", ""]
+
+    plot_curves(downstream, out / "curves.png")
+    table = []
+    for source in dict.fromkeys(s for s, _, _ in downstream):
+        for target in targets:
+            runs = {seed: run for (s, t, seed), run in downstream.items() if (s, t) == (source, target)}
+            cells = run_cells(source, runs)
+            result = sparsity_claim(paired_gaps(cells, source, ""), 1.0, usable(cells[(source, "", 0)]))
+            table.append([source, target, pct(cells[(source, "", 0)].get("chance_test")),
+                          interval_text(cells[(source, "", 0)]["ci"]),
+                          *[interval_text(cells[(source, "", r)]["ci"]) for r in range(1, n + 1)],
+                          pct(result.measured) if usable(cells[(source, "", 0)]) else "inconclusive (dense at chance)"])
+    sparsities = [pct(s) for s in sorted({c["sparsity"] for (_, _, kk), c in summary["cells"].items() if kk > 0})]
+    lines += ["## 2. Tickets found on each downstream task (IMP from θp)", "",
+              "Test accuracy, mean [95 % CI] over seeds; 'matching' = highest sparsity up to which every round's mean "
+              "validation score reaches the dense one.", "",
+              markdown_table(["θp", "task", "chance", "dense", *sparsities, "matching (validation)"], table), "",
+              "![sparsity-accuracy curves](curves.png)", ""]
+
+    table = []
+    for (source, target), pair in summary["pairs"].items():
+        cells = [summary["cells"].get((source, target, kk)) for kk in range(1, n + 1)]
+        table.append([source, target, pct(pair["dense"]["chance_test"]), interval_text(pair["dense"]["ci"]),
+                      *[interval_text(c["ci"]) if c else "—" for c in cells],
+                      *([pct(pair["matching"]), pct(pair["relaxed"])] if usable(pair["dense"])
+                        else ["inconclusive", "inconclusive"])])
+    lines += ["## 3. Transfer of pre-training tickets", "",
+              f"Test accuracy after fine-tuning θp ⊙ mask with a new head, mean [95 % CI] over seeds. "
+              f"{summary['criterion']}.", "",
+              markdown_table(["source", "target", "chance", "dense", *sparsities, "matching", "relaxed"], table),
+              "", "Universal pre-training tickets (matching / relaxed on every target):", ""]
+    lines += [f"- {s}: matching {pct(u['matching'])}, relaxed {pct(u['relaxed'])}"
+              for s, u in summary["universal"].items()]
+    relaxed = np.array([[100 * (summary["pairs"][(s, t)]["relaxed"] or 0) for t in targets] for s in sources])
+    labels = [[f"R {pct(summary['pairs'][(s, t)]['relaxed'])}\nM {pct(summary['pairs'][(s, t)]['matching'])}"
+               for t in targets] for s in sources]
+    plot_heatmap(relaxed, sources, targets, labels, "highest relaxed (R) / matching (M) sparsity of the "
+                 "pre-training ticket on each target", out / "transfer_heatmap.png")
+    lines += ["", "![transfer heatmap](transfer_heatmap.png)", ""]
+
+    names = list(tickets)
+    kept = 1 - next(iter(tickets.values())).sparsity()
+    plot_overlap(overlaps, names, f"IoU of kept weights (%) at round {k}", out / "overlap.png")
+    table = [[a, *[f"{100 * overlaps[(a, b)]['iou']:.1f}" for b in names]] for a in names]
+    lines += [f"## 4. Mask overlap at round {k}", "",
+              f"IoU of the kept weights (%). Two independent random masks keeping {pct(kept)} each would have IoU "
+              f"{pct(kept / (2 - kept))}.", "", markdown_table(["", *names], table), "", "![overlap](overlap.png)", ""]
+
+    variants = ["ticket", "complement", "random", "delta10"]
+    table = [[source, *[f"{pm(row[v]['mean'], row[v]['std'])} ({pct(row[v]['sparsity'])})" for v in variants]]
+             for source, row in sensitivity_table(sensitivity).items()]
+    plot_layer_sparsity({name: tickets[name] for name in names if "(pre-training" in name and
+                         name.endswith(f"seed {study.seeds[0]})")}, out / "layer_sparsity.png")
+    lines += [f"## 5. Perturbation sensitivity on {study.downstream[0].name} (round {k})", "",
+              "Test accuracy, mean ± std over seeds (seed i's ticket, fine-tuned with seed i), and (in brackets) each "
+              "mask's sparsity: a complement mask keeps the pruned weights, so its sparsity differs.", "",
+              markdown_table(["pre-training ticket", *variants], table), "",
+              "## 6. Per-layer sparsity of the pre-training tickets", "", "![layer sparsity](layer_sparsity.png)", ""]
+    (out / REPORT).write_text("\n".join(lines))
+    return out / REPORT
+

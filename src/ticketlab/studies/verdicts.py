@@ -1,0 +1,73 @@
+"""Verdict rows shared by the study reports: the written rules, a sparsity claim judged on validation scores over
+seeds, and a paired comparison — so every study states its verdicts the same way (``stats`` holds the arithmetic)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ticketlab.analysis import at_chance, paired_gaps
+from ticketlab.figures import pct
+from ticketlab.stats import clearly_above, gap_verdict, interval_text, mean_ci, paired_ci, sparsity_claim
+
+RULES = [  # the written rules every study report quotes above its verdict table
+    "**Sparsity claims** (\"a matching ticket exists at s*\"): per sparsity run, the paired 95 % t-interval over "
+    "seeds of (sparse − dense) *validation* score. Judged at t = min(s*, the highest sparsity run): contradicted "
+    "when the interval at some sparsity ≤ t lies wholly below 0; reproduced when every mean gap up to t is ≥ 0; "
+    "otherwise inconclusive. Inconclusive too when the dense reference is not clearly above chance (interval's "
+    "lower end ≤ the majority-class rate).",
+    "**Comparisons** (\"A beats B\"): the paired 95 % t-interval over seeds of (A − B) test score: above 0 → "
+    "reproduced, below 0 → contradicted, straddling 0 → inconclusive (also when A is not above chance).",
+]
+
+
+def run_cells(label: str, runs: dict[int, dict[str, Any]]) -> dict[tuple[str, str, int], dict[str, Any]]:
+    """IMP runs of one task over seeds in the cell format of ``analysis.summarize_transfer``."""
+    cells: dict[tuple[str, str, int], dict[str, Any]] = {}
+    for seed, run in runs.items():
+        for r in run["rounds"]:
+            m = r["metrics"]
+            cell = cells.setdefault((label, "", r["round"]), {"sparsity": r["sparsity"], "val": {}, "test": {},
+                                                              "chance_test": m.get("chance_test"),
+                                                              "n_test": m.get("n_test")})
+            cell["val"][seed], cell["test"][seed] = m.get("val_acc", m["test_acc"]), m["test_acc"]
+    for cell in cells.values():
+        cell["ci"] = mean_ci(list(cell["test"].values()))
+    return cells
+
+
+def usable(cell: dict[str, Any]) -> bool:
+    """A dense reference is usable when its test interval lies above chance (one seed: not at chance)."""
+    chance = cell.get("chance_test")
+    if chance is None:
+        return True
+    ci = cell["ci"]
+    return clearly_above(ci, chance) if ci.low is not None else not at_chance(ci.mean, chance, cell.get("n_test"))
+
+
+def claim_row(what: str, claimed: float | None, cells: dict[tuple[str, str, int], dict[str, Any]], source: str,
+              target: str, relaxed: float | None = None) -> list[str]:
+    """A verdict row for "a matching ticket (relaxed: ≥ ``relaxed`` × dense) exists at ``claimed`` sparsity"."""
+    dense = cells[(source, target, 0)]
+    kind = "matching" if relaxed is None else f"relaxed ({relaxed:.0%})"
+    gaps = paired_gaps(cells, source, target, 1.0 if relaxed is None else relaxed)
+    if claimed is None:
+        return [what, "(no claim given)", "–", "–", "–"]
+    result = sparsity_claim(gaps, claimed, usable(dense))
+    at = next((c for (s, t, k), c in cells.items() if (s, t) == (source, target) and k > 0
+               and abs(c["sparsity"] - (result.measured or -1)) < 1e-9), None)
+    measured = (f"{kind} (validation) up to {pct(result.measured)}; test there {interval_text(at['ci'])} vs dense "
+                f"{interval_text(dense['ci'])}" if at else f"no sparsity matches; dense {interval_text(dense['ci'])}")
+    gap_at_t = next((g for s, g in reversed(gaps) if s <= result.tested + 1e-9), gaps[0][1] if gaps else None)
+    return [what, f"{kind} at {pct(claimed)} (judged at {pct(result.tested)})", measured,
+            f"{interval_text(gap_at_t, signed=True)} pts at {pct(result.tested)}; chance "
+            f"{pct(dense.get('chance_test'))}", result.verdict]
+
+
+def comparison_row(what: str, a: dict[int, float], b: dict[int, float], chance: float | None) -> list[str]:
+    """A verdict row for "A beats B", paired by seed (``a``, ``b``: seed → test score)."""
+    seeds = sorted(set(a) & set(b))
+    gap = paired_ci([a[s] for s in seeds], [b[s] for s in seeds]) if seeds else None
+    ok = chance is None or (len(seeds) > 1 and clearly_above(mean_ci([a[s] for s in seeds]), chance))
+    scores = f"A {interval_text(mean_ci(list(a.values())))} vs B {interval_text(mean_ci(list(b.values())))}"
+    return [what, "A > B", scores,
+            f"{interval_text(gap, signed=True)} pts; chance {pct(chance)}", gap_verdict(gap, ok)]
