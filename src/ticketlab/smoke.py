@@ -60,7 +60,7 @@ def _walk(node: Any, folder: Path, key: str | None) -> None:
             node[k] = {**v, "epochs": 1, "batch_size": min(int(v.get("batch_size", 8)), 8), "warmup_steps": 0}
         elif k == "prune" and isinstance(v, dict):
             node[k] = {**v, "rounds": min(int(v.get("rounds", 2)), 2)}
-        elif k in ("seeds", "keep_rates", "transfer_seeds") and isinstance(v, list):
+        elif k in ("seeds", "keep_rates", "weight_seeds") and isinstance(v, list):
             node[k] = v[:1]
         elif k in ("equal_budget_rates", "baseline_rounds"):
             node[k] = []

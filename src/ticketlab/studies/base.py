@@ -46,3 +46,4 @@ def run_study(name: str, cfg: Any, runs_dir: str | Path = "runs", progress: bool
     study = STUDIES.get(name)
     study.check(cfg)
     return study.run(cfg, Path(runs_dir), progress)
+

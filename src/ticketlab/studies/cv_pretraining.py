@@ -28,19 +28,16 @@ from ticketlab.config import (
     PruneConfig,
     TaskConfig,
     TrainConfig,
-    config_hash,
-    to_dict,
     validate,
 )
-from ticketlab.data.base import build_task
 from ticketlab.data.scenes import stream_seeds
 from ticketlab.experiment import run_experiment
-from ticketlab.fileio import ensure_writable_dir, write_json
+from ticketlab.fileio import write_json
 from ticketlab.masks import Mask
-from ticketlab.models.base import model_input_defaults
-from ticketlab.paths import IMP, RunPaths, study_dir
+from ticketlab.paths import IMP, RunPaths
 from ticketlab.schedules import round_sparsities
 from ticketlab.studies.base import STUDIES, Study
+from ticketlab.studies.common import open_study_dir, study_tasks
 from ticketlab.studies.cv_report import write_cv_report
 from ticketlab.transfer import TransferSpec, perturbation_sensitivity, transfer_ticket
 
@@ -132,15 +129,11 @@ def ticket_of(run: Path, k: int) -> Mask:
 
 
 def run_cv_study(study: StudyConfig, runs_dir: Path, progress: bool = True) -> Path:
-    runs_dir = ensure_writable_dir(Path(runs_dir))
-    out = study_dir(runs_dir, "study", config_hash(study))
-    out.mkdir(exist_ok=True)
-    write_json(out / "study.json", to_dict(study))
+    runs_dir, out = open_study_dir(runs_dir, "study", study)
     pretraining_runs = {key: run_experiment(cfg, runs_dir, progress) for key, cfg in pretraining_configs(study).items()}
     downstream_runs = {key: run_experiment(cfg, runs_dir, progress) for key, cfg in downstream_configs(study).items()}
 
-    implied = model_input_defaults(study.model.name, study.model.options)
-    tasks = {t.name: build_task(t.name, t.options, implied) for t in study.downstream}
+    tasks = study_tasks(study.model, study.downstream)
     rows = []
     rounds = len(round_sparsities(study.prune.schedule, study.prune.rounds, study.prune.rate, study.prune.sparsities))
     jobs = [(label, seed, run, t, k) for (label, seed), run in pretraining_runs.items() for t in study.downstream

@@ -3,6 +3,7 @@ accuracy, the controls, the weight-level comparison, and the verdict table."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -85,7 +86,11 @@ def write_patch_report(out: Path, cfg: Any, rows: list[dict[str, Any]], weight_r
     plt.close(fig)
     lines += ["", "![students](students.png)", ""]
     for k, path in ticket_files.items():
-        lines.append(f"Tickets at k = {k}: `{path.parent / 'tickets.png'}`")
+        picture = path.parent / "tickets.png"
+        if picture.is_file():  # copied beside the report, so the folder stands alone
+            shutil.copyfile(picture, out / f"tickets_k{k}.png")
+            lines += [f"Tickets at k = {k} (selector `{path.parent.name}`; kept patches bright):", "",
+                      f"![tickets k={k}](tickets_k{k}.png)", ""]
     lines += weight_level_section(out, weight_runs)
     (out / REPORT).write_text("\n".join(lines) + "\n")
     return out / REPORT

@@ -27,16 +27,13 @@ from ticketlab.config import (
     TaskConfig,
     TrainConfig,
     check_rounds,
-    config_hash,
-    to_dict,
     validate,
 )
-from ticketlab.data.base import build_task
 from ticketlab.experiment import run_experiment
-from ticketlab.fileio import ensure_writable_dir, write_json
-from ticketlab.models.base import model_input_defaults
-from ticketlab.paths import load_run, study_dir
+from ticketlab.fileio import write_json
+from ticketlab.paths import load_run
 from ticketlab.studies.base import STUDIES, Study
+from ticketlab.studies.common import open_study_dir, study_tasks
 from ticketlab.studies.vl_report import write_vl_report
 from ticketlab.transfer import TransferSpec, transfer_ticket
 
@@ -99,15 +96,11 @@ def task_configs(study: VLStudyConfig) -> dict[tuple[str, int], ExperimentConfig
 
 
 def run_vl_study(study: VLStudyConfig, runs_dir: Path, progress: bool = True) -> Path:
-    runs_dir = ensure_writable_dir(Path(runs_dir))
-    out = study_dir(runs_dir, "vl-study", config_hash(study))
-    out.mkdir(exist_ok=True)
-    write_json(out / "study.json", to_dict(study))
+    runs_dir, out = open_study_dir(runs_dir, "vl-study", study)
     pretraining_runs = {s: run_experiment(cfg, runs_dir, progress) for s, cfg in pretraining_configs(study).items()}
     task_runs = {key: run_experiment(cfg, runs_dir, progress) for key, cfg in task_configs(study).items()}
 
-    implied = model_input_defaults(study.model.name, study.model.options)
-    tasks = {t.name: build_task(t.name, t.options, implied) for t in study.tasks}
+    tasks = study_tasks(study.model, study.tasks)
     adversarial = {"objective": "villa", "objective_options": study.adversarial_options}
     adv_tasks = study.adversarial_tasks or list(tasks)
     jobs = [(t, k, "standard") for t in study.tasks for k in [0, *study.transfer_rounds]]

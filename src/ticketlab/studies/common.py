@@ -1,0 +1,28 @@
+"""What every study pipeline does first: its content-addressed folder and its target tasks (kept out of
+``studies.base``, which stays a leaf registry)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ticketlab.config import ModelConfig, TaskConfig, config_hash, to_dict
+from ticketlab.data.base import Task, build_task
+from ticketlab.fileio import ensure_writable_dir, write_json
+from ticketlab.models.base import model_input_defaults
+from ticketlab.paths import study_dir
+
+
+def open_study_dir(runs_dir: str | Path, prefix: str, cfg: Any) -> tuple[Path, Path]:
+    """(runs folder, the study's own content-addressed folder holding ``study.json``), both created."""
+    runs = ensure_writable_dir(Path(runs_dir))
+    out = study_dir(runs, prefix, config_hash(cfg))
+    out.mkdir(exist_ok=True)
+    write_json(out / "study.json", to_dict(cfg))
+    return runs, out
+
+
+def study_tasks(model: ModelConfig, tasks: list[TaskConfig]) -> dict[str, Task]:
+    """The study's target tasks, built once with what its model implies (image size, tokenizer)."""
+    implied = model_input_defaults(model.name, model.options)
+    return {t.name: build_task(t.name, t.options, implied) for t in tasks}
