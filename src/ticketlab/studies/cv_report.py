@@ -189,14 +189,15 @@ def write_cv_report(out: Path, study: Any, pretraining_runs: dict[tuple[str, int
               f"{pct(kept / (2 - kept))}.", "", markdown_table(["", *names], table), "", "![overlap](overlap.png)", ""]
 
     variants = ["ticket", "complement", "random", "delta10"]
-    table = [[source, *[f"{pm(row[v]['mean'], row[v]['std'])} ({pct(row[v]['sparsity'])})" for v in variants]]
+    chance = pct(summary["cells"][(sources[0], study.downstream[0].name, 0)]["chance_test"])
+    table = [[source, chance, *[f"{pm(row[v]['mean'], row[v]['std'])} ({pct(row[v]['sparsity'])})" for v in variants]]
              for source, row in sensitivity_table(sensitivity).items()]
     plot_layer_sparsity({name: tickets[name] for name in names if "(pre-training" in name and
                          name.endswith(f"seed {study.seeds[0]})")}, out / "layer_sparsity.png")
     lines += [f"## 5. Perturbation sensitivity on {study.downstream[0].name} (round {k})", "",
               "Test accuracy, mean ± std over seeds (seed i's ticket, fine-tuned with seed i), and (in brackets) each "
               "mask's sparsity: a complement mask keeps the pruned weights, so its sparsity differs.", "",
-              markdown_table(["pre-training ticket", *variants], table), "",
+              markdown_table(["pre-training ticket", "chance", *variants], table), "",
               "## 6. Per-layer sparsity of the pre-training tickets", "", "![layer sparsity](layer_sparsity.png)", ""]
     (out / REPORT).write_text("\n".join(lines))
     return out / REPORT

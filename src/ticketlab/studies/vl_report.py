@@ -220,7 +220,9 @@ def write_vl_report(out: Path, study: Any, pretraining: dict[int, dict[str, Any]
               markdown_table(["sparsity", *tasks, "avg drop (points)", "avg relative drop"],
                              [["dense" if row["round"] == 0 else pct(row["sparsity"], 0),
                                *[f"{100 * row['scores'][t]:.1f}" if t in row["scores"] else "—" for t in tasks],
-                               interval_text(row["drop_ci"]), f"{100 * row['relative_drop']:.1f} %"] for row in table])]
+                               interval_text(row["drop_ci"]), f"{100 * row['relative_drop']:.1f} %"] for row in table]
+                             + [["chance", *[pct(summary[t]["cells"][(t, "", 0)]["chance_test"]) if t in summary else "—"
+                                             for t in tasks], "–", "–"]])]
     plot_adversarial(transfers, out / "adversarial.png")
     lines += ["", "## 4. Standard vs adversarial (VILLA) fine-tuning of the universal tickets", "",
               f"VILLA options: {study.adversarial_options or 'defaults (3 steps, step 1e-3, KL weight 1.5)'}; "
