@@ -61,7 +61,7 @@ def test_study_writes_report_figures_and_summary(study_out):
     assert report.index("## Verdicts") < report.index("## 1.")  # the verdict table opens the report
     verdict_rows = [line for line in report.splitlines() if line.endswith(("| reproduced |", "| contradicted |",
                                                                           "| inconclusive |"))]
-    # 3 own-task claims, 3 x targets transfers, 2 baselines x targets, 3 x 2 perturbations, 1 overlap
+    # 3 own-task claims, 3 x targets transfers, 2 baselines x targets, 3 sources x 2 perturbations, 1 overlap
     assert len(verdict_rows) == 3 + 3 * TARGETS + 2 * TARGETS + 6 + 1
     for heading in ("Tickets on the pre-training tasks", "Tickets found on each downstream task", "Transfer of",
                     "Universal pre-training tickets", "Mask overlap", "Perturbation sensitivity", "Per-layer"):
@@ -113,6 +113,10 @@ def test_transfer_and_analyze_cli_on_study_runs(study_out, capsys, tmp_path):
 
 
 def test_bad_study_configs(tmp_path):
+    path = tmp_path / "claims.yaml"
+    path.write_text(yaml.safe_dump(dict(TINY_STUDY, claims={"cifar10": 0.9})))  # a typo would lose a verdict
+    with pytest.raises(ConfigError, match="claims names cifar10: not a pretraining label or downstream task"):
+        load_study("cv_pretraining", path)
     bad = dict(TINY_STUDY, downstream_imp_from=["byol"])
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(bad))

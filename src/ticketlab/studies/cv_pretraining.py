@@ -81,6 +81,10 @@ def check_study(study: StudyConfig) -> None:
             raise ConfigError(f"downstream_imp_from names {label!r}; known pretraining labels: {', '.join(labels)}")
     if len(set(study.seeds)) < 1 or len(set(study.seeds)) != len(study.seeds):
         raise ConfigError(f"seeds must be distinct and at least one, got {study.seeds}")
+    unknown = sorted(set(study.claims) - set(labels) - {t.name for t in study.downstream})
+    if unknown:
+        raise ConfigError(f"claims names {', '.join(unknown)}: not a pretraining label or downstream task (known: "
+                          f"{', '.join([*labels, *(t.name for t in study.downstream)])})")
     if not 1 <= study.analysis_round <= study.prune.rounds:
         raise ConfigError(f"analysis_round must be in 1..prune.rounds ({study.prune.rounds})")
     for cfg in [*pretraining_configs(study).values(), *downstream_configs(study).values()]:
