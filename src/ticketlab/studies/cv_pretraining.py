@@ -61,6 +61,7 @@ class StudyConfig:
     downstream_imp_from: list[str] = field(default_factory=list)  # pre-training labels; empty = all
     prune: PruneConfig = field(default_factory=PruneConfig)
     baselines: list[str] = field(default_factory=lambda: ["omp", "random_prune", "random_reinit"])
+    baseline_rounds: list[int] = field(default_factory=list)  # rounds the baselines run at; empty = every round
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # seed i finds every mask and fine-tunes its transfers
     matching_within_std: bool = False
     claims: dict[str, float] = field(default_factory=dict)  # the paper's matching sparsity per pre-training / target
@@ -124,6 +125,7 @@ def downstream_configs(study: StudyConfig) -> dict[tuple[str, str, int], Experim
     return {(p.label, t.name, seed): ExperimentConfig(model=study.model, task=t, train=study.downstream_train,
                                                       prune=study.prune, pretrain=_pretrain(study, p),
                                                       baselines=study.baselines if i == 0 else [],
+                                                      baseline_rounds=study.baseline_rounds,
                                                       seed=init_seed(study, p) + seed)
             for i, p in enumerate(sources) for t in study.downstream for seed in study.seeds}
 
