@@ -34,6 +34,7 @@ def reduced(config: dict) -> dict:
     out["downstream_train"].update(epochs=1)
     out["prune"]["rounds"] = 2
     out["analysis_round"] = 2
+    out["baseline_rounds"] = [2]
     out["seeds"] = out["seeds"][:2]
     return out
 
