@@ -60,8 +60,9 @@ def test_study_writes_report_figures_and_summary(study_out):
     report = (out / "report.md").read_text()
     assert "| chance |" in report or "| chance | dense |" in report
     assert report.index("## Verdicts") < report.index("## 1.")  # the verdict table opens the report
-    verdict_rows = [line for line in report.splitlines() if line.endswith(("| reproduced |", "| contradicted |",
-                                                                          "| inconclusive |"))]
+    verdict_section = report[:report.index("## 1.")]
+    verdict_rows = [line for line in verdict_section.splitlines()
+             if line.endswith(("| reproduced |", "| contradicted |", "| inconclusive |"))]
     # 3 own-task claims, 3 x targets transfers, 2 baselines x targets, 3 sources x 2 perturbations, 1 overlap
     assert len(verdict_rows) == 3 + 3 * TARGETS + 2 * TARGETS + 6 + 1
     for heading in ("Tickets on the pre-training tasks", "Tickets found on each downstream task", "Transfer of",
@@ -123,7 +124,8 @@ def test_bad_study_configs(tmp_path):
     path.write_text(yaml.safe_dump(bad))
     with pytest.raises(ConfigError, match="known pretraining labels: supervised, simclr, moco"):
         load_study("cv_pretraining", path)
-    bad = dict(TINY_STUDY, pretrainings=[dict(TINY_STUDY["pretrainings"][0], objective="byol")], downstream_imp_from=[])
+    bad = dict(TINY_STUDY, pretrainings=[dict(TINY_STUDY["pretrainings"][0], objective="byol")], downstream_imp_from=[],
+               claims={})
     path.write_text(yaml.safe_dump(bad))
     with pytest.raises(ConfigError, match="unknown pre-training objective 'byol'"):
         load_study("cv_pretraining", path)
