@@ -115,6 +115,10 @@ def test_transfer_and_analyze_cli_on_study_runs(study_out, capsys, tmp_path):
 
 
 def test_bad_study_configs(tmp_path):
+    path = tmp_path / "rounds.yaml"
+    path.write_text(yaml.safe_dump(dict(TINY_STUDY, baseline_rounds=[1])))  # analysis_round is 2
+    with pytest.raises(ConfigError, match="baseline_rounds \\[1\\] must include analysis_round \\(2\\)"):
+        load_study("cv_pretraining", path)
     path = tmp_path / "claims.yaml"
     path.write_text(yaml.safe_dump(dict(TINY_STUDY, claims={"cifar10": 0.9})))  # a typo would lose a verdict
     with pytest.raises(ConfigError, match="claims names cifar10: not a pretraining label or downstream task"):

@@ -21,7 +21,8 @@ def test_downstream_scenes_must_not_be_the_pretraining_scenes():
     pre = build_task(study.pretrainings[0].task.name, {**study.pretrainings[0].task.options, "n_train": 50})
     down = build_task(study.downstream[0].name, {**study.downstream[0].options, "n_train": 50})
     assert not any((pre.train.x == image).flatten(1).all(1).any() for image in down.train.x)  # no shared image
-    shared = {**EXAMPLE, "downstream": [{"name": "scenes_shape", "options": {"n_train": 300}}]}  # seed 0 = pre-training's
+    shared = {**EXAMPLE, "downstream": [{"name": "scenes_shape", "options": {"n_train": 300}}],  # seed 0 = pre-training's
+              "claims": {}}
     with pytest.raises(ConfigError, match="draws the scenes pre-training 'supervised' trains on"):
         study_config("cv_pretraining", shared)
 

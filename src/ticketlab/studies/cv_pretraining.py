@@ -82,6 +82,9 @@ def check_study(study: StudyConfig) -> None:
             raise ConfigError(f"downstream_imp_from names {label!r}; known pretraining labels: {', '.join(labels)}")
     if len(set(study.seeds)) < 1 or len(set(study.seeds)) != len(study.seeds):
         raise ConfigError(f"seeds must be distinct and at least one, got {study.seeds}")
+    if study.baseline_rounds and study.analysis_round not in study.baseline_rounds:
+        raise ConfigError(f"baseline_rounds {study.baseline_rounds} must include analysis_round "
+                          f"({study.analysis_round}): the report compares IMP with the baselines there")
     unknown = sorted(set(study.claims) - set(labels) - {t.name for t in study.downstream})
     if unknown:
         raise ConfigError(f"claims names {', '.join(unknown)}: not a pretraining label or downstream task (known: "

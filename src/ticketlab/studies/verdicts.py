@@ -65,6 +65,8 @@ def claim_row(what: str, claimed: float | None, cells: dict[tuple[str, str, int]
 
 def comparison_row(what: str, a: dict[int, float], b: dict[int, float], chance: float | None) -> list[str]:
     """A verdict row for "A beats B", paired by seed (``a``, ``b``: seed → test score)."""
+    if not a or not b:
+        return [what, "A > B", "no runs to compare", "–", "inconclusive"]
     seeds = sorted(set(a) & set(b))
     gap = paired_ci([a[s] for s in seeds], [b[s] for s in seeds]) if seeds else None
     ok = chance is None or (len(seeds) > 1 and clearly_above(mean_ci([a[s] for s in seeds]), chance))
