@@ -130,9 +130,7 @@ def summarize_transfer(rows: list[dict[str, Any]], relaxed: float = 0.99, within
         sparse = [(c["sparsity"], c["val_mean"]) for (s, t, kk), c in cells.items() if (s, t) == (source, target)
                   and kk > 0]
         pairs[(source, target)] = {"dense": dense, "matching": highest_sparsity(sparse, threshold),
-                                   "relaxed": highest_sparsity(sparse, relaxed * dense["val_mean"]),
-                                   "matching_set": sorted(s for s, m in sparse if m >= threshold),
-                                   "relaxed_set": sorted(s for s, m in sparse if m >= relaxed * dense["val_mean"])}
+                                   "relaxed": highest_sparsity(sparse, relaxed * dense["val_mean"])}
     universal: dict[str, dict[str, float | None]] = {}
     for source in sorted({s for s, _ in pairs}):
         mine = [(t, p) for (s, t), p in pairs.items() if s == source]

@@ -110,7 +110,7 @@ def sparsity_claim(gaps: Sequence[tuple[float, Interval]], claimed: float, usabl
     p · dense (relaxed). Judged at t = min(s*, highest sparsity run) over the sparsities ≤ t (the lowest one when
     none is): contradicted when any of their intervals lies wholly below 0; reproduced when every mean gap is ≥ 0;
     otherwise — or without a usable dense reference (not clearly above chance) — inconclusive."""
-    curve = sorted(gaps)
+    curve = sorted(gaps, key=lambda item: item[0])  # Intervals do not order: sort by sparsity only
     if not curve:
         return SparsityClaim(claimed, claimed, None, "inconclusive")
     tested = min(claimed, curve[-1][0])

@@ -169,8 +169,7 @@ def run_cv_study(study: StudyConfig, runs_dir: Path, progress: bool = True) -> P
     write_cv_report(out, study, pretraining_runs, downstream_runs, summary, tickets, overlaps, sensitivity)
     write_json(out / "transfer_rows.json", rows)
     (out / "summary.json").write_text(json.dumps(
-        {"pairs": {f"{s} -> {t}": {kk: v for kk, v in p.items() if not kk.endswith("_set")}
-                   for (s, t), p in summary["pairs"].items()},
+        {"pairs": {f"{s} -> {t}": p for (s, t), p in summary["pairs"].items()},
          "universal": summary["universal"], "criterion": summary["criterion"],
          "sensitivity": sensitivity}, indent=2, default=str))
     return out

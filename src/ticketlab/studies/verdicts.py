@@ -47,11 +47,11 @@ def usable(cell: dict[str, Any]) -> bool:
 def claim_row(what: str, claimed: float | None, cells: dict[tuple[str, str, int], dict[str, Any]], source: str,
               target: str, relaxed: float | None = None) -> list[str]:
     """A verdict row for "a matching ticket (relaxed: ≥ ``relaxed`` × dense) exists at ``claimed`` sparsity"."""
+    if claimed is None:
+        return [what, "(no claim given)", "–", "–", "–"]
     dense = cells[(source, target, 0)]
     kind = "matching" if relaxed is None else f"relaxed ({relaxed:.0%})"
     gaps = paired_gaps(cells, source, target, 1.0 if relaxed is None else relaxed)
-    if claimed is None:
-        return [what, "(no claim given)", "–", "–", "–"]
     result = sparsity_claim(gaps, claimed, usable(dense))
     at = next((c for (s, t, k), c in cells.items() if (s, t) == (source, target) and k > 0
                and abs(c["sparsity"] - (result.measured or -1)) < 1e-9), None)
