@@ -30,18 +30,18 @@ def run_cli(args, capsys) -> tuple[int, str]:
 
 
 @pytest.mark.parametrize(("override", "pattern"), [
-    ({"model": {"name": "resnet9000"}}, r"unknown model 'resnet9000'; known models: .*resnet20"),
-    ({"task": {"name": "imagenet"}}, r"unknown task 'imagenet'; known tasks: .*digits"),
-    ({"prune": {"method": "snip"}}, r"unknown pruning method 'snip'; known pruning methods: .*global_magnitude"),
-    ({"prune": {"rewind": "yesterday"}}, r"unknown rewind point 'yesterday'; known rewind points: early, init"),
-    ({"baselines": ["lucky"]}, r"unknown baseline 'lucky'; known baselines: .*omp"),
+    ({"model": {"name": "resnet9000"}}, r"unknown model 'resnet9000'.*; known models: .*resnet20"),
+    ({"task": {"name": "imagenet"}}, r"unknown task 'imagenet'.*; known tasks: .*digits"),
+    ({"prune": {"method": "snip"}}, r"unknown pruning method 'snip'.*; known pruning methods: .*global_magnitude"),
+    ({"prune": {"rewind": "yesterday"}}, r"unknown rewind point 'yesterday'.*; known rewind points: early, init"),
+    ({"baselines": ["lucky"]}, r"unknown baseline 'lucky'.*; known baselines: .*omp"),
     ({"prune": {"rate": 1.2}}, r"prune rate 1.2 is out of range"),
     ({"prune": {"rate": 0}}, r"prune rate 0.0 is out of range"),
     ({"prune": {"schedule": "explicit", "sparsities": [0.5, 1.0]}}, r"sparsity 1.0 is out of range.*\[0, 1\)"),
-    ({"prune": {"schedule": "cubic"}}, r"bad value 'cubic' for prune.schedule; allowed: remaining, original"),
-    ({"prune": {"rat": 0.2}}, r"unknown config key 'prune.rat'; allowed keys here: method, schedule"),
+    ({"prune": {"schedule": "cubic"}}, r"bad value 'cubic' for prune.schedule.*; allowed: remaining, original"),
+    ({"prune": {"rat": 0.2}}, r"unknown config key 'prune.rat' \(did you mean 'rate'\?\); allowed keys here: method, schedule"),
     ({"train": {"lr": "fast"}}, r"train.lr must be float, got 'fast'"),
-    ({"train": {"optimizer": "lion"}}, r"bad value 'lion' for train.optimizer; allowed: sgd, adamw"),
+    ({"train": {"optimizer": "lion"}}, r"bad value 'lion' for train.optimizer.*; allowed: sgd, adamw"),
     ({"prune": {"rewind": "early"}}, r"needs prune.rewind_steps > 0"),
 ])
 def test_bad_config_values(tmp_path, capsys, override, pattern):

@@ -6,12 +6,28 @@ The library is usable without the CLI::
     cfg = config.load_config("examples/demo.yaml")
     run = experiment.run_experiment(cfg, runs_dir="runs")
 
-Importing the package registers every built-in plug-in (``ticketlab.plugins``, the one aggregator).
+The built-in plug-ins (``ticketlab.plugins``, the one aggregator) register themselves at the first lookup of any
+registry, not at import: importing ticketlab stays cheap, and commands that only read files never import torch.
 """
 
-from ticketlab import plugins as _plugins  # noqa: F401  (registration, once)
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
 from ticketlab.errors import TicketlabError
-from ticketlab.masks import Mask
+from ticketlab.registry import load_plugins_with
+
+load_plugins_with(lambda: importlib.import_module("ticketlab.plugins") and None)
 
 __all__ = ["Mask", "TicketlabError"]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    """``ticketlab.Mask`` on demand (it needs torch)."""
+    if name == "Mask":
+        from ticketlab.masks import Mask
+
+        return Mask
+    raise AttributeError(f"module 'ticketlab' has no attribute {name!r}")

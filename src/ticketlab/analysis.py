@@ -8,13 +8,15 @@ import math
 import statistics
 from collections import defaultdict
 from collections.abc import Iterable
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from ticketlab.errors import MaskMismatchError
-from ticketlab.masks import Mask
 from ticketlab.stats import Interval, matching_sparsity, mean_ci, paired_ci
+
+if TYPE_CHECKING:  # torch only where masks are perturbed: reports and `ticketlab show` import this module
+    import torch
+
+    from ticketlab.masks import Mask
 
 
 def _overlap_counts(a: Mask, b: Mask) -> dict[str, tuple[int, int, int, int]]:
@@ -43,11 +45,15 @@ def overlap(a: Mask, b: Mask) -> dict[str, Any]:
 
 
 def _choose(positions: torch.Tensor, fraction: float, gen: torch.Generator) -> torch.Tensor:
+    import torch
+
     return positions[torch.randperm(len(positions), generator=gen)[: round(fraction * len(positions))]]
 
 
 def perturb(mask: Mask, kind: str, seed: int = 0) -> Mask:
     """``complement``; ``random`` (a random mask of equal sparsity, global); ``delta10`` (flip 10 % of ones and zeros)."""
+    import torch
+
     gen = torch.Generator().manual_seed(seed)
     if kind == "complement":
         return mask.complement()

@@ -1,17 +1,18 @@
-"""The commands of the CLI: each resolves its arguments, calls the library and prints (``cli.py`` parses
-arguments and turns failures into one-line errors)."""
+"""The commands of the CLI that train, load models or export: each resolves its arguments, calls the library
+and prints (``cli.py`` parses arguments and turns failures into one-line errors; ``commands_read`` holds the
+commands that only read files, which never import torch)."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import json
-import os
 from importlib import resources
 from pathlib import Path
 
 from ticketlab.analysis import overlap_matrix, sensitivity_table, summarize_transfer
 from ticketlab.bench import bench_ticket
+from ticketlab.commands_read import runs_dir_of as _runs_dir
 from ticketlab.comparison import compare_structures
 from ticketlab.config import ConfigError, TaskConfig, from_dict, load_config, parse_config, read_yaml
 from ticketlab.data import TASKS
@@ -24,23 +25,14 @@ from ticketlab.fileio import read_json
 from ticketlab.masks import Mask
 from ticketlab.models import build_model
 from ticketlab.objectives import OBJECTIVES
-from ticketlab.paths import IMP, RunPaths, is_run_dir, load_run, parse_ref, resolve_run, verify_run
-from ticketlab.plugins import catalog
+from ticketlab.paths import IMP, RunPaths, is_run_dir, load_run, parse_ref
 from ticketlab.pretrain import pretrain_run_for, run_pretraining
 from ticketlab.prunable import prunable_names
 from ticketlab.report import results_table
 from ticketlab.smoke import smoke_config
-from ticketlab.store import ResultStore
 from ticketlab.studies import STUDIES, run_study, study_config
 from ticketlab.studies.patch_tickets import SelectorConfig, run_selection
 from ticketlab.transfer import TransferSpec, perturbation_sensitivity, target_task, transfer_ticket
-
-DEFAULT_RUNS_DIR = os.environ.get("TICKETLAB_RUNS_DIR", "runs")
-
-
-def _runs_dir(args: argparse.Namespace) -> Path:
-    """Where runs go; a ``--smoke`` run keeps to ``RUNS/smoke`` so it never mixes with real results."""
-    return Path(args.runs_dir) / "smoke" if getattr(args, "smoke", False) else Path(args.runs_dir)
 
 
 def _config_data(args: argparse.Namespace, path: str) -> dict:
@@ -71,22 +63,6 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
     print(run_pretraining(pretrain_run_for(cfg), _runs_dir(args), cfg.deterministic, progress=not args.quiet))
 
 
-def cmd_ls(args: argparse.Namespace) -> None:
-    runs = _runs_dir(args)
-    if not runs.is_dir():
-        print(f"no runs yet in {runs}")
-        return
-    store = ResultStore(runs)
-    if args.reindex:
-        print(f"index rebuilt from the run folders: {store.reindex()} runs")
-    for row in store.runs():
-        dense = f"{row['dense']:.2%}" if row["dense"] is not None else "—"
-        top = f"{row['max_sparsity']:.2%}" if row["max_sparsity"] is not None else "—"
-        error = f"  error: {row['error']}" if row["status"] == "failed" and row["error"] else ""
-        print(f"{row['run_id']}  {row['status']:<11}  {row['model']:<10} {row['task']:<22} {row['method']:<20} "
-              f"rounds={row['rounds']}  dense={dense}  max_sparsity={top}{error}")
-
-
 def cmd_export(args: argparse.Namespace) -> None:
     run, k = parse_ref(args.ticket, _runs_dir(args))
     k = RunPaths(run).finished_rounds()[-1] if k is None else k
@@ -108,27 +84,6 @@ def cmd_bench(args: argparse.Namespace) -> None:
               f"FLOPs(b1) {r['flops_b1']:>12,}  file {r['file_bytes']:>11,} B  latency(b1) "
               f"{r['latency_b1']['median_ms']:.2f} ± {r['latency_b1']['iqr_ms']:.2f} ms  "
               f"throughput(b32) {r['throughput_b32']:.0f}/s")
-
-
-def cmd_verify(args: argparse.Namespace) -> None:
-    """Check every finished folder of a run (or of every run) against its manifest and checksums."""
-    runs = [resolve_run(args.run, _runs_dir(args))] if args.run else \
-        sorted(p for p in _runs_dir(args).iterdir() if is_run_dir(p)) if _runs_dir(args).is_dir() else []
-    bad = []
-    for run in runs:
-        problems = verify_run(run)
-        print(f"{run.name}: " + ("ok" if not problems else f"{len(problems)} problem(s)"))
-        for problem in problems:
-            print(f"  {problem}")
-        bad += problems
-    if bad:
-        raise TicketlabError(f"{len(bad)} problem(s) found; delete the folders named above and re-run "
-                             "'ticketlab find' on their runs to recompute them")
-
-
-def cmd_show(args: argparse.Namespace) -> None:
-    run = load_run(resolve_run(args.run, _runs_dir(args)))
-    print(json.dumps(run, indent=2) if args.json else results_table(run))
 
 
 def cmd_prunable(args: argparse.Namespace) -> None:
@@ -232,27 +187,16 @@ def cmd_study(args: argparse.Namespace) -> None:
     print(out / "report.md")
 
 
-def study_alias(name: str):  # noqa: ANN201
+def cmd_study_alias(args: argparse.Namespace) -> None:
     """``vl-study CONFIG`` and ``patch-study CONFIG``: the old commands, kept as aliases of ``study NAME CONFIG``."""
-    def command(args: argparse.Namespace) -> None:
-        args.study = [name, args.config]
-        cmd_study(args)
-
-    return command
+    args.study = [{"vl-study": "vl_tickets", "patch-study": "patch_tickets"}[args.command], args.config]
+    cmd_study(args)
 
 
 def cmd_select(args: argparse.Namespace) -> None:
     path = run_selection(from_dict(SelectorConfig, _config_data(args, args.config)), _runs_dir(args),
                          progress=not args.quiet)
     print(f"tickets: {path}\npicture: {path.parent / 'tickets.png'}")
-
-
-def cmd_list(args: argparse.Namespace) -> None:
-    """Everything that can be named in a config, straight from the registries."""
-    for title, entries in catalog().items():
-        if not args.kind or args.kind in title:
-            print(f"{title}:")
-            print("".join(f"  {name:<22} {text}\n" for name, text in entries), end="")
 
 
 def _seeds(args: argparse.Namespace) -> list[int]:

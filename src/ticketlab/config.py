@@ -10,13 +10,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
-
-import yaml
 
 from ticketlab.baselines.base import BASELINES
 from ticketlab.data.base import TASKS
@@ -27,6 +23,9 @@ from ticketlab.prunable import PrunableConfig
 from ticketlab.pruning.base import PRUNING_METHODS
 from ticketlab.rewind import REWIND_POINTS
 from ticketlab.schedules import round_sparsities
+from ticketlab.schema import from_dict, parse_lenient, read_yaml
+
+__all__ = ["ConfigError", "from_dict", "read_yaml"]  # re-exported: the parsing helpers live in ``schema``
 
 
 @dataclass(frozen=True)
@@ -65,12 +64,8 @@ class TrainConfig:
     augment: Literal["none", "cifar", "imagenet"] = "none"  # batched, seeded, on the training device
 
     def __post_init__(self) -> None:
-        _positive(self.lr, "train.lr")
-        _positive(self.epochs, "train.epochs")
-        _positive(self.batch_size, "train.batch_size")
-        if self.weight_decay < 0 or self.grad_clip < 0 or self.warmup_steps < 0 or self.divergence_factor < 0:
-            raise ConfigError("train.weight_decay, train.grad_clip, train.warmup_steps and train.divergence_factor "
-                              "must be >= 0")
+        _check_ranges(self, "train", positive=("lr", "epochs", "batch_size"),
+                      non_negative=("weight_decay", "grad_clip", "warmup_steps", "divergence_factor"))
 
 
 NOT_HASHED = {"hash": False}  # field metadata: a value that does not change results stays out of the run hash
@@ -90,11 +85,11 @@ class EngineConfig:
     workers: int = field(default=0, metadata=NOT_HASHED)  # data-loader processes decoding batches in parallel
     tracking: Literal["none", "tensorboard", "mlflow"] = field(default="none", metadata=NOT_HASHED)
     checkpoint_every: int = field(default=200, metadata=NOT_HASHED)  # steps between mid-round checkpoints (+ epoch ends)
+    threads: int = 0  # CPU threads per process (intra-op); 0 = auto: OMP_NUM_THREADS, else the usable cores
 
     def __post_init__(self) -> None:
-        _positive(self.grad_accumulation, "engine.grad_accumulation")
-        if self.workers < 0 or self.checkpoint_every < 0:
-            raise ConfigError("engine.workers and engine.checkpoint_every must be >= 0")
+        _check_ranges(self, "engine", positive=("grad_accumulation",),
+                      non_negative=("workers", "checkpoint_every", "threads"))
 
 
 @dataclass(frozen=True)
@@ -138,133 +133,58 @@ class ExperimentConfig:
     engine: EngineConfig = field(default_factory=EngineConfig)
 
 
-def _positive(value: float, key: str) -> None:
-    if value <= 0:
-        raise ConfigError(f"{key} must be > 0, got {value!r}")
+def _check_ranges(obj: Any, section: str, positive: tuple[str, ...] = (), non_negative: tuple[str, ...] = ()) -> None:
+    """Every field of ``obj`` outside its range, reported together."""
+    problems = [f"{section}.{name} must be > 0, got {getattr(obj, name)!r}" for name in positive
+                if getattr(obj, name) <= 0]
+    problems += [f"{section}.{name} must be >= 0, got {getattr(obj, name)!r}" for name in non_negative
+                 if getattr(obj, name) < 0]
+    if problems:
+        raise ConfigError.many(problems)
 
 
-# -- parsing ---------------------------------------------------------------------------------------
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", str(tp).replace("typing.", ""))
-
-
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _coerce(value, inner[0], key)
-    if origin is Literal:
-        if value not in args:
-            raise ConfigError(f"bad value {value!r} for {key}; allowed: {', '.join(map(str, args))}")
-        return value
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key} must be a mapping of options, got {value!r}")
-        return from_dict(tp, value, key)
-    if origin is list:
-        if not isinstance(value, list):
-            raise ConfigError(f"{key} must be a list, got {value!r}")
-        return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
-    if origin is dict or tp is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key} must be a mapping, got {value!r}")
-        return dict(value)
-    if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    if tp is float and isinstance(value, str):
-        try:  # PyYAML reads 1e-4 (no dot) as a string
-            return float(value)
-        except ValueError:
-            pass
-    if tp in (int, str, bool) and type(value) is tp:
-        return value
-    if tp is Any:
-        return value
-    raise ConfigError(f"{key} must be {_type_name(tp)}, got {value!r}")
-
-
-def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
-    """Build dataclass ``cls`` from a mapping, rejecting unknown keys and wrong types by name."""
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    kwargs = {}
-    for key, value in data.items():
-        full = f"{prefix}.{key}" if prefix else str(key)
-        if key not in names:
-            raise ConfigError(f"unknown config key {full!r}; allowed keys here: {', '.join(names)}")
-        kwargs[key] = _coerce(value, hints[key], full)
-    return cls(**kwargs)
-
-
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    """A YAML mapping from a file, with one-line errors for a missing file, bad YAML or a non-mapping."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    if path.stat().st_size > MAX_CONFIG_BYTES:
-        raise ConfigError(f"{path} is {path.stat().st_size:,} bytes; a config is at most {MAX_CONFIG_BYTES:,} bytes")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path} is not valid YAML: {' '.join(str(exc).split())}") from exc
-    if data is None or data == {}:
-        raise ConfigError(f"{path} is empty; give at least the model, task and train sections (see examples/demo.yaml)")
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path} must hold a YAML mapping of config keys, got {type(data).__name__}")
-    if _expanded_size(data, MAX_CONFIG_NODES) > MAX_CONFIG_NODES:
-        raise ConfigError(f"{path} expands to more than {MAX_CONFIG_NODES:,} values (YAML aliases/anchors repeated "
-                          "in a chain?); write the values out or remove the aliases")
-    return data
-
-
-MAX_CONFIG_BYTES = 1_000_000
-MAX_CONFIG_NODES = 100_000
-
-
-def _expanded_size(data: Any, budget: int) -> int:
-    """Values in ``data`` with every alias expanded, counted only up to ``budget`` (an alias bomb stops early)."""
-    count, stack = 0, [data]
-    while stack and count <= budget:
-        item = stack.pop()
-        count += 1
-        if isinstance(item, dict):
-            stack.extend(item.keys())
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
-    return count
-
-
+# -- parsing (generic, in ``schema``) -------------------------------------------------------------
 def load_config(path: str | Path) -> ExperimentConfig:
     return parse_config(read_yaml(path))
 
 
 def parse_config(data: dict[str, Any]) -> ExperimentConfig:
-    cfg: ExperimentConfig = from_dict(ExperimentConfig, data)
-    validate(cfg)
+    """The typed config, or one ConfigError listing every problem (structure, names, options, ranges) at once."""
+    cfg, problems = parse_lenient(ExperimentConfig, data)
+    if cfg is not None:
+        try:
+            validate(cfg)
+        except ConfigError as exc:
+            problems += exc.problems
+    if problems:
+        raise ConfigError.many(problems)
     return cfg
 
 
 def validate(cfg: ExperimentConfig) -> None:
     """Check names against the registries (leaves, filled by ``ticketlab.plugins``) and values against their
-    ranges, before any work starts."""
-    MODELS.check(cfg.model.name, cfg.model.options, "model.options")
-    TASKS.check(cfg.task.name, cfg.task.options, "task.options")
-    PRUNING_METHODS.get(cfg.prune.method)
-    REWIND_POINTS.get(cfg.prune.rewind)
-    OBJECTIVES.check(cfg.objective, cfg.objective_options, "objective_options")
-    for name in cfg.baselines:
-        BASELINES.get(name)
+    ranges, before any work starts; every problem is reported at once."""
+    problems = MODELS.problems(cfg.model.name, cfg.model.options, "model.options")
+    problems += TASKS.problems(cfg.task.name, cfg.task.options, "task.options")
+    problems += OBJECTIVES.problems(cfg.objective, cfg.objective_options, "objective_options")
+    names = [(PRUNING_METHODS, cfg.prune.method), (REWIND_POINTS, cfg.prune.rewind)]
+    for registry, name in names + [(BASELINES, b) for b in cfg.baselines]:
+        if name not in registry:
+            problems += registry.problems(name, {})
     if cfg.pretrain is not None:
-        OBJECTIVES.check(cfg.pretrain.objective, cfg.pretrain.objective_options, "pretrain.objective_options")
-        TASKS.check(cfg.pretrain.task.name, cfg.pretrain.task.options, "pretrain.task.options")
+        problems += OBJECTIVES.problems(cfg.pretrain.objective, cfg.pretrain.objective_options,
+                                        "pretrain.objective_options")
+        problems += TASKS.problems(cfg.pretrain.task.name, cfg.pretrain.task.options, "pretrain.task.options")
         if cfg.model.checkpoint:
-            raise ConfigError("give either model.checkpoint or a pretrain section for θp, not both")
+            problems.append("give either model.checkpoint or a pretrain section for θp, not both")
     if cfg.prune.rewind == "early" and cfg.prune.rewind_steps <= 0:
-        raise ConfigError("prune.rewind 'early' needs prune.rewind_steps > 0 (fine-tuning steps before the snapshot)")
-    check_rounds("baseline_rounds", cfg.baseline_rounds, cfg.prune)
+        problems.append("prune.rewind 'early' needs prune.rewind_steps > 0 (fine-tuning steps before the snapshot)")
+    try:
+        check_rounds("baseline_rounds", cfg.baseline_rounds, cfg.prune)
+    except ConfigError as exc:
+        problems += exc.problems
+    if problems:
+        raise ConfigError.many(problems)
 
 
 def check_theta_p_source(cfg: ExperimentConfig) -> None:

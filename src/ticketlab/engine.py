@@ -11,6 +11,7 @@ would bypass DDP's hooks).
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,16 @@ def resolve(cfg: EngineConfig) -> tuple[str, str]:
     if precision == "fp16" and device == "cpu":
         raise ConfigError("engine.precision fp16 needs a CUDA device; on CPU use bf16 or fp32")
     return device, precision
+
+
+def resolve_threads(threads: int) -> int:
+    """``engine.threads`` after ``auto`` (0): ``OMP_NUM_THREADS`` when set, else the cores this process may use."""
+    if threads > 0:
+        return threads
+    try:
+        return max(1, int(os.environ.get("OMP_NUM_THREADS", "")))
+    except ValueError:
+        return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
 
 def is_main_process() -> bool:
@@ -69,6 +80,9 @@ class Engine:
 
         self.cfg = cfg or EngineConfig()
         self.device_type, self.precision = resolve(self.cfg)
+        self.threads = resolve_threads(self.cfg.threads)  # CPU results depend on it: recorded with every result
+        if torch.get_num_threads() != self.threads:
+            torch.set_num_threads(self.threads)
         tracking = self.cfg.tracking if self.cfg.tracking != "none" and tracking_dir is not None else None
         if tracking and importlib.util.find_spec(tracking) is None:
             raise ConfigError(f"engine.tracking {tracking} needs its package: pip install {tracking}")

@@ -17,9 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
-from ticketlab.baselines.base import BASELINES
+from ticketlab.baselines.base import BASELINES, branch_label
 from ticketlab.checkpoints import load_backbone
 from ticketlab.config import ConfigError, ExperimentConfig, check_theta_p_source, config_hash, to_dict
 from ticketlab.data.base import Task, build_task
@@ -58,6 +57,7 @@ from ticketlab.paths import (
 )
 from ticketlab.paths import run_dir as run_dir_of
 from ticketlab.pretrain import heads_for_run, pretrain_run_for, run_pretraining
+from ticketlab.progress import log_line, progress_bar
 from ticketlab.prunable import prunable_names
 from ticketlab.pruning.base import prune, target_pruned_count
 from ticketlab.report import write_report
@@ -168,7 +168,7 @@ def prepare_theta_p(run: RunContext, runs_dir: Path, progress: bool) -> None:
                 "backbone_sha256": read_json(sidecar_path(checkpoint))["sha256"]}
     elif cfg.model.checkpoint:
         report = load_backbone(model.backbone, cfg.model.checkpoint, cfg.model.allow_missing)
-        tqdm.write(f"θp from {cfg.model.checkpoint}: {report.summary()}")
+        log_line(f"θp from {cfg.model.checkpoint}: {report.summary()}")
         source = cfg.model.checkpoint
     elif cfg.model.options.get("path"):
         source = str(cfg.model.options["path"])
@@ -205,6 +205,8 @@ def train_branch(run: RunContext, branch: str, k: int, mask: Mask, start: dict[s
                          objective_state=heads[1] if heads is not None and heads[1] else None)
     metrics = {"format": 2, "round": k, "branch": branch, "target_sparsity": run.sparsity(k), "sparsity": mask.sparsity(),
                "model_sparsity": mask.model_sparsity(model), **result.metrics}
+    if branch != IMP:
+        metrics["label"] = branch_label(branch)  # reports show it without loading the plug-ins
     if not same_on_every_rank(mask.digest()):
         raise TicketlabError(f"the ranks hold different masks for {branch} round {k}; their run folders differ "
                              "(every rank must see the same runs folder: a shared file system)")
@@ -292,7 +294,7 @@ def run_units(run: RunContext, store: ResultStore | None, runs_dir: Path, progre
     rounds = len(run.sparsities) - 1
     baseline_rounds = config.baseline_rounds or range(1, rounds + 1)
     units = [(IMP, k) for k in range(rounds + 1)] + [(b, k) for b in config.baselines for k in baseline_rounds]
-    bar = tqdm(units, desc="ticketlab", disable=not progress, unit="round", dynamic_ncols=True)
+    bar = progress_bar(units, desc="ticketlab", disable=not progress, unit="round")
     for branch, k in bar:
         wait_for_everyone()  # every rank sees the same finished folders
         bar.set_description(f"{branch} round {k}/{rounds} target {run.sparsity(k):.2%}")

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ticketlab.masks import Mask
+if TYPE_CHECKING:
+    from ticketlab.masks import Mask
 
 
 def pyplot() -> Any:

@@ -21,13 +21,12 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
-
-import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from typing import TYPE_CHECKING, Any
 
 from ticketlab.errors import CorruptFileError, TicketlabError
+
+if TYPE_CHECKING:  # torch is imported where tensors are read or written: checksums and JSON need none
+    import torch
 
 MANIFEST = "manifest.json"
 TMP_MARK = ".tmp-"
@@ -118,6 +117,9 @@ def save_tensors(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, A
 
     The sidecar is published first: a visible tensor always has its checksum.
     """
+    from safetensors import SafetensorError
+    from safetensors.torch import save_file
+
     path = Path(path)
     tmp = tmp_path(path)
     try:
@@ -137,6 +139,13 @@ def sidecar_path(path: Path) -> Path:
 
 def load_tensors(path: Path, verify: bool = True) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Load a safetensors file ticketlab wrote, verifying it against its sidecar's sha256 (which must exist)."""
+    meta = check_tensor_file(path, verify)
+    return _read_safetensors(Path(path)), meta
+
+
+def check_tensor_file(path: Path, verify: bool = True) -> dict[str, Any]:
+    """A safetensors file ticketlab wrote, checked without loading it (no torch): its sidecar exists, its sha256
+    matches, and its header describes tensors that fit inside the file. Returns the sidecar's metadata."""
     path = Path(path)
     if not path.is_file():
         raise TicketlabError(f"file not found: {path}")
@@ -151,10 +160,37 @@ def load_tensors(path: Path, verify: bool = True) -> tuple[dict[str, torch.Tenso
             f"{path} does not match the checksum in {sidecar_path(path).name}: the file is corrupted "
             "or truncated; re-create it (delete the round folder and re-run)"
         )
-    return _read_safetensors(path), meta
+    problem = _header_problem(path)
+    if problem:
+        raise CorruptFileError(f"{path} is not a readable safetensors file ({problem}); it may be truncated")
+    return meta
+
+
+def _header_problem(path: Path) -> str | None:
+    """What is wrong with a safetensors header (8-byte length, JSON of dtype/shape/offsets), or None."""
+    try:
+        with open(path, "rb") as handle:
+            size = int.from_bytes(handle.read(8), "little")
+            total = os.fstat(handle.fileno()).st_size
+            if size <= 0 or 8 + size > total:
+                return "header length out of range"
+            header = json.loads(handle.read(size))
+    except (OSError, ValueError) as exc:
+        return str(exc)
+    body = total - 8 - size
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
+        if not (isinstance(offsets, list) and len(offsets) == 2 and 0 <= offsets[0] <= offsets[1] <= body):
+            return f"tensor {name!r} lies outside the file"
+    return None
 
 
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
@@ -171,6 +207,8 @@ def _json_or_empty(path: Path) -> dict[str, Any]:
 
 def check_finite(tensors: dict[str, torch.Tensor], what: str) -> None:
     """Reject NaN / infinite values in floating-point tensors, naming the first one."""
+    import torch
+
     for name, tensor in tensors.items():
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
             raise CorruptFileError(f"{what} holds NaN or infinite values in {name!r}; it is not usable as weights")
@@ -178,6 +216,8 @@ def check_finite(tensors: dict[str, torch.Tensor], what: str) -> None:
 
 def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Load a user checkpoint: safetensors, or a torch pickle with ``weights_only=True`` (never full unpickling)."""
+    import torch
+
     path = Path(path)
     if not path.is_file():
         raise TicketlabError(f"checkpoint not found: {path}")

@@ -18,6 +18,7 @@ METRICS: Registry = Registry("metric")
 @METRICS.register("accuracy")
 @torch.no_grad()
 def accuracy_metric(model: nn.Module, split: Split, batch_size: int = 512) -> dict[str, float]:
+    """Top-1 accuracy: the fraction of examples whose arg-max class is the label."""
     was_training = model.training
     model.eval()
     correct = 0

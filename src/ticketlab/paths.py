@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from ticketlab.errors import CorruptFileError, TicketlabError
-from ticketlab.fileio import MANIFEST, load_tensors, read_json, verify_dir
+from ticketlab.fileio import MANIFEST, check_tensor_file, load_tensors, read_json, verify_dir
+
+if TYPE_CHECKING:  # only θp is loaded here; naming paths and checking checksums need no torch
+    import torch
 
 IMP = "imp"  # the branch name of the IMP rounds themselves
 STORE_NAME = "ticketlab.sqlite"
@@ -181,19 +182,30 @@ def load_theta_p(run_dir: str | Path) -> dict[str, torch.Tensor]:
     """θp of a run. A run whose θp comes from a pre-training stores only its own head and references the
     pre-training's backbone file (checked against the sha256 recorded when the run was created)."""
     paths = RunPaths(run_dir)
-    tensors, meta = load_tensors(paths.theta_p)
-    reference = meta.get("backbone_from")
-    if reference:
-        source = (paths.root / reference).resolve()
-        if not source.is_file():
-            raise CorruptFileError(f"θp of {paths.root.name} uses the pre-trained backbone {source}, which is missing; "
-                                   f"restore it, or delete {paths.theta_p.parent} and re-run 'ticketlab find'")
-        backbone, source_meta = load_tensors(source)
-        if source_meta.get("sha256") != meta.get("backbone_sha256"):
-            raise CorruptFileError(f"{source} changed since {paths.root.name} was created from it; delete "
-                                   f"{paths.theta_p.parent} and re-run 'ticketlab find'")
+    tensors, _ = load_tensors(paths.theta_p, verify=False)
+    source = check_theta_p(paths.root)
+    if source is not None:
+        backbone, _ = load_tensors(source, verify=False)
         tensors.update({f"backbone.{name}": value for name, value in backbone.items()})
     return tensors
+
+
+def check_theta_p(run_dir: str | Path) -> Path | None:
+    """Check θp's file (and the pre-trained backbone file it references) against their checksums without
+    loading them; returns that backbone file, if any."""
+    paths = RunPaths(run_dir)
+    meta = check_tensor_file(paths.theta_p)
+    reference = meta.get("backbone_from")
+    if not reference:
+        return None
+    source = (paths.root / reference).resolve()
+    if not source.is_file():
+        raise CorruptFileError(f"θp of {paths.root.name} uses the pre-trained backbone {source}, which is missing; "
+                               f"restore it, or delete {paths.theta_p.parent} and re-run 'ticketlab find'")
+    if check_tensor_file(source).get("sha256") != meta.get("backbone_sha256"):
+        raise CorruptFileError(f"{source} changed since {paths.root.name} was created from it; delete "
+                               f"{paths.theta_p.parent} and re-run 'ticketlab find'")
+    return source
 
 
 def load_run(run_dir: str | Path) -> dict[str, Any]:
@@ -240,7 +252,7 @@ def verify_run(run_dir: str | Path) -> list[str]:
     try:
         read_json(paths.config)
         if paths.theta_p.is_file():
-            load_theta_p(paths.root)
+            check_theta_p(paths.root)
     except TicketlabError as exc:
         problems.append(str(exc))
     folders = [f for f in sorted(paths.root.rglob("round_*")) if f.is_dir() and (f / METRICS).is_file()]
@@ -251,7 +263,7 @@ def verify_run(run_dir: str | Path) -> list[str]:
             else:
                 check_round(folder, hash_weights=True)
             for tensor in folder.glob("*.safetensors"):
-                load_tensors(tensor)
+                check_tensor_file(tensor)
         except TicketlabError as exc:
             problems.append(str(exc))
     return problems

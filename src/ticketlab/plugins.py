@@ -6,6 +6,8 @@ imported once, by the package's ``__init__``, so every public entry point sees f
 A new plug-in is one new file plus one line here.
 """
 
+import re
+
 from ticketlab.baselines import builtin as _baselines  # noqa: F401
 from ticketlab.data import digits as _digits  # noqa: F401
 from ticketlab.data import files as _files  # noqa: F401
@@ -51,8 +53,31 @@ def catalog() -> dict[str, list[tuple[str, str]]]:
     return {title: [(name, _describe(obj)) for name, obj in registry.items()] for title, registry in registries.items()}
 
 
+SCOPES = {"global": "one threshold over all prunable weights", "layerwise": "the same fraction in every layer",
+          "channel": "whole output channels of inner convolutions", "head_ffn": "whole attention heads and FFN neurons"}
+MAX_DESCRIPTION = 150
+
+
 def _describe(obj: object) -> str:
+    """A complete one-line description: the first sentences of the entry's docstring (or label) that fit."""
     if hasattr(obj, "scorer"):  # a pruning method
-        return f"{obj.scope} scope, {obj.scorer.__name__.removesuffix('_scores')} scores"
-    text = getattr(obj, "description", "") or getattr(obj, "label", "") or (getattr(obj, "func", obj).__doc__ or "")
-    return text.strip().splitlines()[0] if text.strip() else ""
+        scores = obj.scorer.__name__.removesuffix("_scores")
+        scope = SCOPES.get(obj.scope) or "N:M semi-structured: {} of every {} consecutive weights kept".format(
+            *obj.scope.split("_")[1:])
+        return f"{scores.capitalize()} scores, {scope}."
+    doc = (getattr(obj, "func", obj).__doc__ or "").strip()
+    label = getattr(obj, "description", "") or getattr(obj, "label", "")
+    if label and doc and hasattr(obj, "label"):  # a baseline: its plot label, then what it is
+        return f"{label} — {_first_sentences(doc)}"
+    return _first_sentences(label or doc)
+
+
+def _first_sentences(text: str) -> str:
+    """The first paragraph, joined into one line, cut after the last whole sentence within the length limit."""
+    paragraph = " ".join(text.strip().split("\n\n")[0].split())
+    if not paragraph:
+        return ""
+    if len(paragraph) > MAX_DESCRIPTION:
+        ends = [m.end() for m in re.finditer(r"[.!?](?=\s+[A-Z(`])", paragraph) if m.end() <= MAX_DESCRIPTION]
+        paragraph = paragraph[: ends[-1]] if ends else paragraph
+    return paragraph if paragraph.endswith((".", "!", "?")) else paragraph + "."

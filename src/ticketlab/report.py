@@ -15,7 +15,8 @@ def results_table(run: dict[str, Any]) -> str:
     """Markdown table: one row per round, test accuracy (%) of IMP and each baseline."""
     branches = list(run["baselines"])
     by_branch = {b: {r["round"]: r for r in rows} for b, rows in run["baselines"].items()}
-    head = ["round", "sparsity (prunable)", "sparsity (model)", "IMP", *[branch_label(b) for b in branches]]
+    stored = {b: next((r["metrics"].get("label") for r in rows), None) for b, rows in run["baselines"].items()}
+    head = ["round", "sparsity (prunable)", "sparsity (model)", "IMP", *[branch_label(b, stored[b]) for b in branches]]
     rows = []
     for row in run["rounds"]:
         k, m = row["round"], row["metrics"]
@@ -33,6 +34,9 @@ def results_table(run: dict[str, Any]) -> str:
                       "† = at chance (within 2 binomial standard errors of it)"]
             if at_chance(dense["test_acc"], dense["chance_test"], dense["n_test"]):
                 lines += ["the dense model is at chance: every comparison with it is inconclusive"]
+        if dense.get("device") is not None:
+            lines += [f"trained on {dense['device']}, {dense.get('precision', '?')}, {dense.get('world_size', 1)} "
+                      f"process(es), {dense.get('threads', 'unrecorded')} CPU thread(s) per process"]
     return "\n".join(lines)
 
 

@@ -19,7 +19,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from ticketlab.config import EngineConfig, TrainConfig, to_dict
 from ticketlab.data.base import Task
@@ -30,6 +29,7 @@ from ticketlab.fileio import storage_error, tmp_path
 from ticketlab.masks import Mask
 from ticketlab.metrics import chance_score
 from ticketlab.objectives.base import Objective
+from ticketlab.progress import progress_bar
 from ticketlab.step import TrainStep
 
 
@@ -185,9 +185,9 @@ def train_model(
             "history": history, "callbacks": [c.state_dict() for c in callbacks]})
 
     started, every = time.perf_counter(), run.cfg.checkpoint_every
-    bar = tqdm(total=total_steps * recipe.batch_size, initial=train_step.step * recipe.batch_size,
-               desc=progress or "train", disable=progress is None or not run.is_main, leave=False, unit="sample",
-               unit_scale=True, dynamic_ncols=True)
+    bar = progress_bar(total=total_steps * recipe.batch_size, initial=train_step.step * recipe.batch_size,
+                       desc=progress or "train", disable=progress is None or not run.is_main, leave=False,
+                       unit="sample", unit_scale=True)
     model.train()
     for epoch in range(pos["epoch"], recipe.epochs):
         generator.set_state(pos["order_state"])
@@ -243,6 +243,7 @@ def train_model(
         "chance_test": chance_score(task.metric, task.test.y),
         "n_test": len(task.test),
         "device": str(run.device), "precision": run.precision, "world_size": run.world_size,
+        "threads": run.threads,
         "resumed_at_step": resumed_at,
         "train_seconds": round(time.perf_counter() - started, 2),
     }

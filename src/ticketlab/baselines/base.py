@@ -10,16 +10,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import torch
-
-from ticketlab.masks import Mask
 from ticketlab.paths import IMP
 from ticketlab.registry import Registry
 
-if TYPE_CHECKING:
-    from ticketlab.experiment import RunContext
+if TYPE_CHECKING:  # reports read labels from here without torch
+    import torch
 
-Branch = Callable[["RunContext", int], tuple[Mask, dict[str, torch.Tensor]]]
+    from ticketlab.experiment import RunContext
+    from ticketlab.masks import Mask
+
+Branch = Callable[["RunContext", int], "tuple[Mask, dict[str, torch.Tensor]]"]
 
 
 @dataclass(frozen=True)
@@ -43,8 +43,11 @@ def baseline(name: str, label: str) -> Callable[[Branch], Branch]:
     return decorator
 
 
-def branch_label(name: str) -> str:
-    """The display label of a branch: IMP itself or a registered baseline (its name if unknown)."""
+def branch_label(name: str, stored: str | None = None) -> str:
+    """The display label of a branch: IMP itself, the label stored with its results, or a registered baseline's
+    (its name if unknown)."""
+    if stored:
+        return stored
     if name == IMP:
         return "IMP (ticket)"
     return BASELINES.get(name).label if name in BASELINES else name

@@ -11,6 +11,7 @@ from ticketlab.registry import bounds
 @TASKS.register("digits")
 @bounds(image_size=(8, 512), val_fraction=(0.01, 0.5), test_fraction=(0.01, 0.5))
 def digits(image_size: int = 32, val_fraction: float = 0.15, test_fraction: float = 0.25, seed: int = 0) -> Task:
+    """scikit-learn's 1,797 handwritten 8×8 digits (10 classes), upscaled; ships with the package, works offline."""
     from sklearn.datasets import load_digits
 
     bunch = load_digits()

@@ -62,6 +62,7 @@ def has_pretrained_weights(name: str, options: dict[str, Any]) -> bool:
 
 @HEADS.register("linear")
 def linear_head(feature_dim: int, num_classes: int, generator: torch.Generator) -> nn.Module:
+    """A linear classifier on the backbone's features, seeded (uniform ±1/√dim, zero bias)."""
     head = nn.Linear(feature_dim, num_classes)
     bound = 1.0 / feature_dim**0.5
     with torch.no_grad():

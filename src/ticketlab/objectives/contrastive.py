@@ -68,8 +68,9 @@ def knn_accuracy(model: nn.Module, task: Task, split: str, k: int = 10, bank_siz
 
 
 class SelfSupervised(Objective):
-    model_only = False  # calls the backbone directly: gradients are averaged across ranks explicitly
     """Shared parts: views, projection head, k-NN evaluation."""
+
+    model_only = False  # calls the backbone directly: gradients are averaged across ranks explicitly
 
     def __init__(self, temperature: float, projection_dim: int = 64, crop_scale: float = 0.3) -> None:
         super().__init__()
@@ -86,6 +87,8 @@ class SelfSupervised(Objective):
 @OBJECTIVES.register("simclr")
 @bounds(temperature=(1e-6, None), projection_dim=(1, None), crop_scale=(0.01, 1.0))
 class SimCLR(SelfSupervised):
+    """SimCLR: NT-Xent between two augmented views of each image through a projection head."""
+
     name = "simclr"
 
     def __init__(self, temperature: float = 0.5, projection_dim: int = 64, crop_scale: float = 0.3) -> None:

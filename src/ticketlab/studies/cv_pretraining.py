@@ -17,8 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tqdm.auto import tqdm
-
 from ticketlab.analysis import overlap_matrix, summarize_transfer
 from ticketlab.config import (
     ConfigError,
@@ -35,6 +33,7 @@ from ticketlab.experiment import run_experiment
 from ticketlab.fileio import write_json
 from ticketlab.masks import Mask
 from ticketlab.paths import IMP, RunPaths
+from ticketlab.progress import progress_bar
 from ticketlab.schedules import round_sparsities
 from ticketlab.studies.base import STUDIES, Study
 from ticketlab.studies.common import open_study_dir, study_tasks
@@ -147,7 +146,7 @@ def run_cv_study(study: StudyConfig, runs_dir: Path, progress: bool = True) -> P
     rounds = len(round_sparsities(study.prune.schedule, study.prune.rounds, study.prune.rate, study.prune.sparsities))
     jobs = [(label, seed, run, t, k) for (label, seed), run in pretraining_runs.items() for t in study.downstream
             for k in range(rounds + 1)]
-    for label, seed, run, target, k in tqdm(jobs, desc="transfer", disable=not progress, unit="fine-tune"):
+    for label, seed, run, target, k in progress_bar(jobs, desc="transfer", disable=not progress, unit="fine-tune"):
         spec = TransferSpec(target, study.downstream_train, seed)  # seed i's mask, fine-tuned with seed i
         rows.append({**transfer_ticket(run, k, spec, tasks[target.name]).metrics, "source": label, "seed": seed})
     summary = summarize_transfer(rows, within_std=study.matching_within_std)
@@ -162,7 +161,7 @@ def run_cv_study(study: StudyConfig, runs_dir: Path, progress: bool = True) -> P
 
     first = study.downstream[0]
     sensitivity = []
-    for (label, seed), run in tqdm(pretraining_runs.items(), desc="perturbations", disable=not progress):
+    for (label, seed), run in progress_bar(pretraining_runs.items(), desc="perturbations", disable=not progress):
         sensitivity += perturbation_sensitivity(run, k, TransferSpec(first, study.downstream_train),
                                                 tasks[first.name], [seed], source=label)
 

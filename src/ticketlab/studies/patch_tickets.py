@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from ticketlab.config import (
     EngineConfig,
@@ -52,6 +51,7 @@ from ticketlab.paths import (
     training_checkpoint,
     write_history,
 )
+from ticketlab.progress import progress_bar
 from ticketlab.studies.base import STUDIES, Study
 from ticketlab.studies.patch_report import write_patch_report
 from ticketlab.train import Callback, train_model
@@ -222,7 +222,7 @@ def run_patch_study(cfg: PatchStudyConfig, runs_dir: Path, progress: bool = True
         variants = ["ticket", "rc"] + (["rc_budget"] if k in cfg.equal_budget_rates else []) + \
             (["position"] if cfg.position_control else [])
         jobs = [(seed, v) for seed in cfg.seeds for v in variants]
-        for seed, variant in tqdm(jobs, desc=f"students k={k}", disable=not progress):
+        for seed, variant in progress_bar(jobs, desc=f"students k={k}", disable=not progress):
             folder = student_dir(out, k, seed, variant)
             rows.append(train_student(cfg, k, seed, variant, tickets_path, folder, progress))
     weight_runs = {w.label: {s: run_experiment(dataclasses.replace(w.experiment, seed=s), runs_dir, progress)

@@ -16,8 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tqdm.auto import tqdm
-
 from ticketlab.config import (
     ConfigError,
     ExperimentConfig,
@@ -32,6 +30,7 @@ from ticketlab.config import (
 from ticketlab.experiment import run_experiment
 from ticketlab.fileio import write_json
 from ticketlab.paths import load_run
+from ticketlab.progress import progress_bar
 from ticketlab.studies.base import STUDIES, Study
 from ticketlab.studies.common import open_study_dir, study_tasks
 from ticketlab.studies.vl_report import write_vl_report
@@ -107,7 +106,7 @@ def run_vl_study(study: VLStudyConfig, runs_dir: Path, progress: bool = True) ->
     jobs += [(t, k, "adversarial") for t in study.tasks if t.name in adv_tasks for k in study.adversarial_rounds]
     jobs = [(seed, *job) for seed in study.seeds for job in jobs]  # seed i's pre-training mask, fine-tuned with seed i
     transfers = []
-    for seed, target, k, kind in tqdm(jobs, desc="transfer", disable=not progress, unit="fine-tune"):
+    for seed, target, k, kind in progress_bar(jobs, desc="transfer", disable=not progress, unit="fine-tune"):
         spec = TransferSpec(target, study.downstream_train, seed, **(adversarial if kind == "adversarial" else {}))
         metrics = transfer_ticket(pretraining_runs[seed], k, spec, tasks[target.name], progress=progress).metrics
         transfers.append({"target": target.name, "round": k, "kind": kind, "seed": seed, "sparsity": metrics["sparsity"],

@@ -86,8 +86,9 @@ def adversarial_loss(model: nn.Module, inputs: dict[str, torch.Tensor], labels: 
 
 @OBJECTIVES.register("villa")
 class VillaObjective(Objective):
-    model_only = False
     """Task cross-entropy with VILLA-style adversarial regularisation (defaults: the study's 3 steps, 1e-3, KL 1.5)."""
+
+    model_only = False
 
     name = "villa"
 

@@ -14,6 +14,7 @@ they sit outside ``backbone.*`` and are never pruned.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -271,5 +272,13 @@ class PointerHead(nn.Module):
         return logits.masked_fill(~features.image_mask, PADDING_LOGIT)
 
 
+def _head_factory(cls: type[nn.Module]) -> Callable[[int, int, torch.Generator], nn.Module]:
+    def factory(dim: int, classes: int, generator: torch.Generator) -> nn.Module:
+        return cls(dim, classes)
+
+    factory.__doc__, factory.__qualname__ = cls.__doc__, f"{cls.__name__}.factory"
+    return factory
+
+
 for _name, _cls in (("answer", AnswerHead), ("choice", ChoiceHead), ("pair", PairHead), ("pointer", PointerHead)):
-    HEADS.register(_name)(lambda dim, classes, generator, cls=_cls: cls(dim, classes))
+    HEADS.register(_name)(_head_factory(_cls))

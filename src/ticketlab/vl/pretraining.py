@@ -79,6 +79,8 @@ def select(inputs: dict[str, torch.Tensor], **replaced: torch.Tensor) -> dict[st
 
 
 class VLPretrainObjective(Objective):
+    """UNITER's pre-training losses: masked language modelling, image-text matching and masked region modelling."""
+
     model_only = False
     name = "vl_pretrain"
 
