@@ -14,7 +14,7 @@ from ticketlab.config import parse_config
 from ticketlab.data import Split, Task, build_task
 from ticketlab.errors import ConfigError, CorruptFileError, DataError, NonFiniteLossError, TicketlabError
 from ticketlab.experiment import run_experiment
-from ticketlab.fileio import load_state_dict
+from ticketlab.tensorfiles import load_state_dict
 
 
 def write(tmp_path, cfg) -> str:
@@ -39,7 +39,8 @@ def run_cli(args, capsys) -> tuple[int, str]:
     ({"prune": {"rate": 0}}, r"prune rate 0.0 is out of range"),
     ({"prune": {"schedule": "explicit", "sparsities": [0.5, 1.0]}}, r"sparsity 1.0 is out of range.*\[0, 1\)"),
     ({"prune": {"schedule": "cubic"}}, r"bad value 'cubic' for prune.schedule.*; allowed: remaining, original"),
-    ({"prune": {"rat": 0.2}}, r"unknown config key 'prune.rat' \(did you mean 'rate'\?\); allowed keys here: method, schedule"),
+    ({"prune": {"rat": 0.2}},
+     r"unknown config key 'prune.rat' \(did you mean 'rate'\?\); allowed keys here: method, schedule"),
     ({"train": {"lr": "fast"}}, r"train.lr must be float, got 'fast'"),
     ({"train": {"optimizer": "lion"}}, r"bad value 'lion' for train.optimizer.*; allowed: sgd, adamw"),
     ({"prune": {"rewind": "early"}}, r"needs prune.rewind_steps > 0"),

@@ -20,7 +20,7 @@ import yaml
 from safetensors import SafetensorError
 
 from tests.conftest import tiny_config
-from ticketlab import cli, fileio
+from ticketlab import cli
 from ticketlab.config import parse_config
 from ticketlab.errors import DivergenceError, NonFiniteLossError
 from ticketlab.experiment import run_dir_for, run_experiment
@@ -370,7 +370,7 @@ def test_cli_arguments_are_validated_like_config_values(finished, capsys):
 
 def test_theta_p_is_stored_once_per_pretraining_and_referenced(tmp_path, capsys):
     from tests.conftest import TINY_SCENES
-    from ticketlab.fileio import load_tensors
+    from ticketlab.tensorfiles import load_tensors
     from ticketlab.paths import load_theta_p
 
     pretrain = {"objective": "supervised", "task": {"name": "scenes_colour", "options": TINY_SCENES},

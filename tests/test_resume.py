@@ -96,7 +96,7 @@ def test_sigkill_mid_round_resumes_from_its_checkpoint_bit_identically(tmp_path)
     assert 0 < metrics["resumed_at_step"] < metrics["steps"]  # it resumed from a mid-round checkpoint
     assert not killed_at.exists()  # the checkpoint is deleted once the round is saved
     assert scores(resumed) == scores(reference)
-    from ticketlab.fileio import load_tensors
+    from ticketlab.tensorfiles import load_tensors
 
     final, reference_final = (load_tensors(r / "rounds/round_001/weights.safetensors")[0] for r in (resumed, reference))
     assert all(torch.equal(final[k], reference_final[k]) for k in final)

@@ -272,7 +272,7 @@ def test_villa_objective_trains_under_a_mask_without_regrowth(tmp_path):
                         "prune": {"schedule": "original", "rate": 0.3, "rounds": 1, "rewind": "init"}, "baselines": []})
     run = run_experiment(cfg, tmp_path, progress=False)
     mask = Mask.load(run / "rounds" / "round_001" / "mask.safetensors")
-    from ticketlab.fileio import load_tensors
+    from ticketlab.tensorfiles import load_tensors
 
     weights = load_tensors(run / "rounds" / "round_001" / "weights.safetensors")[0]
     assert mask.sparsity() == pytest.approx(0.3, abs=1e-4)

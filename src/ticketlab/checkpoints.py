@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ticketlab.errors import TicketlabError
-from ticketlab.fileio import load_state_dict
+from ticketlab.tensorfiles import load_state_dict
 
 WRAPPER_PREFIXES = ("module.", "encoder_q.", "encoder.", "backbone.", "model.", "base_encoder.")
 

@@ -27,14 +27,10 @@ from ticketlab.errors import TicketlabError
 from ticketlab.fileio import (
     TMP_MARK,
     atomic_dir,
-    check_finite,
     ensure_writable_dir,
-    load_tensors,
     read_json,
     release_files,
     remove_stale_temps,
-    save_tensors,
-    sidecar_path,
     storage_error,
     write_json,
 )
@@ -64,6 +60,7 @@ from ticketlab.report import write_report
 from ticketlab.rewind import rewound_state
 from ticketlab.schedules import round_sparsities
 from ticketlab.store import ResultStore, set_status
+from ticketlab.tensorfiles import check_finite, load_tensors, save_tensors, sidecar_path
 from ticketlab.train import SnapshotAtStep, train_model
 
 

@@ -56,7 +56,7 @@ def ticket_model(run_dir: Path, k: int, rewound: bool = False) -> tuple[TicketMo
     if rewound:
         state = load_theta_p(paths.root)
     elif paths.weights(k).is_file():
-        from ticketlab.fileio import load_tensors
+        from ticketlab.tensorfiles import load_tensors
 
         state = load_tensors(paths.weights(k))[0]
     else:

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ticketlab.errors import CorruptFileError, MaskMismatchError
-from ticketlab.fileio import load_tensors, save_tensors
+from ticketlab.tensorfiles import load_tensors, save_tensors
 
 
 class Mask:

@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ticketlab.errors import CorruptFileError, TicketlabError
-from ticketlab.fileio import MANIFEST, check_tensor_file, load_tensors, read_json, verify_dir
+from ticketlab.fileio import MANIFEST, read_json, verify_dir
+from ticketlab.tensorfiles import check_tensor_file, load_tensors
 
 if TYPE_CHECKING:  # only θp is loaded here; naming paths and checking checksums need no torch
     import torch

@@ -15,7 +15,7 @@ import torch
 from ticketlab.config import EngineConfig, ExperimentConfig, ModelConfig, PretrainConfig, config_hash, to_dict
 from ticketlab.data.base import build_task
 from ticketlab.engine import is_main_process, wait_for_everyone
-from ticketlab.fileio import atomic_dir, ensure_writable_dir, load_tensors, save_tensors, write_json
+from ticketlab.fileio import atomic_dir, ensure_writable_dir, write_json
 from ticketlab.models.base import build_model, model_input_defaults
 from ticketlab.objectives.base import OBJECTIVES
 from ticketlab.paths import (
@@ -26,6 +26,7 @@ from ticketlab.paths import (
     training_checkpoint,
     write_history,
 )
+from ticketlab.tensorfiles import load_tensors, save_tensors
 from ticketlab.train import train_model
 
 

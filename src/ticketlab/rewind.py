@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ticketlab.fileio import load_tensors
 from ticketlab.registry import Registry
+from ticketlab.tensorfiles import load_tensors
 
 if TYPE_CHECKING:
     from ticketlab.experiment import RunContext

@@ -11,7 +11,7 @@ from torch import nn
 
 from ticketlab.data.base import Task, model_device
 from ticketlab.errors import DataError
-from ticketlab.fileio import load_tensors, save_tensors
+from ticketlab.tensorfiles import load_tensors, save_tensors
 
 SPLITS = ("train", "val", "test")
 

@@ -35,7 +35,7 @@ from ticketlab.config import (
 )
 from ticketlab.data.base import Split, Task, build_task, subset
 from ticketlab.experiment import run_experiment
-from ticketlab.fileio import atomic_dir, ensure_writable_dir, read_json, save_tensors, write_json
+from ticketlab.fileio import atomic_dir, ensure_writable_dir, read_json, write_json
 from ticketlab.metrics import accuracy
 from ticketlab.models.base import build_model, model_input_defaults
 from ticketlab.objectives.patches import RandomPatches, TicketPatches
@@ -54,6 +54,7 @@ from ticketlab.paths import (
 from ticketlab.progress import progress_bar
 from ticketlab.studies.base import STUDIES, Study
 from ticketlab.studies.patch_report import write_patch_report
+from ticketlab.tensorfiles import save_tensors
 from ticketlab.train import Callback, train_model
 
 
