@@ -44,8 +44,8 @@ def test_pretrained_heads_are_saved_with_theta_p_and_rewound_in_pretraining_task
     import ticketlab.experiment as experiment
     from tests.conftest import TINY_SCENES, tiny_config
     from ticketlab.config import parse_config
-    from ticketlab.tensorfiles import load_tensors
     from ticketlab.paths import load_theta_p
+    from ticketlab.tensorfiles import load_tensors
 
     task = {"name": "scenes_shape", "options": dict(TINY_SCENES)}
     train = {"optimizer": "sgd", "lr": 0.05, "epochs": 1, "batch_size": 48}
