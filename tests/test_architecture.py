@@ -18,7 +18,7 @@ from ticketlab.registry import Registry
 PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "src" / "ticketlab"
 LEAF_REGISTRIES = ["ticketlab.registry", "ticketlab.models.base", "ticketlab.data.base", "ticketlab.objectives.base",
                    "ticketlab.pruning.base", "ticketlab.baselines.base", "ticketlab.studies.base", "ticketlab.metrics",
-                   "ticketlab.rewind", "ticketlab.schedules"]
+                   "ticketlab.rewind", "ticketlab.schedules", "ticketlab.jobs"]
 
 
 def module_name(path: pathlib.Path) -> str:

@@ -59,8 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
     add("demo", "cmd_demo", "the demo: pre-train a small CNN on scenes, IMP + baselines, table and plot").add_argument(
         "-q", "--quiet", action="store_true", help="no progress bars")
-    add("ls", "cmd_ls", "one line per run", module=READ_ONLY).add_argument("--reindex", action="store_true",
-                                                      help="rebuild the index from the run folders")
+    ls = add("ls", "cmd_ls", "one line per run", module=READ_ONLY)
+    ls.add_argument("--reindex", action="store_true", help="rebuild the index from the run folders")
+    ls.add_argument("--sweep", help="only the runs of this sweep (its id, e.g. sweep-1a2b3c4d5e6f)")
     show = add("show", "cmd_show", "a run's results", module=READ_ONLY)
     show.add_argument("run", help="run folder or run id")
     show.add_argument("--json", action="store_true", help="machine-readable output")
@@ -109,6 +110,16 @@ def build_parser() -> argparse.ArgumentParser:
     add("verify", "cmd_verify", "check every file of a run (or all runs) against its checksums",
         module=READ_ONLY).add_argument(
         "run", nargs="?", help="run folder or run id (default: every run)")
+    sweep = add("sweep", "cmd_sweep", "the product of swept config values (x seeds) as runs, and a summary table",
+                config=True)
+    sweep.add_argument("--set", action="append", metavar="KEY=V1,V2", help="a dotted config key and its values "
+                       "(repeat for a product), e.g. --set train.lr=0.1,0.05")
+    sweep.add_argument("--seeds", help="seeds as 0-4 or 0,1,2 (another axis of the product)")
+    sweep.add_argument("--executor", default="local", choices=["local", "ray"],
+                       help="local: one after another in this process; ray: in parallel on a Ray cluster")
+    sweep.add_argument("--address", help="join a running Ray cluster (auto or HOST:PORT) instead of starting one")
+    sweep.add_argument("-q", "--quiet", action="store_true", help="no progress")
+    sweep.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
     listing = add("list", "cmd_list", "models, tasks, pruning methods, objectives, baselines, studies (the registries)",
                   module=READ_ONLY)
     listing.add_argument("kind", nargs="?", help="only this kind, e.g. models")

@@ -199,6 +199,27 @@ def cmd_select(args: argparse.Namespace) -> None:
     print(f"tickets: {path}\npicture: {path.parent / 'tickets.png'}")
 
 
+def cmd_sweep(args: argparse.Namespace) -> None:
+    """The product of ``--set`` values (× ``--seeds``) as runs on an executor, then the summary table."""
+    from ticketlab.executors import run_graph
+    from ticketlab.sweep import parse_seeds, parse_sets, sweep_id, sweep_jobs, sweep_points, write_summary, write_sweep
+
+    base, sets, seeds = _config_data(args, args.config), parse_sets(args.set or []), parse_seeds(args.seeds)
+    points = sweep_points(base, sets, seeds)
+    runs_dir = _runs_dir(args)
+    jobs = sweep_jobs(points, runs_dir)
+    folder = write_sweep(runs_dir, sweep_id(base, sets, seeds), base, sets, seeds, points)
+    print(f"{folder.name}: {len(jobs)} run(s) on the {args.executor} executor")
+    summary = run_graph(jobs, runs_dir, args.executor, progress=not args.quiet, address=args.address)
+    markdown, table = write_summary(folder)
+    print(markdown.read_text(encoding="utf-8"))
+    print("\n".join(summary.lines()))
+    print(f"summary: {markdown} and {table}")
+    if summary.failed or summary.skipped:
+        raise TicketlabError(f"{len(summary.failed) + len(summary.skipped)} of {len(jobs)} runs did not finish (listed "
+                             "above); fix their cause and re-run the same command: finished runs are kept")
+
+
 def _seeds(args: argparse.Namespace) -> list[int]:
     try:
         seeds = [int(s) for s in args.seeds.split(",")]

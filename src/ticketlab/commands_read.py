@@ -31,12 +31,25 @@ def cmd_ls(args: argparse.Namespace) -> None:
     store = ResultStore(runs)
     if args.reindex:
         print(f"index rebuilt from the run folders: {store.reindex()} runs")
-    for row in store.runs():
+    rows = store.runs()
+    if args.sweep:
+        rows = [row for row in rows if row["run_id"] in sweep_runs(runs, args.sweep)]
+    for row in rows:
         dense = f"{row['dense']:.2%}" if row["dense"] is not None else "—"
         top = f"{row['max_sparsity']:.2%}" if row["max_sparsity"] is not None else "—"
         error = f"  error: {row['error']}" if row["status"] == "failed" and row["error"] else ""
         print(f"{row['run_id']}  {row['status']:<11}  {row['model']:<10} {row['task']:<22} {row['method']:<20} "
               f"rounds={row['rounds']}  dense={dense}  max_sparsity={top}{error}")
+
+
+def sweep_runs(runs: Path, sweep: str) -> set[str]:
+    """The run ids of a sweep (its folder in the runs folder)."""
+    path = runs / sweep / "sweep.json"
+    if not path.is_file():
+        known = sorted(p.name for p in runs.glob("sweep-*") if (p / "sweep.json").is_file())
+        raise TicketlabError(f"no sweep {sweep!r} in {runs}{did_you_mean(sweep, known)}; sweeps: "
+                             f"{', '.join(known) or '(none)'}")
+    return {entry["run_id"] for entry in read_json(path)["runs"]}
 
 
 def cmd_show(args: argparse.Namespace) -> None:

@@ -86,6 +86,7 @@ class EngineConfig:
     tracking: Literal["none", "tensorboard", "mlflow"] = field(default="none", metadata=NOT_HASHED)
     checkpoint_every: int = field(default=200, metadata=NOT_HASHED)  # steps between mid-round checkpoints (+ epoch ends)
     threads: int = 0  # CPU threads per process (intra-op); 0 = auto: OMP_NUM_THREADS, else the usable cores
+    resources: dict[str, float] = field(default_factory=dict, metadata=NOT_HASHED)  # per job under an executor
 
     def __post_init__(self) -> None:
         _check_ranges(self, "engine", positive=("grad_accumulation",),

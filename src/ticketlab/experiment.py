@@ -26,7 +26,6 @@ from ticketlab.engine import Engine, is_main_process, same_on_every_rank, wait_f
 from ticketlab.errors import TicketlabError
 from ticketlab.fileio import (
     TMP_MARK,
-    atomic_dir,
     ensure_writable_dir,
     read_json,
     release_files,
@@ -48,7 +47,6 @@ from ticketlab.paths import (
     RunPaths,
     check_round,
     load_theta_p,
-    training_checkpoint,
     write_history,
 )
 from ticketlab.paths import run_dir as run_dir_of
@@ -59,9 +57,10 @@ from ticketlab.pruning.base import prune, target_pruned_count
 from ticketlab.report import write_report
 from ticketlab.rewind import rewound_state
 from ticketlab.schedules import round_sparsities
-from ticketlab.store import ResultStore, set_status
+from ticketlab.store import NoIndex, ResultStore, set_status
 from ticketlab.tensorfiles import check_finite, load_tensors, save_tensors, sidecar_path
-from ticketlab.train import SnapshotAtStep, train_model
+from ticketlab.train import SnapshotAtStep, TrainResult, train_model
+from ticketlab.units import run_unit
 
 
 def run_dir_for(config: ExperimentConfig, runs_dir: Path) -> Path:
@@ -193,26 +192,28 @@ def train_branch(run: RunContext, branch: str, k: int, mask: Mask, start: dict[s
                               "dense training; lower it")
         snapshot = SnapshotAtStep(run.config.prune.rewind_steps)
     objective = OBJECTIVES.build(run.config.objective, **run.config.objective_options)
-    checkpoint = training_checkpoint(run.paths.branch(branch, k))
     heads = run.pretrained_heads()
-    result = train_model(model, run.task, run.config.train, seed=run.config.seed, mask=mask, objective=objective,
-                         callbacks=[snapshot] if snapshot else [], deterministic=run.config.deterministic,
-                         progress=f"{branch} round {k} ({mask.sparsity():.1%})" if progress else None,
-                         engine=run.config.engine, checkpoint=checkpoint,
-                         objective_state=heads[1] if heads is not None and heads[1] else None)
-    metrics = {"format": 2, "round": k, "branch": branch, "target_sparsity": run.sparsity(k), "sparsity": mask.sparsity(),
-               "model_sparsity": mask.model_sparsity(model), **result.metrics}
-    if branch != IMP:
-        metrics["label"] = branch_label(branch)  # reports show it without loading the plug-ins
-    if not same_on_every_rank(mask.digest()):
-        raise TicketlabError(f"the ranks hold different masks for {branch} round {k}; their run folders differ "
-                             "(every rank must see the same runs folder: a shared file system)")
-    metrics["ranks_agree_on_mask"] = True
-    if not is_main_process():
-        return metrics
-    with atomic_dir(run.paths.branch(branch, k)) as tmp:
+
+    def train(checkpoint: Path) -> tuple[TrainResult, dict[str, Any]]:
+        result = train_model(model, run.task, run.config.train, seed=run.config.seed, mask=mask, objective=objective,
+                             callbacks=[snapshot] if snapshot else [], deterministic=run.config.deterministic,
+                             progress=f"{branch} round {k} ({mask.sparsity():.1%})" if progress else None,
+                             engine=run.config.engine, checkpoint=checkpoint,
+                             objective_state=heads[1] if heads is not None and heads[1] else None)
+        metrics = {"format": 2, "round": k, "branch": branch, "target_sparsity": run.sparsity(k),
+                   "sparsity": mask.sparsity(), "model_sparsity": mask.model_sparsity(model), **result.metrics}
+        if branch != IMP:
+            metrics["label"] = branch_label(branch)  # reports show it without loading the plug-ins
+        if not same_on_every_rank(mask.digest()):
+            raise TicketlabError(f"the ranks hold different masks for {branch} round {k}; their run folders differ "
+                                 "(every rank must see the same runs folder: a shared file system)")
+        metrics["ranks_agree_on_mask"] = True
+        return result, metrics
+
+    def write(tmp: Path, payload: tuple[TrainResult, dict[str, Any]]) -> None:
+        result, metrics = payload
         mask.save(tmp / MASK, {"branch": branch, "round": k, "method": run.config.prune.method,
-                                              "run": run.dir.name, "model": run.config.model.name})
+                               "run": run.dir.name, "model": run.config.model.name})
         if branch == IMP:
             save_tensors(tmp / WEIGHTS, result.state, {"round": k})
             if run.config.prune.weights == "final" and result.final_state is not None:
@@ -221,8 +222,10 @@ def train_branch(run: RunContext, branch: str, k: int, mask: Mask, start: dict[s
             save_tensors(tmp / EARLY, snapshot.state, {"step": run.config.prune.rewind_steps})
         write_json(tmp / METRICS, metrics)
         write_history(tmp, result.history)
-    checkpoint.unlink(missing_ok=True)
-    return metrics
+
+    folder = run.paths.branch(branch, k)
+    payload = run_unit(folder, METRICS, train, write, f"{branch} round {k} of {run.dir.name}")
+    return payload[1] if payload is not None else check_round(folder)
 
 
 def check_schedule(run: RunContext) -> None:
@@ -237,11 +240,13 @@ def check_schedule(run: RunContext) -> None:
                               f"{k - 1}; use at most {k - 1} rounds or a lower prune.rate")
 
 
-def run_experiment(config: ExperimentConfig, runs_dir: str | Path = "runs", progress: bool = True) -> Path:
+def run_experiment(config: ExperimentConfig, runs_dir: str | Path = "runs", progress: bool = True,
+                   index: bool = True) -> Path:
     """Run (or resume) IMP and its baselines; return the run folder.
 
     Everything that can be checked is checked before anything is written: options, data, the model, the
-    schedule. One process at a time works on a run (its lock); its status is kept in the folder and index.
+    schedule. One process at a time works on a run (its lock); its status is kept in the folder and, unless
+    ``index`` is False (a worker of an executor, whose driver indexes), in the index.
     """
     runs_dir = ensure_writable_dir(Path(runs_dir))
     paths = RunPaths(run_dir_for(config, runs_dir))
@@ -265,7 +270,7 @@ def run_experiment(config: ExperimentConfig, runs_dir: str | Path = "runs", prog
             for stale in paths.root.rglob(".round_*"):  # temp folders of versions before temp names carried a pid
                 if stale.is_dir() and TMP_MARK not in stale.name:
                     shutil.rmtree(stale, ignore_errors=True)
-            store = ResultStore(runs_dir)
+            store = ResultStore(runs_dir) if index else NoIndex()
             if not paths.config.is_file():
                 write_json(paths.config, to_dict(config))
             set_status(store, paths, to_dict(config), "running")
@@ -284,7 +289,7 @@ def run_experiment(config: ExperimentConfig, runs_dir: str | Path = "runs", prog
     return paths.root
 
 
-def run_units(run: RunContext, store: ResultStore | None, runs_dir: Path, progress: bool) -> None:
+def run_units(run: RunContext, store: ResultStore | NoIndex | None, runs_dir: Path, progress: bool) -> None:
     """Every IMP round, then every baseline branch, skipping what is finished."""
     config = run.config
     prepare_theta_p(run, runs_dir, progress)

@@ -6,6 +6,7 @@ run's status is ``running`` only while some process holds its lock.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 from collections.abc import Iterator
@@ -21,10 +22,14 @@ class RunLockedError(TicketlabError):
     """Another live process holds the run's lock."""
 
 
-@contextmanager
-def run_lock(folder: Path, what: str) -> Iterator[None]:
+def run_lock(folder: Path, what: str) -> contextlib.AbstractContextManager[None]:
     """Hold ``folder``'s lock for the block; if another process holds it, a one-line error naming its pid."""
-    path = Path(folder) / LOCK_NAME
+    return file_lock(Path(folder) / LOCK_NAME, what)
+
+
+@contextmanager
+def file_lock(path: Path, what: str) -> Iterator[None]:
+    """Hold the ``flock`` of file ``path`` (created if missing) for the block; one-line error if it is taken."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -2,12 +2,14 @@
 
 Registries (``models.base``, ``data.base``, ``objectives.base``, ``pruning.base``, ``baselines.base``,
 ``metrics``, ``rewind``, ``schedules``, ``studies.base``) are leaves that import no plug-in; this module is
-imported once, by the package's ``__init__``, so every public entry point sees full registries.
+imported once, at the first lookup of any registry (the loader the package's ``__init__`` installs), so every
+public entry point sees full registries and commands that only read files never import it.
 A new plug-in is one new file plus one line here.
 """
 
 import re
 
+from ticketlab import sweep as _sweep  # noqa: F401  (the `find` job kind)
 from ticketlab.baselines import builtin as _baselines  # noqa: F401
 from ticketlab.data import digits as _digits  # noqa: F401
 from ticketlab.data import files as _files  # noqa: F401
@@ -39,6 +41,7 @@ def catalog() -> dict[str, list[tuple[str, str]]]:
     """Every registered name with a one-line description, per kind (``ticketlab list``)."""
     from ticketlab.baselines.base import BASELINES
     from ticketlab.data.base import TASKS
+    from ticketlab.jobs import JOB_KINDS
     from ticketlab.metrics import METRICS
     from ticketlab.models.base import HEADS, MODELS
     from ticketlab.objectives.base import OBJECTIVES
@@ -49,7 +52,8 @@ def catalog() -> dict[str, list[tuple[str, str]]]:
 
     registries = {"models": MODELS, "heads": HEADS, "tasks": TASKS, "metrics": METRICS,
                   "pruning methods": PRUNING_METHODS, "schedules": SCHEDULES, "rewind points": REWIND_POINTS,
-                  "objectives": OBJECTIVES, "baselines": BASELINES, "studies": STUDIES}
+                  "objectives": OBJECTIVES, "baselines": BASELINES, "studies": STUDIES,
+                  "job kinds": JOB_KINDS}
     return {title: [(name, _describe(obj)) for name, obj in registry.items()] for title, registry in registries.items()}
 
 

@@ -14,8 +14,7 @@ import torch
 
 from ticketlab.config import EngineConfig, ExperimentConfig, ModelConfig, PretrainConfig, config_hash, to_dict
 from ticketlab.data.base import build_task
-from ticketlab.engine import is_main_process, wait_for_everyone
-from ticketlab.fileio import atomic_dir, ensure_writable_dir, write_json
+from ticketlab.fileio import ensure_writable_dir, write_json
 from ticketlab.models.base import build_model, model_input_defaults
 from ticketlab.objectives.base import OBJECTIVES
 from ticketlab.paths import (
@@ -23,11 +22,11 @@ from ticketlab.paths import (
     PRETRAINED_BACKBONE,
     PRETRAINED_HEADS,
     pretrain_dir,
-    training_checkpoint,
     write_history,
 )
 from ticketlab.tensorfiles import load_tensors, save_tensors
-from ticketlab.train import train_model
+from ticketlab.train import TrainResult, train_model
+from ticketlab.units import run_unit
 
 
 @dataclass(frozen=True)
@@ -57,15 +56,15 @@ def run_pretraining(run: PretrainRun, runs_dir: Path, deterministic: bool = Fals
     model = build_model(run.model.name, task.num_classes, run.model.options, seed=run.seed, head=task.head,
                         normalize=run.model.normalize)
     objective = OBJECTIVES.build(run.pretrain.objective, **run.pretrain.objective_options)
-    result = train_model(model, task, run.pretrain.train, seed=run.seed, objective=objective,
-                         deterministic=deterministic, config_key="pretrain.train",
-                         progress=f"pre-train {run.pretrain.objective} on {task.name}" if progress else None,
-                         engine=run.engine, checkpoint=training_checkpoint(folder))
-    backbone = {k.removeprefix("backbone."): v for k, v in result.state.items() if k.startswith("backbone.")}
-    if not is_main_process():
-        wait_for_everyone()
-        return checkpoint
-    with atomic_dir(folder) as tmp:
+
+    def train(checkpoint_path: Path) -> TrainResult:
+        return train_model(model, task, run.pretrain.train, seed=run.seed, objective=objective,
+                           deterministic=deterministic, config_key="pretrain.train",
+                           progress=f"pre-train {run.pretrain.objective} on {task.name}" if progress else None,
+                           engine=run.engine, checkpoint=checkpoint_path)
+
+    def write(tmp: Path, result: TrainResult) -> None:
+        backbone = {k.removeprefix("backbone."): v for k, v in result.state.items() if k.startswith("backbone.")}
         write_json(tmp / CONFIG, to_dict(run))
         save_tensors(tmp / PRETRAINED_BACKBONE, backbone, {
             "kind": "ticketlab-pretrained-backbone", "objective": run.pretrain.objective,
@@ -74,8 +73,8 @@ def run_pretraining(run: PretrainRun, runs_dir: Path, deterministic: bool = Fals
         heads, extra = pretrained_heads(result)
         save_tensors(tmp / PRETRAINED_HEADS, heads, {"kind": "ticketlab-pretrained-heads", "extra_state": extra})
         write_history(tmp, result.history)
-    training_checkpoint(folder).unlink(missing_ok=True)
-    wait_for_everyone()
+
+    run_unit(folder, PRETRAINED_BACKBONE, train, write, f"pre-training {folder.name}")
     return checkpoint
 
 

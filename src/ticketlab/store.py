@@ -92,21 +92,21 @@ class ResultStore:
         """Add every run folder of the runs folder that the index does not list (e.g. copied in)."""
         with self._connect() as db:
             known = {row[0] for row in db.execute("SELECT run_id FROM runs")}
-        added = []
-        for folder in sorted(p for p in self.runs_dir.iterdir() if is_run_dir(p)) if self.runs_dir.is_dir() else []:
-            if folder.name in known:
-                continue
-            try:
-                run = load_run(folder)
-            except TicketlabError:
-                continue  # unreadable folders are reported by `ticketlab verify`, not listed
-            status, error = folder_status(folder)
-            self.upsert_run(folder.name, folder, run["config"], status, error)
-            for branch, rows in [(IMP, run["rounds"]), *run["baselines"].items()]:
-                for row in rows:
-                    self.record(folder.name, branch, row["metrics"])
-            added.append(folder.name)
-        return added
+        folders = sorted(p for p in self.runs_dir.iterdir() if is_run_dir(p)) if self.runs_dir.is_dir() else []
+        return [folder.name for folder in folders if folder.name not in known and self.index_folder(folder)]
+
+    def index_folder(self, folder: Path) -> bool:
+        """(Re-)index one run folder from its files: status and every finished round (what a worker wrote)."""
+        try:
+            run = load_run(folder)
+        except TicketlabError:
+            return False  # unreadable folders are reported by `ticketlab verify`, not listed
+        status, error = folder_status(folder)
+        self.upsert_run(folder.name, folder, run["config"], status, error)
+        for branch, rows in [(IMP, run["rounds"]), *run["baselines"].items()]:
+            for row in rows:
+                self.record(folder.name, branch, row["metrics"])
+        return True
 
     def upsert_run(self, run_id: str, path: Path, config: dict[str, Any], status: str, error: str | None = None) -> None:
         self._write(
@@ -146,7 +146,18 @@ class ResultStore:
         return [dict(row) for row in rows]
 
 
-def set_status(store: ResultStore | None, paths: RunPaths, config: dict[str, Any], status: str,
+class NoIndex:
+    """The index as a worker process sees it: nothing. Under an executor the driver alone writes the SQLite index
+    (from the folders the workers wrote), so concurrent workers never contend for it."""
+
+    def upsert_run(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def record(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+
+def set_status(store: ResultStore | NoIndex | None, paths: RunPaths, config: dict[str, Any], status: str,
                error: str | None = None) -> None:
     """Record a run's status in its folder (the source of truth) and in the index (main process only)."""
     if store is None:

@@ -18,12 +18,13 @@ from ticketlab.analysis import PERTURBATIONS, perturb
 from ticketlab.config import TaskConfig, TrainConfig, config_hash, parse_config, to_dict
 from ticketlab.data.base import Task, build_task
 from ticketlab.errors import TicketlabError
-from ticketlab.fileio import atomic_dir, is_writable, read_json, write_json
+from ticketlab.fileio import is_writable, read_json, write_json
 from ticketlab.masks import Mask
 from ticketlab.models.base import build_model, model_input_defaults
 from ticketlab.objectives.base import OBJECTIVES
-from ticketlab.paths import IMP, METRICS, RunPaths, load_theta_p, training_checkpoint, write_history
+from ticketlab.paths import IMP, METRICS, RunPaths, load_theta_p, write_history
 from ticketlab.train import train_model
+from ticketlab.units import run_unit
 
 
 @dataclass(frozen=True)
@@ -71,18 +72,24 @@ def transfer_ticket(run_dir: Path, k: int, spec: TransferSpec, task: Task | None
                         head=task.head, normalize=source.model.normalize)
     model.load_state_dict(theta_p_backbone(run_dir), strict=False)
     objective = OBJECTIVES.build(spec.objective, **spec.objective_options)
-    checkpoint = training_checkpoint(folder)
-    result = train_model(model, task, spec.train, seed=spec.seed, mask=mask, objective=objective,
-                         progress=f"transfer {run_dir.name}:{k} -> {task.name}" if progress else None,
-                         engine=source.engine, checkpoint=checkpoint)
-    metrics = {"format": 2, "source": run_dir.name, "round": k, "target": spec.target.name, "variant": spec.variant,
-               "sparsity": mask.sparsity(), "source_sparsity": ticket.sparsity(), "num_classes": task.num_classes,
-               "spec": to_dict(spec), **result.metrics}
-    with atomic_dir(folder) as tmp:
-        write_json(tmp / METRICS, metrics)
-        write_history(tmp, result.history)
-    checkpoint.unlink(missing_ok=True)
-    return TransferResult(metrics, result.state)
+
+    def train(checkpoint: Path) -> tuple[dict[str, Any], Any]:
+        result = train_model(model, task, spec.train, seed=spec.seed, mask=mask, objective=objective,
+                             progress=f"transfer {run_dir.name}:{k} -> {task.name}" if progress else None,
+                             engine=source.engine, checkpoint=checkpoint)
+        metrics = {"format": 2, "source": run_dir.name, "round": k, "target": spec.target.name,
+                   "variant": spec.variant, "sparsity": mask.sparsity(), "source_sparsity": ticket.sparsity(),
+                   "num_classes": task.num_classes, "spec": to_dict(spec), **result.metrics}
+        return metrics, result
+
+    def write(tmp: Path, payload: tuple[dict[str, Any], Any]) -> None:
+        write_json(tmp / METRICS, payload[0])
+        write_history(tmp, payload[1].history)
+
+    payload = run_unit(folder, METRICS, train, write, f"transfer {run_dir.name}:{k} -> {spec.target.name}")
+    if payload is None:
+        return TransferResult(read_json(folder / METRICS))
+    return TransferResult(payload[0], payload[1].state)
 
 
 def target_task(run_dir: Path, spec: TransferSpec) -> Task:

@@ -35,7 +35,7 @@ from ticketlab.config import (
 )
 from ticketlab.data.base import Split, Task, build_task, subset
 from ticketlab.experiment import run_experiment
-from ticketlab.fileio import atomic_dir, ensure_writable_dir, read_json, write_json
+from ticketlab.fileio import ensure_writable_dir, read_json, write_json
 from ticketlab.metrics import accuracy
 from ticketlab.models.base import build_model, model_input_defaults
 from ticketlab.objectives.patches import RandomPatches, TicketPatches
@@ -48,7 +48,6 @@ from ticketlab.paths import (
     select_dir,
     student_dir,
     study_dir,
-    training_checkpoint,
     write_history,
 )
 from ticketlab.progress import progress_bar
@@ -56,6 +55,7 @@ from ticketlab.studies.base import STUDIES, Study
 from ticketlab.studies.patch_report import write_patch_report
 from ticketlab.tensorfiles import save_tensors
 from ticketlab.train import Callback, train_model
+from ticketlab.units import run_unit
 
 
 @dataclass(frozen=True)
@@ -155,16 +155,24 @@ def run_selection(cfg: SelectorConfig, runs_dir: Path, progress: bool = True) ->
     if (folder / TICKETS).is_file():
         return folder / TICKETS
     task = build_task(cfg.task.name, cfg.task.options, model_input_defaults(cfg.model.name, cfg.model.options))
-    model, tickets, metrics = cross_fitted_tickets(cfg, task, folder, progress)
-    vit = model.backbone.model
-    grid = vit.config.image_size // vit.config.patch_size
-    with atomic_dir(folder) as tmp:
+
+    def train(checkpoint: Path) -> tuple[Any, dict[str, torch.Tensor], dict[str, Any]]:
+        return cross_fitted_tickets(cfg, task, folder, progress)  # one checkpoint per selector, beside the folder
+
+    def write(tmp: Path, payload: tuple[Any, dict[str, torch.Tensor], dict[str, Any]]) -> None:
+        model, tickets, metrics = payload
+        vit = model.backbone.model
+        grid = vit.config.image_size // vit.config.patch_size
         write_json(tmp / CONFIG, to_dict(cfg))
         save_tensors(tmp / "selector.safetensors", model.state_dict(), {"metrics": metrics})
         save_tickets(tmp / TICKETS, tickets, task, cfg.keep_rate, grid * grid, grid,
                      {"model": to_dict(cfg.model), "config_hash": config_hash(cfg), "metrics": metrics,
                       "reduction_layers": list(model.backbone.reduction_layers)})
         ticket_grid_png(task.test.x[:16], tickets["test"][:16], grid, tmp / "tickets.png")
+
+    if run_unit(folder, TICKETS, train, write, f"selector {folder.name}") is not None:
+        for stale in folder.parent.glob(f".{folder.name}.*.checkpoint.pt"):  # the selectors' own checkpoints
+            stale.unlink(missing_ok=True)
     return folder / TICKETS
 
 
@@ -192,23 +200,28 @@ def train_student(cfg: PatchStudyConfig, keep_rate: float, seed: int, variant: s
         objective, train_task = RandomPatches(meta["kept"], num_patches), task
         if variant == "rc_budget":
             recipe = dataclasses.replace(recipe, epochs=max(1, round(recipe.epochs / keep_rate**3)))
-    result = train_model(model, train_task, recipe, seed=seed, objective=objective,
-                         progress=f"{variant} k={keep_rate} seed {seed}" if progress else None, engine=cfg.engine,
-                         checkpoint=training_checkpoint(folder))
-    model.load_state_dict(result.final_state)  # scored at the final epoch: nothing chosen on an unreported metric
-    draw = torch.rand(len(task.test), num_patches, generator=torch.Generator().manual_seed(seed + 11))
-    random_test = dataclasses.replace(task.test, patches=draw.topk(meta["kept"], dim=1).indices.sort(dim=1).values)
-    sparse = accuracy(model, ticketed.test) if variant in ("ticket", "position") else accuracy(model, random_test)
-    metrics = {**result.metrics, "variant": variant, "keep_rate": keep_rate, "patches": meta["kept"],
-               "num_patches": num_patches, "scored": "final epoch",
-               "dense_test_acc": accuracy(model, dataclasses.replace(task.test, patches=None)),
-               "sparse_test_acc": sparse, "sparse_selector_acc": accuracy(model, ticketed.test),
-               "selector_test_acc": meta["selector"]["metrics"].get("test_acc")}
-    with atomic_dir(folder) as tmp:
-        write_json(tmp / METRICS, metrics)
-        write_history(tmp, result.history)
-    training_checkpoint(folder).unlink(missing_ok=True)
-    return metrics
+
+    def train(checkpoint: Path) -> tuple[dict[str, Any], Any]:
+        result = train_model(model, train_task, recipe, seed=seed, objective=objective,
+                             progress=f"{variant} k={keep_rate} seed {seed}" if progress else None,
+                             engine=cfg.engine, checkpoint=checkpoint)
+        model.load_state_dict(result.final_state)  # scored at the final epoch: nothing chosen on an unreported metric
+        draw = torch.rand(len(task.test), num_patches, generator=torch.Generator().manual_seed(seed + 11))
+        random_test = dataclasses.replace(task.test, patches=draw.topk(meta["kept"], dim=1).indices.sort(dim=1).values)
+        sparse = accuracy(model, ticketed.test) if variant in ("ticket", "position") else accuracy(model, random_test)
+        metrics = {**result.metrics, "variant": variant, "keep_rate": keep_rate, "patches": meta["kept"],
+                   "num_patches": num_patches, "scored": "final epoch",
+                   "dense_test_acc": accuracy(model, dataclasses.replace(task.test, patches=None)),
+                   "sparse_test_acc": sparse, "sparse_selector_acc": accuracy(model, ticketed.test),
+                   "selector_test_acc": meta["selector"]["metrics"].get("test_acc")}
+        return metrics, result.history
+
+    def write(tmp: Path, payload: tuple[dict[str, Any], Any]) -> None:
+        write_json(tmp / METRICS, payload[0])
+        write_history(tmp, payload[1])
+
+    payload = run_unit(folder, METRICS, train, write, f"student {folder.name}")
+    return read_json(folder / METRICS) if payload is None else payload[0]
 
 
 def run_patch_study(cfg: PatchStudyConfig, runs_dir: Path, progress: bool = True) -> Path:

@@ -1,0 +1,217 @@
+"""Executors run a graph of jobs (``jobs.py``): ``local`` in this process, in dependency order (today's order and
+results), or ``ray`` on a Ray cluster — a local one started and stopped here, or a running one joined with
+``--address``. Workers write only their jobs' folders on the shared runs folder; the driver alone writes the
+SQLite index (from those folders) and shows one progress view of all jobs.
+
+Faults: a worker killed mid-job is retried by Ray and resumes from the job's mid-round checkpoint; a job that
+fails for a reason retrying cannot fix (bad config, divergence: a ``TicketlabError``) fails once, with its
+one-line error, and the jobs that do not depend on it go on; the summary lists the failed ones.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ticketlab.errors import ConfigError, TicketlabError
+from ticketlab.fileio import ensure_writable_dir
+from ticketlab.jobs import Job, check_graph, execute_job
+from ticketlab.progress import progress_bar
+from ticketlab.store import ResultStore
+
+EXECUTORS = ("local", "ray")
+RAY_RETRIES = 3  # restarts of a job whose worker died (not of a job that raised an error)
+
+
+@dataclass
+class Summary:
+    """What happened to every job of a graph."""
+
+    results: dict[str, str] = field(default_factory=dict)  # job id -> result folder
+    failed: dict[str, str] = field(default_factory=dict)  # job id -> one-line error
+    skipped: dict[str, str] = field(default_factory=dict)  # job id -> the failed job it waited for
+    seconds: float = 0.0
+
+    def lines(self) -> list[str]:
+        out = [f"{len(self.results)} done, {len(self.failed)} failed, {len(self.skipped)} skipped "
+               f"in {self.seconds:.1f} s"]
+        out += [f"failed  {job}: {error}" for job, error in self.failed.items()]
+        out += [f"skipped {job}: waits for {cause}, which failed" for job, cause in self.skipped.items()]
+        return out
+
+
+class View:
+    """One progress view for many jobs: done / running / failed / queued, rate and ETA (plain lines in logs)."""
+
+    def __init__(self, total: int, enabled: bool) -> None:
+        self.bar = progress_bar(total=total, desc="jobs", unit="job", disable=not enabled)
+        self.total, self.running = total, 0
+
+    def update(self, summary: Summary, running: int, finished: int = 0) -> None:
+        self.running = running
+        finished_all = len(summary.results) + len(summary.failed) + len(summary.skipped)
+        self.bar.set_postfix(done=len(summary.results), running=running, failed=len(summary.failed),
+                             queued=self.total - finished_all - running)
+        self.bar.update(finished)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(f"{type(exc).__name__}: {exc}".split()) if not isinstance(exc, TicketlabError) \
+        else " ".join(str(exc).split())
+
+
+def _waits_for_failed(job: Job, summary: Summary) -> str | None:
+    return next((a for a in job.after if a in summary.failed or a in summary.skipped), None)
+
+
+def run_local(jobs: list[Job], runs_dir: Path, progress: bool = True) -> Summary:
+    """Every job in this process, in dependency order; failures are recorded and their dependents skipped."""
+    ordered, summary, started = check_graph(jobs), Summary(), time.perf_counter()
+    view = View(len(ordered), progress)
+    for job in ordered:
+        cause = _waits_for_failed(job, summary)
+        if cause is not None:
+            summary.skipped[job.id] = cause
+            view.update(summary, 0, 1)
+            continue
+        view.update(summary, 1)
+        try:
+            summary.results[job.id] = execute_job(job, runs_dir, progress=False)
+        except TicketlabError as exc:
+            summary.failed[job.id] = _one_line(exc)
+        view.update(summary, 0, 1)
+    view.close()
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def _remote_job(job: Job, runs_dir: str) -> dict[str, Any]:
+    """What a Ray worker runs: the job, with errors retrying cannot fix returned as values (never retried)."""
+    try:
+        return {"result": execute_job(job, runs_dir, progress=False, index=False)}
+    except TicketlabError as exc:
+        return {"error": _one_line(exc)}
+    except Exception as exc:  # noqa: BLE001  a bug: reported with where it happened, not retried
+        where = traceback.extract_tb(exc.__traceback__)[-1]
+        return {"error": f"{_one_line(exc)} (at {Path(where.filename).name}:{where.lineno})"}
+
+
+def _read_probe(path: str) -> str:
+    try:
+        return Path(path).read_text()
+    except OSError as exc:
+        return f"unreadable: {exc.strerror}"
+
+
+def run_ray(jobs: list[Job], runs_dir: Path, progress: bool = True, address: str | None = None,
+            num_cpus: int | None = None) -> Summary:
+    """The graph on Ray: jobs are submitted as soon as the jobs they wait for are done."""
+    ordered, summary, started = check_graph(jobs), Summary(), time.perf_counter()
+    try:
+        import ray
+    except ImportError:
+        raise TicketlabError("--executor ray needs Ray: pip install 'ticketlab[ray]' (or pip install ray)") from None
+    own = not ray.is_initialized()
+    if own:
+        _start_ray(ray, address, num_cpus)
+    try:
+        _check_resources(ray, ordered)
+        _check_shared_folder(ray, runs_dir)
+        remote = ray.remote(_remote_job)
+        by_id = {job.id: job for job in ordered}
+        store, view = ResultStore(runs_dir), View(len(ordered), progress)
+        pending: dict[Any, str] = {}
+        waiting = list(ordered)
+        while waiting or pending:
+            for job in list(waiting):
+                cause = _waits_for_failed(job, summary)
+                if cause is not None:
+                    summary.skipped[job.id] = cause
+                    waiting.remove(job)
+                    view.update(summary, len(pending), 1)
+                elif all(a in summary.results for a in job.after):
+                    options = {"num_cpus": job.resources.get("num_cpus", 1),
+                               "num_gpus": job.resources.get("num_gpus", 0), "max_retries": RAY_RETRIES}
+                    pending[remote.options(**options).remote(job, str(runs_dir))] = job.id
+                    waiting.remove(job)
+            view.update(summary, len(pending))
+            if not pending:
+                continue
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            job_id = pending.pop(ready[0])
+            try:
+                outcome = ray.get(ready[0])
+            except Exception as exc:  # noqa: BLE001  the worker died more often than Ray retries
+                outcome = {"error": f"the worker running it died {RAY_RETRIES + 1} times ({type(exc).__name__})"}
+            if "result" in outcome:
+                summary.results[job_id] = outcome["result"]
+                store.index_folder(Path(outcome["result"]))  # the driver is the only writer of the index
+            else:
+                summary.failed[job_id] = outcome["error"]
+                folder = Path(runs_dir) / by_id[job_id].id
+                if folder.is_dir():
+                    store.index_folder(folder)
+            view.update(summary, len(pending), 1)
+        view.close()
+    finally:
+        if own:
+            ray.shutdown()
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def _start_ray(ray: Any, address: str | None, num_cpus: int | None) -> None:
+    env = {k: v for k, v in os.environ.items() if k.startswith(("HF_", "TRANSFORMERS_", "TICKETLAB_"))}
+    try:
+        if address:
+            ray.init(address=address, runtime_env={"env_vars": env}, logging_level="ERROR", log_to_driver=False)
+        else:
+            ray.init(num_cpus=num_cpus, include_dashboard=False, runtime_env={"env_vars": env},
+                     logging_level="ERROR", log_to_driver=False)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        where = f"at {address}" if address else "on this machine"
+        raise TicketlabError(f"could not reach a Ray cluster {where} ({' '.join(str(exc).split())[:200]}); start "
+                             "one with 'ray start --head', or drop --address to start a local one") from None
+
+
+def _check_resources(ray: Any, jobs: list[Job]) -> None:
+    """A job needing more GPUs or CPUs than the whole cluster has would wait forever: refuse it before running."""
+    total = ray.cluster_resources()
+    for job in jobs:
+        for key, name in (("num_gpus", "GPU"), ("num_cpus", "CPU")):
+            if job.resources.get(key, 0) > total.get(name, 0):
+                raise ConfigError(f"job {job.id} needs {job.resources[key]:g} {name}(s) but the Ray cluster has "
+                                  f"{total.get(name, 0):g}; lower engine.resources.{key} or add nodes")
+
+
+def _check_shared_folder(ray: Any, runs_dir: Path) -> None:
+    """The workers must see the driver's runs folder (one machine, or a shared file system)."""
+    ensure_writable_dir(runs_dir)
+    token = os.urandom(8).hex()
+    probe = Path(runs_dir).resolve() / f".probe-{token}"
+    probe.write_text(token)
+    try:
+        seen = ray.get(ray.remote(_read_probe).options(num_cpus=0).remote(str(probe)))
+    finally:
+        probe.unlink(missing_ok=True)
+    if seen != token:
+        raise TicketlabError(f"the Ray workers cannot see the runs folder {Path(runs_dir).resolve()} ({seen}); "
+                             "put it on a file system every node mounts at the same path")
+
+
+def run_graph(jobs: list[Job], runs_dir: Path, executor: str = "local", progress: bool = True,
+              address: str | None = None) -> Summary:
+    if executor not in EXECUTORS:
+        raise ConfigError(f"unknown executor {executor!r}; use one of {', '.join(EXECUTORS)}")
+    if address and executor != "ray":
+        raise ConfigError("--address needs --executor ray")
+    if executor == "ray":
+        return run_ray(jobs, runs_dir, progress, address)
+    return run_local(jobs, runs_dir, progress)

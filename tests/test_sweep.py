@@ -1,0 +1,95 @@
+"""Sweeps and the local executor (issue 22): the product of swept values as content-addressed runs, a summary
+table, `ls --sweep`, failures that do not stop independent runs, and bad `--set` values rejected up front."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+import yaml
+
+from tests.conftest import tiny_config
+from ticketlab import cli
+from ticketlab.errors import ConfigError
+from ticketlab.executors import run_local
+from ticketlab.jobs import JOB_KINDS, Job, check_graph
+from ticketlab.sweep import parse_seeds, parse_sets
+
+
+def sweep_config(tmp_path) -> str:
+    cfg = tiny_config(baselines=[], prune={"rounds": 1, "rewind": "init"}, engine={"threads": 1})
+    path = tmp_path / "base.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return str(path)
+
+
+def test_a_sweep_runs_the_product_writes_a_summary_and_adds_only_new_runs(tmp_path, capsys):
+    base, runs = sweep_config(tmp_path), str(tmp_path / "runs")
+    args = ["sweep", base, "--set", "train.lr=0.05,0.02", "--seeds", "0-1", "--runs-dir", runs, "-q"]
+    assert cli.main(args) == 0
+    out = capsys.readouterr().out
+    sweep = out.split(":", 1)[0]
+    assert sweep.startswith("sweep-") and "4 run(s) on the local executor" in out
+    rows = list(csv.reader((tmp_path / "runs" / sweep / "summary.csv").open()))
+    assert rows[0][:5] == ["train.lr", "seed", "run", "status", "best matching sparsity"]
+    assert sorted((r[0], r[1]) for r in rows[1:]) == [("0.02", "0"), ("0.02", "1"), ("0.05", "0"), ("0.05", "1")]
+    assert all(r[3] == "done" for r in rows[1:]) and len({r[2] for r in rows[1:]}) == 4
+    assert all(0.0 <= float(r[-1]) <= 1.0 for r in rows[1:])  # the IMP test score at the last sparsity
+    assert cli.main(["ls", "--sweep", sweep, "--runs-dir", runs]) == 0
+    assert len(capsys.readouterr().out.strip().splitlines()) == 4
+    # widening the sweep trains only the new point's runs: the 4 finished ones are found, not recomputed
+    mtimes = {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").glob("imp-*/rounds/round_001/metrics.json")}
+    assert cli.main(["sweep", base, "--set", "train.lr=0.05,0.02,0.01", "--seeds", "0-1", "--runs-dir", runs,
+                     "-q"]) == 0
+    capsys.readouterr()
+    assert len(list((tmp_path / "runs").glob("imp-*"))) == 6
+    assert all(p.stat().st_mtime_ns == t for p, t in mtimes.items())
+
+
+def test_a_failing_run_does_not_stop_the_independent_ones_and_is_listed(tmp_path, capsys):
+    base, runs = sweep_config(tmp_path), str(tmp_path / "runs")
+    assert cli.main(["sweep", base, "--set", "train.lr=0.05,3000", "--runs-dir", runs, "-q"]) == 2
+    captured = capsys.readouterr()
+    assert "1 done, 1 failed, 0 skipped" in captured.out
+    assert "failed  imp-" in captured.out and "diverged" in captured.out
+    assert "1 of 2 runs did not finish" in captured.err
+
+
+@pytest.mark.parametrize(("item", "pattern"), [
+    ("train.lrr=0.1", r"--set train.lrr: unknown key 'lrr' in train \(did you mean 'lr'\?\); valid keys there"),
+    ("trian.lr=0.1", r"unknown key 'trian' in the config \(did you mean 'train'"),
+    ("train.lr", r"must look like key=v1,v2"),
+])
+def test_bad_set_keys_are_one_line_naming_the_key_and_the_valid_ones(item, pattern):
+    with pytest.raises(ConfigError, match=pattern):
+        parse_sets([item])
+
+
+def test_a_value_of_the_wrong_type_names_the_point_and_the_key(tmp_path, capsys):
+    base, runs = sweep_config(tmp_path), str(tmp_path / "runs")
+    assert cli.main(["sweep", base, "--set", "train.epochs=1,fast", "--runs-dir", runs, "-q"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "train.epochs=fast: train.epochs must be int, got 'fast'" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "runs").exists()  # nothing written
+
+
+def test_seeds_and_graph_checks():
+    assert parse_seeds("0-4") == [0, 1, 2, 3, 4] and parse_seeds("3,1") == [3, 1] and parse_seeds(None) is None
+    with pytest.raises(ConfigError, match="--seeds must look like"):
+        parse_seeds("a-b")
+    assert "find" in JOB_KINDS
+    with pytest.raises(ConfigError, match="cycle"):
+        check_graph([Job("a", "find", {}, after=("b",)), Job("b", "find", {}, after=("a",))])
+    with pytest.raises(ConfigError, match="not in the graph"):
+        check_graph([Job("a", "find", {}, after=("z",))])
+
+
+def test_the_local_executor_skips_what_depends_on_a_failed_job(tmp_path):
+    good = tiny_config(baselines=[], prune={"rounds": 1, "rewind": "init"})
+    bad = tiny_config(baselines=[], prune={"rounds": 1, "rewind": "init"}, seed=5)
+    bad["train"]["lr"] = 3000.0
+    jobs = [Job("bad", "find", {"config": bad}), Job("after-bad", "find", {"config": good}, after=("bad",)),
+            Job("good", "find", {"config": good})]
+    summary = run_local(jobs, tmp_path / "runs", progress=False)
+    assert list(summary.failed) == ["bad"] and summary.skipped == {"after-bad": "bad"}
+    assert list(summary.results) == ["good"]
