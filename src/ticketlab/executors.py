@@ -11,6 +11,7 @@ one-line error, and the jobs that do not depend on it go on; the summary lists t
 from __future__ import annotations
 
 import os
+import socket
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -167,8 +168,22 @@ def run_ray(jobs: list[Job], runs_dir: Path, progress: bool = True, address: str
     return summary
 
 
+def _check_reachable(address: str) -> None:
+    """Ray retries a dead ``HOST:PORT`` for minutes; a plain TCP connect says at once whether anything listens."""
+    host, _, port = address.rpartition(":")
+    if address == "auto" or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=5).close()
+    except OSError as exc:
+        raise TicketlabError(f"no Ray cluster answers at {address} ({exc.strerror or exc}); start one there with "
+                             "'ray start --head', or drop --address to start a local one") from None
+
+
 def _start_ray(ray: Any, address: str | None, num_cpus: int | None) -> None:
     env = {k: v for k, v in os.environ.items() if k.startswith(("HF_", "TRANSFORMERS_", "TICKETLAB_"))}
+    if address:
+        _check_reachable(address)
     try:
         if address:
             ray.init(address=address, runtime_env={"env_vars": env}, logging_level="ERROR", log_to_driver=False)
@@ -191,14 +206,15 @@ def _check_resources(ray: Any, jobs: list[Job]) -> None:
                                   f"{total.get(name, 0):g}; lower engine.resources.{key} or add nodes")
 
 
-def _check_shared_folder(ray: Any, runs_dir: Path) -> None:
-    """The workers must see the driver's runs folder (one machine, or a shared file system)."""
+def _check_shared_folder(ray: Any, runs_dir: Path, reader: Any = _read_probe) -> None:
+    """The workers must see the driver's runs folder (one machine, or a shared file system): the driver writes a
+    probe file and a worker must read it back."""
     ensure_writable_dir(runs_dir)
     token = os.urandom(8).hex()
     probe = Path(runs_dir).resolve() / f".probe-{token}"
     probe.write_text(token)
     try:
-        seen = ray.get(ray.remote(_read_probe).options(num_cpus=0).remote(str(probe)))
+        seen = ray.get(ray.remote(reader).options(num_cpus=0).remote(str(probe)))
     finally:
         probe.unlink(missing_ok=True)
     if seen != token:

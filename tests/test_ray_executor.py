@@ -1,0 +1,127 @@
+"""The Ray executor on a local 2-CPU Ray (issue 22): a sweep gives the same results as the serial executor, a
+worker killed mid-job is retried and resumes from its mid-round checkpoint with identical results, a driver
+stopped mid-sweep resumes on re-run, and bad clusters / resources fail with one line before anything runs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import tiny_config
+from ticketlab import cli
+from ticketlab.errors import ConfigError, TicketlabError
+from ticketlab.executors import _check_shared_folder, run_ray
+from ticketlab.jobs import Job
+
+pytest.importorskip("ray")
+pytestmark = pytest.mark.slow
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"}
+
+
+def base_config(tmp_path: Path, **train: object) -> str:
+    cfg = tiny_config(baselines=["omp"], prune={"rounds": 1, "rewind": "init"},
+                      engine={"threads": 1, "checkpoint_every": 1}, train={"lr": 0.05, "epochs": 1, "batch_size": 32,
+                                                                           **train})
+    path = tmp_path / "base.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return str(path)
+
+
+def fingerprint(runs: Path) -> dict[str, str]:
+    """Every round's mask digest and metrics that must not depend on the executor (not timings, not pids)."""
+    out = {}
+    for metrics in sorted(runs.glob("imp-*/**/round_*/metrics.json")):
+        m = json.loads(metrics.read_text())
+        mask = hashlib.sha256((metrics.parent / "mask.safetensors").read_bytes()).hexdigest()
+        key = str(metrics.relative_to(runs))
+        out[key] = f"{mask} {m['test_acc']} {m['val_acc']} {m['final_train_loss']!r} {m['sparsity']}"
+    return out
+
+
+def sweep(args: list[str], **kwargs: object) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "ticketlab", "sweep", *args, "-q"], env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+def test_a_ray_sweep_equals_the_serial_one_and_a_failing_run_stops_nothing_else(tmp_path):
+    base = base_config(tmp_path)
+    sets = ["--set", "train.lr=0.05,0.02,3000", "--seeds", "0-1"]
+    serial = sweep([base, *sets, "--runs-dir", str(tmp_path / "serial")])
+    out, err = serial.communicate(timeout=600)
+    assert serial.returncode == 2 and "4 done, 2 failed" in out, out + err
+    parallel = sweep([base, *sets, "--executor", "ray", "--runs-dir", str(tmp_path / "ray")])
+    out, err = parallel.communicate(timeout=600)
+    assert parallel.returncode == 2 and "4 done, 2 failed" in out, out + err
+    assert "diverged" in out and err.strip().splitlines()[-1].startswith("ticketlab: error: 2 of 6 runs")
+    a, b = fingerprint(tmp_path / "serial"), fingerprint(tmp_path / "ray")
+    assert len(a) == 12 and a == b  # 4 finished runs × (2 IMP rounds + 1 OMP round)
+
+
+def test_a_worker_killed_mid_run_is_retried_and_resumes_to_the_same_result(tmp_path):
+    base = base_config(tmp_path, epochs=3)
+    args = [base, "--set", "train.lr=0.05", "--runs-dir"]
+    serial = sweep([*args, str(tmp_path / "serial")])
+    serial.communicate(timeout=600)
+    driver = sweep([*args, str(tmp_path / "ray"), "--executor", "ray"])
+    killed, deadline = None, time.time() + 300
+    while killed is None and time.time() < deadline and driver.poll() is None:
+        checkpoints = list((tmp_path / "ray").glob("imp-*/rounds/.round_*.checkpoint.pt"))
+        status = list((tmp_path / "ray").glob("imp-*/status.json"))
+        if checkpoints and status:
+            pid = json.loads(status[0].read_text())["pid"]
+            os.kill(pid, signal.SIGKILL)  # the Ray worker running the job, mid-round
+            killed = pid
+        time.sleep(0.05)
+    out, err = driver.communicate(timeout=600)
+    assert killed is not None, "the job finished before a checkpoint was seen"
+    assert driver.returncode == 0, out + err
+    runs = list((tmp_path / "ray").glob("imp-*/rounds/round_*/metrics.json"))
+    assert any(json.loads(m.read_text())["resumed_at_step"] for m in runs)  # resumed, not restarted
+    assert fingerprint(tmp_path / "serial") == fingerprint(tmp_path / "ray")
+
+
+def test_a_stopped_driver_resumes_on_rerun_without_recomputing(tmp_path):
+    base = base_config(tmp_path)
+    args = [base, "--set", "train.lr=0.05,0.04,0.03,0.02", "--runs-dir", str(tmp_path / "runs"), "--executor", "ray"]
+    driver = sweep(args)
+    deadline = time.time() + 300
+    while time.time() < deadline and not list((tmp_path / "runs").glob("imp-*/results.md")):
+        time.sleep(0.1)
+    driver.send_signal(signal.SIGTERM)
+    driver.communicate(timeout=120)
+    finished = {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").glob("imp-*/**/round_*/metrics.json")}
+    assert finished
+    again = sweep(args)
+    out, err = again.communicate(timeout=600)
+    assert again.returncode == 0 and "4 done, 0 failed" in out, out + err
+    assert all(path.stat().st_mtime_ns == t for path, t in finished.items())  # finished rounds were not redone
+
+
+def test_bad_clusters_and_resources_fail_with_one_line_before_anything_runs(tmp_path, capsys):
+    base = base_config(tmp_path)
+    code = cli.main(["sweep", base, "--executor", "ray", "--address", "127.0.0.1:1", "--runs-dir",
+                     str(tmp_path / "runs"), "-q"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "127.0.0.1:1" in err
+    assert not list((tmp_path / "runs").glob("imp-*"))
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    try:
+        job = Job("imp-x", "find", {"config": {}}, resources={"num_cpus": 1, "num_gpus": 2})
+        with pytest.raises(ConfigError, match="needs 2 GPU.* cluster has 0"):
+            run_ray([job], tmp_path / "runs", progress=False)
+        with pytest.raises(TicketlabError, match="Ray workers cannot see the runs folder .*a file system every node"):
+            _check_shared_folder(ray, tmp_path / "runs", reader=lambda path: "unreadable: No such file or directory")
+        assert not list((tmp_path / "runs").glob(".probe-*"))  # the probe is removed again
+    finally:
+        ray.shutdown()
