@@ -192,8 +192,11 @@ def _start_ray(ray: Any, address: str | None, num_cpus: int | None) -> None:
                      logging_level="ERROR", log_to_driver=False)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         where = f"at {address}" if address else "on this machine"
-        raise TicketlabError(f"could not reach a Ray cluster {where} ({' '.join(str(exc).split())[:200]}); start "
-                             "one with 'ray start --head', or drop --address to start a local one") from None
+        hint = " (a cluster started by 'ray start' uses token authentication: export RAY_AUTH_MODE=token here, with " \
+               "its token in ~/.ray/auth_token or RAY_AUTH_TOKEN)" if address and \
+            os.environ.get("RAY_AUTH_MODE") != "token" else ""
+        raise TicketlabError(f"could not reach a Ray cluster {where} ({' '.join(str(exc).split())[:200]}){hint}; "
+                             "start one with 'ray start --head', or drop --address to start a local one") from None
 
 
 def _check_resources(ray: Any, jobs: list[Job]) -> None:
