@@ -72,7 +72,7 @@ def test_list_is_generated_from_the_registries(capsys):
     out = capsys.readouterr().out
     sections = {line.rstrip(":") for line in out.splitlines() if not line.startswith(" ")}
     assert sections == {"models", "heads", "tasks", "metrics", "pruning methods", "schedules", "rewind points",
-                        "objectives", "baselines", "studies"}
+                        "objectives", "baselines", "studies", "job kinds"}
     listed = {line.split()[0] for line in out.splitlines() if line.startswith("  ")}
     assert set(MODELS.names()) | set(BASELINES.names()) | set(STUDIES.names()) <= listed
     assert "  random_reinit          random re-init" in out  # a baseline's label lives next to it

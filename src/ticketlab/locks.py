@@ -28,21 +28,37 @@ def run_lock(folder: Path, what: str) -> contextlib.AbstractContextManager[None]
 
 
 @contextmanager
-def file_lock(path: Path, what: str) -> Iterator[None]:
-    """Hold the ``flock`` of file ``path`` (created if missing) for the block; one-line error if it is taken."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-        os.close(fd)
-        raise RunLockedError(f"{what} is in use by process {holder} (another ticketlab command); wait for it to "
-                             f"finish, or stop it (kill {holder}) and re-run") from None
+def file_lock(path: Path, what: str, remove: bool = False) -> Iterator[None]:
+    """Hold the ``flock`` of file ``path`` (created if missing) for the block; one-line error if it is taken.
+
+    ``remove``: delete the file when done (while still holding it), so finished work leaves no lock file behind;
+    a process that locked the file just before it was deleted notices (another inode now, or none) and retries.
+    """
+    for _ in range(100):
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise RunLockedError(f"{what} is in use by process {holder} (another ticketlab command); wait for it to "
+                                 f"finish, or stop it (kill {holder}) and re-run") from None
+        try:
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)  # locked a file that its last holder deleted: lock the new one
+    else:
+        raise RunLockedError(f"could not lock {path} for {what}; delete it and re-run")
     try:
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
         yield
     finally:
+        if remove:
+            Path(path).unlink(missing_ok=True)
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
 

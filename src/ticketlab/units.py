@@ -41,7 +41,7 @@ def run_unit(folder: Path, done_file: str, train: Callable[[Path], T], write: Ca
     main = is_main_process()
     if main:
         folder.parent.mkdir(parents=True, exist_ok=True)
-    with file_lock(unit_lock_path(folder), what) if main else contextlib.nullcontext():
+    with file_lock(unit_lock_path(folder), what, remove=True) if main else contextlib.nullcontext():
         if (folder / done_file).is_file():  # finished by another process while this one waited for the lock
             return None
         checkpoint = training_checkpoint(folder)
@@ -54,5 +54,5 @@ def run_unit(folder: Path, done_file: str, train: Callable[[Path], T], write: Ca
                 raise CorruptFileError(f"{problems[0]} right after writing it (a failing disk?); delete {folder} and "
                                        "re-run")
             checkpoint.unlink(missing_ok=True)
-    wait_for_everyone()  # the lock file stays: unlinking it would let a late process lock a fresh file
+    wait_for_everyone()
     return payload
