@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import sys
 from importlib import resources
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from ticketlab.commands_read import runs_dir_of as _runs_dir
 from ticketlab.comparison import compare_structures
 from ticketlab.config import ConfigError, TaskConfig, from_dict, load_config, parse_config, read_yaml
 from ticketlab.data import TASKS
-from ticketlab.engine import is_main_process
+from ticketlab.engine import is_main_process, launcher_note
 from ticketlab.errors import TicketlabError
 from ticketlab.experiment import run_dir_for, run_experiment
 from ticketlab.export import export_ticket
@@ -42,6 +43,8 @@ def _config_data(args: argparse.Namespace, path: str) -> dict:
 
 
 def cmd_find(args: argparse.Namespace) -> None:
+    if (note := launcher_note()) is not None:
+        print(note, file=sys.stderr)
     source = Path(args.config)
     if is_run_dir(source):  # an existing run folder: resume it where it lives
         config, runs_dir = parse_config(read_json(RunPaths(source).config)), source.parent

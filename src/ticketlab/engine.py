@@ -48,6 +48,15 @@ def resolve_threads(threads: int) -> int:
         return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
 
+def launcher_note() -> str | None:
+    """Under ``accelerate launch`` with one process, say so: on CPU ``--num_processes N`` alone starts one process
+    (``--multi_gpu --num_processes N`` starts N, through torchrun, on CPUs too)."""
+    if "ACCELERATE_DYNAMO_BACKEND" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return None
+    return ("ticketlab: running 1 process (accelerate launch started only one; for N processes use "
+            "'accelerate launch --multi_gpu --num_processes N' — also on CPUs — or 'torchrun --nproc_per_node N')")
+
+
 def is_main_process() -> bool:
     """Whether this process writes files (rank 0, or the only process)."""
     from accelerate import PartialState
