@@ -41,7 +41,8 @@ def fingerprint(runs: Path) -> dict[str, str]:
     out = {}
     for metrics in sorted(runs.glob("imp-*/**/round_*/metrics.json")):
         m = json.loads(metrics.read_text())
-        mask = hashlib.sha256((metrics.parent / "mask.safetensors").read_bytes()).hexdigest()
+        mask_file = metrics.parent / "mask.safetensors"  # transfer folders keep no mask
+        mask = hashlib.sha256(mask_file.read_bytes()).hexdigest() if mask_file.is_file() else "-"
         key = str(metrics.relative_to(runs))
         out[key] = f"{mask} {m['test_acc']} {m['val_acc']} {m['final_train_loss']!r} {m['sparsity']}"
     return out
@@ -125,3 +126,30 @@ def test_bad_clusters_and_resources_fail_with_one_line_before_anything_runs(tmp_
         assert not list((tmp_path / "runs").glob(".probe-*"))  # the probe is removed again
     finally:
         ray.shutdown()
+
+
+def test_the_cv_study_on_ray_equals_the_serial_study(tmp_path):
+    """The study's trainings as a graph (pre-trainings → IMP runs → transfers and perturbations), run on Ray,
+    give the same masks, metrics and transfer rows as the local executor (one thread per process in both)."""
+    from tests.test_study import TINY_STUDY
+    from ticketlab.studies.base import STUDIES, study_config
+
+    cfg = study_config("cv_pretraining", TINY_STUDY)
+    jobs = STUDIES.get("cv_pretraining").jobs(cfg, tmp_path / "runs")
+    kinds = [job.kind for job in jobs]
+    assert kinds.count("pretrain") == len(TINY_STUDY["pretrainings"])
+    assert all(job.after for job in jobs if job.kind != "pretrain")
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(TINY_STUDY))
+    env = {**ENV, "OMP_NUM_THREADS": "1"}
+    outputs = {}
+    for executor in ("local", "ray"):
+        runs = tmp_path / executor
+        done = subprocess.run([sys.executable, "-m", "ticketlab", "study", "cv_pretraining", str(path), "-q",
+                               "--executor", executor, "--runs-dir", str(runs)], capture_output=True, text=True,
+                              env=env, timeout=900)
+        assert done.returncode == 0, done.stderr[-3000:]
+        rows = json.loads(next(runs.glob("study-*/transfer_rows.json")).read_text())
+        outputs[executor] = ([(r["source"], r["seed"], r["round"], r["target"], r["test_acc"]) for r in rows],
+                             fingerprint(runs))
+    assert outputs["local"] == outputs["ray"] and len(outputs["local"][0]) > 10

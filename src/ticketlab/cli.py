@@ -39,6 +39,12 @@ class Parser(argparse.ArgumentParser):
         return "command" if self.prog == "ticketlab" else "choice"
 
 
+def executor_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--executor", default="local", choices=["local", "ray"],
+                   help="local: one training after another in this process; ray: in parallel on a Ray cluster")
+    p.add_argument("--address", help="join a running Ray cluster (auto or HOST:PORT) instead of starting one")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="ticketlab", description="Lottery tickets in pre-trained models")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -91,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("study", nargs="+", metavar="NAME CONFIG", help="study name and its config file")
     study.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     study.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
+    executor_options(study)
     for name, func, text in (
         ("vl-study", "cmd_study_alias", "alias of: ticketlab study vl_tickets CONFIG"),
         ("patch-study", "cmd_study_alias", "alias of: ticketlab study patch_tickets CONFIG"),
@@ -115,9 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--set", action="append", metavar="KEY=V1,V2", help="a dotted config key and its values "
                        "(repeat for a product), e.g. --set train.lr=0.1,0.05")
     sweep.add_argument("--seeds", help="seeds as 0-4 or 0,1,2 (another axis of the product)")
-    sweep.add_argument("--executor", default="local", choices=["local", "ray"],
-                       help="local: one after another in this process; ray: in parallel on a Ray cluster")
-    sweep.add_argument("--address", help="join a running Ray cluster (auto or HOST:PORT) instead of starting one")
+    executor_options(sweep)
     sweep.add_argument("-q", "--quiet", action="store_true", help="no progress")
     sweep.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
     listing = add("list", "cmd_list", "models, tasks, pruning methods, objectives, baselines, studies (the registries)",

@@ -186,7 +186,8 @@ def cmd_study(args: argparse.Namespace) -> None:
         name, config = args.study
     else:
         raise TicketlabError(f"usage: ticketlab study NAME CONFIG.yaml (studies: {', '.join(STUDIES.names())})")
-    out = run_study(name, study_config(name, _config_data(args, config)), _runs_dir(args), progress=not args.quiet)
+    out = run_study(name, study_config(name, _config_data(args, config)), _runs_dir(args), progress=not args.quiet,
+                    executor=getattr(args, "executor", "local"), address=getattr(args, "address", None))
     print(out / "report.md")
 
 

@@ -153,12 +153,11 @@ def run_ray(jobs: list[Job], runs_dir: Path, progress: bool = True, address: str
                 outcome = {"error": f"the worker running it died {RAY_RETRIES + 1} times ({type(exc).__name__})"}
             if "result" in outcome:
                 summary.results[job_id] = outcome["result"]
-                store.index_folder(Path(outcome["result"]))  # the driver is the only writer of the index
             else:
                 summary.failed[job_id] = outcome["error"]
-                folder = Path(runs_dir) / by_id[job_id].id
-                if folder.is_dir():
-                    store.index_folder(folder)
+            folder = Path(runs_dir) / job_id
+            if by_id[job_id].kind == "find" and folder.is_dir():
+                store.index_folder(folder)  # the driver is the only writer of the index
             view.update(summary, len(pending), 1)
         view.close()
     finally:

@@ -12,9 +12,18 @@ from typing import Any
 
 import torch
 
-from ticketlab.config import EngineConfig, ExperimentConfig, ModelConfig, PretrainConfig, config_hash, to_dict
+from ticketlab.config import (
+    EngineConfig,
+    ExperimentConfig,
+    ModelConfig,
+    PretrainConfig,
+    config_hash,
+    from_dict,
+    to_dict,
+)
 from ticketlab.data.base import build_task
 from ticketlab.fileio import ensure_writable_dir, write_json
+from ticketlab.jobs import JOB_KINDS, Job
 from ticketlab.models.base import build_model, model_input_defaults
 from ticketlab.objectives.base import OBJECTIVES
 from ticketlab.paths import (
@@ -76,6 +85,22 @@ def run_pretraining(run: PretrainRun, runs_dir: Path, deterministic: bool = Fals
 
     run_unit(folder, PRETRAINED_BACKBONE, train, write, f"pre-training {folder.name}")
     return checkpoint
+
+
+@JOB_KINDS.register("pretrain")
+def pretrain_job(payload: dict[str, Any], runs_dir: Path, progress: bool, index: bool = True) -> str:
+    """One pre-training (θp), shared by every IMP run that starts from it."""
+    run = from_dict(PretrainRun, payload["run"])
+    return str(run_pretraining(run, runs_dir, bool(payload.get("deterministic")), progress).parent)
+
+
+def pretrain_job_for(cfg: ExperimentConfig, runs_dir: Path) -> Job:
+    """The job of the pre-training ``cfg``'s θp comes from (its id: the pre-training's folder name)."""
+    run = pretrain_run_for(cfg)
+    return Job(pretrain_dir(runs_dir, config_hash(run)).name, "pretrain",
+               {"run": to_dict(run), "deterministic": cfg.deterministic},
+               resources={"num_cpus": 1, "num_gpus": 0, **cfg.engine.resources},
+               label=f"pre-train {run.pretrain.objective}")
 
 
 def pretrained_heads(result: Any) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

@@ -15,10 +15,11 @@ from typing import Any
 import torch
 
 from ticketlab.analysis import PERTURBATIONS, perturb
-from ticketlab.config import TaskConfig, TrainConfig, config_hash, parse_config, to_dict
+from ticketlab.config import TaskConfig, TrainConfig, config_hash, from_dict, parse_config, to_dict
 from ticketlab.data.base import Task, build_task
 from ticketlab.errors import TicketlabError
 from ticketlab.fileio import is_writable, read_json, write_json
+from ticketlab.jobs import JOB_KINDS, Job
 from ticketlab.masks import Mask
 from ticketlab.models.base import build_model, model_input_defaults
 from ticketlab.objectives.base import OBJECTIVES
@@ -90,6 +91,24 @@ def transfer_ticket(run_dir: Path, k: int, spec: TransferSpec, task: Task | None
     if payload is None:
         return TransferResult(read_json(folder / METRICS))
     return TransferResult(payload[0], payload[1].state)
+
+
+@JOB_KINDS.register("transfer")
+def transfer_job(payload: dict[str, Any], runs_dir: Path, progress: bool, index: bool = True) -> str:
+    """Fine-tune one round's ticket (or its perturbation named by ``spec.variant``) from θp on a target task."""
+    run, k = Path(runs_dir) / payload["source"], int(payload["round"])
+    spec = from_dict(TransferSpec, payload["spec"])
+    mask = None if spec.variant == "ticket" else perturb(Mask.load(RunPaths(run).mask(IMP, k)), spec.variant, spec.seed)
+    transfer_ticket(run, k, spec, mask=mask, progress=progress)
+    return str(run)
+
+
+def transfer_job_for(source: str, k: int, spec: TransferSpec, resources: dict[str, float] | None = None) -> Job:
+    """The job of one transfer of run ``source``'s round ``k`` (it waits for the run's own job)."""
+    return Job(f"{source}:{k}:{spec.target.name}-{config_hash(spec)}", "transfer",
+               {"source": source, "round": k, "spec": to_dict(spec)}, after=(source,),
+               resources={"num_cpus": 1, "num_gpus": 0, **(resources or {})},
+               label=f"transfer {source}:{k} -> {spec.target.name} ({spec.variant}, seed {spec.seed})")
 
 
 def target_task(run_dir: Path, spec: TransferSpec) -> Task:

@@ -2,7 +2,9 @@
 
 A study is a config dataclass, ``check(cfg)`` — everything a long run would trip over later, called
 both when the config is loaded and when the study runs — and ``run(cfg, runs_dir, progress)``, which
-returns the study's folder holding ``report.md``. Adding one is a new module under ``studies/`` that
+returns the study's folder holding ``report.md``. Optionally ``jobs(cfg, runs_dir)``: the study's trainings as a
+graph of jobs (``ticketlab.jobs``), run first on the chosen executor (in parallel on Ray), after which ``run``
+finds every result finished and only assembles the report. Adding one is a new module under ``studies/`` that
 ends with ``STUDIES.register("name")(Study(...))``, plus its import line in ``ticketlab.plugins``.
 """
 
@@ -14,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from ticketlab.config import from_dict, read_yaml
+from ticketlab.errors import ConfigError, TicketlabError
+from ticketlab.jobs import Job
 from ticketlab.registry import Registry
 
 
@@ -23,6 +27,7 @@ class Study:
     check: Callable[[Any], None]
     run: Callable[[Any, Path, bool], Path]
     description: str = ""
+    jobs: Callable[[Any, Path], list[Job]] | None = None
 
 
 STUDIES: Registry[Study] = Registry("study")
@@ -41,9 +46,21 @@ def study_config(name: str, data: dict[str, Any]) -> Any:
     return cfg
 
 
-def run_study(name: str, cfg: Any, runs_dir: str | Path = "runs", progress: bool = True) -> Path:
-    """Check and run (or resume) study ``name``; return its folder (with ``report.md``)."""
+def run_study(name: str, cfg: Any, runs_dir: str | Path = "runs", progress: bool = True, executor: str = "local",
+              address: str | None = None) -> Path:
+    """Check and run (or resume) study ``name``; return its folder (with ``report.md``). A study with a job graph
+    runs it on ``executor`` first; a failed job stops the study before its report, naming every failure."""
+    from ticketlab.executors import run_graph
+
     study = STUDIES.get(name)
     study.check(cfg)
+    if study.jobs is not None:
+        summary = run_graph(study.jobs(cfg, Path(runs_dir)), Path(runs_dir), executor, progress, address)
+        if summary.failed or summary.skipped:
+            raise TicketlabError(f"{len(summary.failed) + len(summary.skipped)} of the study's trainings did not "
+                                 f"finish ({'; '.join(summary.lines()[1:4])}); fix the cause and re-run: finished "
+                                 "ones are kept")
+    elif executor != "local":
+        raise ConfigError(f"study {name} has no job graph yet: it runs with --executor local only")
     return study.run(cfg, Path(runs_dir), progress)
 
