@@ -28,6 +28,7 @@ from ticketlab.figures import markdown_table
 from ticketlab.fileio import ensure_writable_dir, read_json, write_json, write_text
 from ticketlab.jobs import JOB_KINDS, Job
 from ticketlab.paths import load_run
+from ticketlab.pretrain import pretrain_job_for
 from ticketlab.store import folder_status
 
 
@@ -35,6 +36,21 @@ from ticketlab.store import folder_status
 def find_job(payload: dict[str, Any], runs_dir: Path, progress: bool, index: bool = True) -> str:
     """One IMP run with its baselines (what ``ticketlab find`` runs)."""
     return str(run_experiment(parse_config(payload["config"]), runs_dir, progress, index=index))
+
+
+def experiment_jobs(cfg: ExperimentConfig, runs_dir: Path, label: str = "") -> list[Job]:
+    """The jobs of one IMP run: its pre-training first (when it has one: runs sharing a θp then wait for one
+    pre-training instead of racing for it), then the run itself (its id is the run id)."""
+    resources = {"num_cpus": 1, "num_gpus": 0, **cfg.engine.resources}
+    before = [pretrain_job_for(cfg, runs_dir)] if cfg.pretrain is not None else []
+    run_id = run_dir_for(cfg, runs_dir).name
+    return [*before, Job(run_id, "find", {"config": to_dict(cfg)}, after=tuple(j.id for j in before),
+                         resources=resources, label=label)]
+
+
+def merge_jobs(groups: list[list[Job]]) -> list[Job]:
+    """Jobs of several groups, each id once (runs sharing a pre-training share its job)."""
+    return list({job.id: job for group in groups for job in group}.values())
 
 
 def parse_seeds(text: str | None) -> list[int] | None:
@@ -115,13 +131,8 @@ def sweep_id(base: dict[str, Any], sets: dict[str, list[Any]], seeds: list[int] 
 
 
 def sweep_jobs(points: list[tuple[dict[str, Any], ExperimentConfig]], runs_dir: Path) -> list[Job]:
-    jobs = {}
-    for values, cfg in points:
-        run_id = run_dir_for(cfg, runs_dir).name
-        resources = {"num_cpus": 1, "num_gpus": 0, **cfg.engine.resources}
-        jobs[run_id] = Job(run_id, "find", {"config": to_dict(cfg)}, resources=resources,
-                           label=", ".join(f"{k}={v}" for k, v in values.items()))
-    return list(jobs.values())
+    return merge_jobs([experiment_jobs(cfg, runs_dir, ", ".join(f"{k}={v}" for k, v in values.items()))
+                       for values, cfg in points])
 
 
 def write_sweep(runs_dir: Path, sid: str, base: dict[str, Any], sets: dict[str, list[Any]],

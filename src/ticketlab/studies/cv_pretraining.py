@@ -26,7 +26,6 @@ from ticketlab.config import (
     PruneConfig,
     TaskConfig,
     TrainConfig,
-    to_dict,
     validate,
 )
 from ticketlab.data.scenes import stream_seeds
@@ -35,12 +34,12 @@ from ticketlab.fileio import write_json
 from ticketlab.jobs import Job
 from ticketlab.masks import Mask
 from ticketlab.paths import IMP, RunPaths
-from ticketlab.pretrain import pretrain_job_for
 from ticketlab.progress import progress_bar
 from ticketlab.schedules import round_sparsities
 from ticketlab.studies.base import STUDIES, Study
 from ticketlab.studies.common import open_study_dir, study_tasks
 from ticketlab.studies.cv_report import write_cv_report
+from ticketlab.sweep import experiment_jobs, merge_jobs
 from ticketlab.transfer import TransferSpec, perturbation_sensitivity, transfer_job_for, transfer_ticket
 
 
@@ -179,25 +178,15 @@ def run_cv_study(study: StudyConfig, runs_dir: Path, progress: bool = True) -> P
 
 def cv_study_jobs(study: StudyConfig, runs_dir: Path) -> list[Job]:
     """Every training of the study as a graph: pre-trainings → IMP runs → transfers and perturbations."""
-    jobs: dict[str, Job] = {}
-    runs = {}
-    for key, cfg in {**pretraining_configs(study), **downstream_configs(study)}.items():
-        pretrain = pretrain_job_for(cfg, runs_dir)
-        run_id = run_dir_for(cfg, runs_dir).name
-        jobs.setdefault(pretrain.id, pretrain)
-        jobs[run_id] = Job(run_id, "find", {"config": to_dict(cfg)}, after=(pretrain.id,),
-                           resources={"num_cpus": 1, "num_gpus": 0, **cfg.engine.resources}, label=str(key))
-        runs[key] = run_id
+    configs = {**pretraining_configs(study), **downstream_configs(study)}
+    groups = [experiment_jobs(cfg, runs_dir, str(key)) for key, cfg in configs.items()]
     rounds = len(round_sparsities(study.prune.schedule, study.prune.rounds, study.prune.rate, study.prune.sparsities))
-    for label, seed in pretraining_configs(study):
-        source = runs[label, seed]
+    for (_, seed), cfg in pretraining_configs(study).items():
         specs = [(k, TransferSpec(t, study.downstream_train, seed)) for t in study.downstream for k in range(rounds + 1)]
         specs += [(study.analysis_round, TransferSpec(study.downstream[0], study.downstream_train, seed, variant))
                   for variant in ("ticket", *PERTURBATIONS)]
-        for k, spec in specs:
-            job = transfer_job_for(source, k, spec)
-            jobs.setdefault(job.id, job)
-    return list(jobs.values())
+        groups.append([transfer_job_for(run_dir_for(cfg, runs_dir).name, k, spec) for k, spec in specs])
+    return merge_jobs(groups)
 
 
 STUDIES.register("cv_pretraining")(Study(StudyConfig, check_study, run_cv_study,

@@ -27,14 +27,16 @@ from ticketlab.config import (
     check_rounds,
     validate,
 )
-from ticketlab.experiment import run_experiment
+from ticketlab.experiment import run_dir_for, run_experiment
 from ticketlab.fileio import write_json
+from ticketlab.jobs import Job
 from ticketlab.paths import load_run
 from ticketlab.progress import progress_bar
 from ticketlab.studies.base import STUDIES, Study
 from ticketlab.studies.common import open_study_dir, study_tasks
 from ticketlab.studies.vl_report import write_vl_report
-from ticketlab.transfer import TransferSpec, transfer_ticket
+from ticketlab.sweep import experiment_jobs, merge_jobs
+from ticketlab.transfer import TransferSpec, transfer_job_for, transfer_ticket
 
 
 @dataclass(frozen=True)
@@ -94,20 +96,35 @@ def task_configs(study: VLStudyConfig) -> dict[tuple[str, int], ExperimentConfig
             for t in study.tasks for s in study.seeds}
 
 
+def transfer_specs(study: VLStudyConfig) -> list[tuple[int, TaskConfig, int, str, TransferSpec]]:
+    """(seed, target, round, kind, spec) of every transfer: seed i's pre-training mask, fine-tuned with seed i."""
+    adversarial = {"objective": "villa", "objective_options": study.adversarial_options}
+    adv_tasks = study.adversarial_tasks or [t.name for t in study.tasks]
+    jobs = [(t, k, "standard") for t in study.tasks for k in [0, *study.transfer_rounds]]
+    jobs += [(t, k, "adversarial") for t in study.tasks if t.name in adv_tasks for k in study.adversarial_rounds]
+    return [(seed, t, k, kind, TransferSpec(t, study.downstream_train, seed,
+                                            **(adversarial if kind == "adversarial" else {})))
+            for seed in study.seeds for t, k, kind in jobs]
+
+
+def vl_study_jobs(study: VLStudyConfig, runs_dir: Path) -> list[Job]:
+    """Every training of the study as a graph: the shared pre-training → IMP runs → transfers."""
+    configs = {**{("pretraining", s): c for s, c in pretraining_configs(study).items()}, **task_configs(study)}
+    groups = [experiment_jobs(cfg, runs_dir, str(key)) for key, cfg in configs.items()]
+    sources = {s: run_dir_for(c, runs_dir).name for s, c in pretraining_configs(study).items()}
+    groups.append([transfer_job_for(sources[seed], k, spec) for seed, _, k, _, spec in transfer_specs(study)])
+    return merge_jobs(groups)
+
+
 def run_vl_study(study: VLStudyConfig, runs_dir: Path, progress: bool = True) -> Path:
     runs_dir, out = open_study_dir(runs_dir, "vl-study", study)
     pretraining_runs = {s: run_experiment(cfg, runs_dir, progress) for s, cfg in pretraining_configs(study).items()}
     task_runs = {key: run_experiment(cfg, runs_dir, progress) for key, cfg in task_configs(study).items()}
 
     tasks = study_tasks(study.model, study.tasks)
-    adversarial = {"objective": "villa", "objective_options": study.adversarial_options}
-    adv_tasks = study.adversarial_tasks or list(tasks)
-    jobs = [(t, k, "standard") for t in study.tasks for k in [0, *study.transfer_rounds]]
-    jobs += [(t, k, "adversarial") for t in study.tasks if t.name in adv_tasks for k in study.adversarial_rounds]
-    jobs = [(seed, *job) for seed in study.seeds for job in jobs]  # seed i's pre-training mask, fine-tuned with seed i
     transfers = []
-    for seed, target, k, kind in progress_bar(jobs, desc="transfer", disable=not progress, unit="fine-tune"):
-        spec = TransferSpec(target, study.downstream_train, seed, **(adversarial if kind == "adversarial" else {}))
+    for seed, target, k, kind, spec in progress_bar(transfer_specs(study), desc="transfer", disable=not progress,
+                                                    unit="fine-tune"):
         metrics = transfer_ticket(pretraining_runs[seed], k, spec, tasks[target.name], progress=progress).metrics
         transfers.append({"target": target.name, "round": k, "kind": kind, "seed": seed, "sparsity": metrics["sparsity"],
                           "test_acc": metrics["test_acc"], "val_acc": metrics["val_acc"],
@@ -120,4 +137,5 @@ def run_vl_study(study: VLStudyConfig, runs_dir: Path, progress: bool = True) ->
 
 
 STUDIES.register("vl_tickets")(Study(VLStudyConfig, check_study, run_vl_study,
-                                     "V+L tickets: pre-training and task-specific IMP, universal tickets, VILLA"))
+                                     "V+L tickets: pre-training and task-specific IMP, universal tickets, VILLA",
+                                     jobs=vl_study_jobs))
