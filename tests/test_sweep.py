@@ -93,3 +93,19 @@ def test_the_local_executor_skips_what_depends_on_a_failed_job(tmp_path):
     summary = run_local(jobs, tmp_path / "runs", progress=False)
     assert list(summary.failed) == ["bad"] and summary.skipped == {"after-bad": "bad"}
     assert list(summary.results) == ["good"]
+
+
+def test_adding_engine_fields_renamed_no_existing_run_or_study_folder():
+    """The ids of the shipped configs as computed before engine.threads / engine.resources existed: finished runs
+    and studies of earlier versions keep being found (a study hashes its lists of dataclasses by repr)."""
+    from pathlib import Path
+
+    from ticketlab.config import config_hash, load_config
+    from ticketlab.studies.base import study_config
+
+    root = Path(__file__).resolve().parents[1]
+    expected = {"cv_pretraining": "1be3e0db5e9a", "vl_tickets": "18292c13a107", "patch_tickets": "95fff3af72df"}
+    for name, digest in expected.items():
+        data = yaml.safe_load((root / "examples" / f"{name}_study.yaml").read_text())
+        assert config_hash(study_config(name, data)) == digest, name
+    assert config_hash(load_config(root / "src/ticketlab/configs/demo.yaml")) == "5440b79ad5fd"

@@ -85,8 +85,10 @@ class EngineConfig:
     workers: int = field(default=0, metadata=NOT_HASHED)  # data-loader processes decoding batches in parallel
     tracking: Literal["none", "tensorboard", "mlflow"] = field(default="none", metadata=NOT_HASHED)
     checkpoint_every: int = field(default=200, metadata=NOT_HASHED)  # steps between mid-round checkpoints (+ epoch ends)
-    threads: int = 0  # CPU threads per process (intra-op); 0 = auto: OMP_NUM_THREADS, else the usable cores
-    resources: dict[str, float] = field(default_factory=dict, metadata=NOT_HASHED)  # per job under an executor
+    # repr=False on fields added later: a study config hashes its lists of dataclasses by repr, and a new field in
+    # that repr would rename every existing study folder (the run hash itself skips default values anyway)
+    threads: int = field(default=0, repr=False)  # CPU threads per process; 0 = auto: OMP_NUM_THREADS, else all cores
+    resources: dict[str, float] = field(default_factory=dict, metadata=NOT_HASHED, repr=False)  # per executor job
 
     def __post_init__(self) -> None:
         _check_ranges(self, "engine", positive=("grad_accumulation",),

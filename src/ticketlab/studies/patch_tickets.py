@@ -30,12 +30,14 @@ from ticketlab.config import (
     TaskConfig,
     TrainConfig,
     config_hash,
+    from_dict,
     to_dict,
     validate,
 )
 from ticketlab.data.base import Split, Task, build_task, subset
 from ticketlab.experiment import run_experiment
 from ticketlab.fileio import ensure_writable_dir, read_json, write_json
+from ticketlab.jobs import JOB_KINDS, Job
 from ticketlab.metrics import accuracy
 from ticketlab.models.base import build_model, model_input_defaults
 from ticketlab.objectives.patches import RandomPatches, TicketPatches
@@ -53,6 +55,7 @@ from ticketlab.paths import (
 from ticketlab.progress import progress_bar
 from ticketlab.studies.base import STUDIES, Study
 from ticketlab.studies.patch_report import write_patch_report
+from ticketlab.sweep import experiment_jobs, merge_jobs
 from ticketlab.tensorfiles import save_tensors
 from ticketlab.train import Callback, train_model
 from ticketlab.units import run_unit
@@ -224,6 +227,46 @@ def train_student(cfg: PatchStudyConfig, keep_rate: float, seed: int, variant: s
     return read_json(folder / METRICS) if payload is None else payload[0]
 
 
+def student_variants(cfg: PatchStudyConfig, keep_rate: float) -> list[str]:
+    return ["ticket", "rc"] + (["rc_budget"] if keep_rate in cfg.equal_budget_rates else []) + \
+        (["position"] if cfg.position_control else [])
+
+
+@JOB_KINDS.register("select")
+def select_job(payload: dict[str, Any], runs_dir: Path, progress: bool, index: bool = True) -> str:
+    """A patch-ticket selector: (fine-tune and) run it over its dataset, writing every image's ticket."""
+    return str(run_selection(from_dict(SelectorConfig, payload["selector"]), runs_dir, progress).parent)
+
+
+@JOB_KINDS.register("patch_student")
+def student_job(payload: dict[str, Any], runs_dir: Path, progress: bool, index: bool = True) -> str:
+    """One ViT student of the patch study: trained on ticket, random (RC) or position-only patches."""
+    cfg, k = from_dict(PatchStudyConfig, payload["study"]), float(payload["keep_rate"])
+    selector = dataclasses.replace(cfg.selector, keep_rate=k)
+    folder = student_dir(study_dir(runs_dir, "patchstudy", config_hash(cfg)), k, payload["seed"], payload["variant"])
+    train_student(cfg, k, payload["seed"], payload["variant"], select_dir(runs_dir, config_hash(selector)) / TICKETS,
+                  folder, progress)
+    return str(folder)
+
+
+def patch_study_jobs(cfg: PatchStudyConfig, runs_dir: Path) -> list[Job]:
+    """Every training of the study as a graph: selectors → students; the weight-level IMP runs beside them."""
+    resources = {"num_cpus": 1, "num_gpus": 0, **cfg.engine.resources}
+    groups, study = [], study_dir(runs_dir, "patchstudy", config_hash(cfg)).name
+    for k in cfg.keep_rates:
+        selector = dataclasses.replace(cfg.selector, keep_rate=k)
+        selector_id = select_dir(runs_dir, config_hash(selector)).name
+        groups.append([Job(selector_id, "select", {"selector": to_dict(selector)}, resources=resources,
+                           label=f"selector k={k}")])
+        groups.append([Job(f"{study}/k{k}/{seed}/{variant}", "patch_student",
+                           {"study": to_dict(cfg), "keep_rate": k, "seed": seed, "variant": variant},
+                           after=(selector_id,), resources=resources, label=f"{variant} k={k} seed {seed}")
+                       for seed in cfg.seeds for variant in student_variants(cfg, k)])
+    groups += [experiment_jobs(dataclasses.replace(w.experiment, seed=s), runs_dir, f"{w.label} seed {s}")
+               for w in cfg.weight_level for s in cfg.weight_seeds]
+    return merge_jobs(groups)
+
+
 def run_patch_study(cfg: PatchStudyConfig, runs_dir: Path, progress: bool = True) -> Path:
     runs_dir = ensure_writable_dir(Path(runs_dir))
     out = study_dir(runs_dir, "patchstudy", config_hash(cfg))
@@ -233,9 +276,7 @@ def run_patch_study(cfg: PatchStudyConfig, runs_dir: Path, progress: bool = True
     for k in cfg.keep_rates:
         tickets_path = ticket_files[k] = run_selection(dataclasses.replace(cfg.selector, keep_rate=k), runs_dir,
                                                        progress)
-        variants = ["ticket", "rc"] + (["rc_budget"] if k in cfg.equal_budget_rates else []) + \
-            (["position"] if cfg.position_control else [])
-        jobs = [(seed, v) for seed in cfg.seeds for v in variants]
+        jobs = [(seed, v) for seed in cfg.seeds for v in student_variants(cfg, k)]
         for seed, variant in progress_bar(jobs, desc=f"students k={k}", disable=not progress):
             folder = student_dir(out, k, seed, variant)
             rows.append(train_student(cfg, k, seed, variant, tickets_path, folder, progress))
@@ -247,4 +288,5 @@ def run_patch_study(cfg: PatchStudyConfig, runs_dir: Path, progress: bool = True
 
 
 STUDIES.register("patch_tickets")(Study(PatchStudyConfig, check_patch_study, run_patch_study,
-                                        "data-level tickets: ticket vs random-patch ViT students"))
+                                        "data-level tickets: ticket vs random-patch ViT students",
+                                        jobs=patch_study_jobs))
