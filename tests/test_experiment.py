@@ -8,12 +8,13 @@ from ticketlab import cli
 from ticketlab.baselines import BASELINES
 from ticketlab.config import config_hash, parse_config
 from ticketlab.data import build_task
-from ticketlab.experiment import RunContext, run_dir_for, run_experiment
+from ticketlab.experiment import run_dir_for, run_experiment
 from ticketlab.masks import Mask
 from ticketlab.paths import load_run
 from ticketlab.pretrain import PretrainRun
 from ticketlab.pruning import target_pruned_count
 from ticketlab.rewind import REWIND_POINTS
+from ticketlab.run_context import RunContext
 from ticketlab.store import ResultStore
 from ticketlab.tensorfiles import load_tensors
 

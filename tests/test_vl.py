@@ -11,12 +11,13 @@ from ticketlab.config import parse_config
 from ticketlab.data import build_task
 from ticketlab.data.scenes import generate_scenes
 from ticketlab.errors import DataError
-from ticketlab.experiment import RunContext, run_experiment
+from ticketlab.experiment import run_experiment
 from ticketlab.masks import Mask
 from ticketlab.models import build_model
 from ticketlab.models.hf import minilm_path
 from ticketlab.objectives import OBJECTIVES
 from ticketlab.prunable import prunable_names
+from ticketlab.run_context import RunContext
 from ticketlab.vl.adversarial import AdversarialTrace, adversarial_loss, ascend, symmetric_kl
 from ticketlab.vl.benchmark import VL_TASKS, generate
 from ticketlab.vl.features import image_features, region_class

@@ -12,7 +12,6 @@ import contextlib
 import math
 import os
 import shutil
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ import torch
 from ticketlab.baselines.base import BASELINES, branch_label
 from ticketlab.checkpoints import load_backbone
 from ticketlab.config import ConfigError, ExperimentConfig, check_theta_p_source, config_hash, to_dict
-from ticketlab.data.base import Task, build_task
+from ticketlab.data.base import build_task
 from ticketlab.engine import Engine, is_main_process, same_on_every_rank, wait_for_everyone
 from ticketlab.errors import TicketlabError
 from ticketlab.fileio import (
@@ -35,7 +34,7 @@ from ticketlab.fileio import (
 )
 from ticketlab.locks import run_lock
 from ticketlab.masks import Mask
-from ticketlab.models.base import TicketModel, build_model, model_input_defaults
+from ticketlab.models.base import model_input_defaults
 from ticketlab.objectives.base import OBJECTIVES
 from ticketlab.paths import (
     EARLY,
@@ -46,100 +45,23 @@ from ticketlab.paths import (
     WEIGHTS,
     RunPaths,
     check_round,
-    load_theta_p,
     write_history,
 )
 from ticketlab.paths import run_dir as run_dir_of
-from ticketlab.pretrain import heads_for_run, pretrain_run_for, run_pretraining
+from ticketlab.pretrain import pretrain_run_for, run_pretraining
 from ticketlab.progress import log_line, progress_bar
-from ticketlab.prunable import prunable_names
 from ticketlab.pruning.base import prune, target_pruned_count
 from ticketlab.report import write_report
 from ticketlab.rewind import rewound_state
-from ticketlab.schedules import round_sparsities
+from ticketlab.run_context import RunContext
 from ticketlab.store import NoIndex, ResultStore, set_status
-from ticketlab.tensorfiles import check_finite, load_tensors, save_tensors, sidecar_path
+from ticketlab.tensorfiles import check_finite, save_tensors, sidecar_path
 from ticketlab.train import SnapshotAtStep, TrainResult, train_model
 from ticketlab.units import run_unit
 
 
 def run_dir_for(config: ExperimentConfig, runs_dir: Path) -> Path:
     return run_dir_of(runs_dir, config_hash(config))
-
-
-class RunContext:
-    """Generic accessors to what a round or a baseline branch needs, loaded lazily from the run folder.
-
-    Special start states (a baseline's, a rewind point's) are computed by their plug-in from these;
-    :meth:`memo` lets them cache what they compute for the rest of the run.
-    """
-
-    def __init__(self, config: ExperimentConfig, run_dir: Path, task: Task) -> None:
-        self.config = config
-        self.paths = RunPaths(run_dir)
-        self.dir = self.paths.root
-        self.task = task
-        self.sparsities = [0.0, *round_sparsities(config.prune.schedule, config.prune.rounds, config.prune.rate,
-                                                  config.prune.sparsities)]
-        self._memo: dict[str, Any] = {}
-
-    def memo(self, key: str, compute: Callable[[], Any]) -> Any:
-        """``compute()`` once per run context (states are large; rounds reuse them)."""
-        if key not in self._memo:
-            self._memo[key] = compute()
-        return self._memo[key]
-
-    # models and weights -----------------------------------------------------------------------
-    def fresh_model(self, random_init: bool = False, init_seed: int | None = None) -> TicketModel:
-        """The architecture with the run's seeded head; ``random_init`` draws its weights from ``init_seed``."""
-        seed = self.config.seed if init_seed is None else init_seed
-        return build_model(self.config.model.name, self.task.num_classes, self.config.model.options, seed=seed,
-                           head=self.task.head, head_seed=self.config.seed, random_init=random_init,
-                           normalize=self.config.model.normalize)
-
-    def pretrained_state(self) -> dict[str, torch.Tensor]:
-        return self.memo("theta_p", lambda: load_theta_p(self.dir))
-
-    def imp_weights(self, k: int) -> dict[str, torch.Tensor]:
-        """The trained weights of IMP round ``k`` (round 0: the dense task-trained weights)."""
-        if not self.paths.weights(k).is_file() and self.paths.is_done(IMP, k):
-            raise TicketlabError(f"the weights of round {k} of {self.dir.name} were not kept (keep: needed keeps θp, "
-                                 "round 0 and the last round); set keep: all in a new run to keep every round's")
-        return load_tensors(self.paths.weights(k))[0]
-
-    def structure(self) -> TicketModel:
-        """The architecture, built once per run, for pruning methods that need its structure (heads, blocks)."""
-        return self.memo("structure", self.fresh_model)
-
-    def pretrained_heads(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
-        """IMP on the pre-training task itself (same objective, options and task): the pre-training's head and
-        objective parts, which belong to θp and are rewound with it (as the MoCo code rewinds its key encoder and
-        queue); None otherwise or for pre-trainings written before heads were kept."""
-        return self.memo("pretrained_heads", lambda: heads_for_run(self.config, self.dir.parent))
-
-    def pruning_weights(self, k: int) -> dict[str, torch.Tensor]:
-        """The weights round ``k + 1`` prunes from: round ``k``'s end-of-training weights (``prune.weights: final``,
-        as LTH and the papers' code do) or its best-validation ones. Rounds written before final weights were kept
-        fall back to the best-validation weights they were pruned from then."""
-        final = self.paths.final_weights(k)
-        if self.config.prune.weights == "final" and final.is_file():
-            return load_tensors(final)[0]
-        return self.imp_weights(k)
-
-    # masks -------------------------------------------------------------------------------------
-    def prunable(self) -> list[str]:
-        return self.memo("prunable", lambda: prunable_names(self.fresh_model(), self.config.prune.prunable))
-
-    def dense_mask(self) -> Mask:
-        """All ones over the prunable set (shapes from θp, so no model is built)."""
-        theta_p = self.pretrained_state()
-        return Mask({n: torch.ones_like(theta_p[n], dtype=torch.bool) for n in self.prunable()})
-
-    def sparsity(self, k: int) -> float:
-        return self.sparsities[k]
-
-    def imp_mask(self, k: int) -> Mask:
-        return Mask.load(self.paths.mask(IMP, k))
 
 
 def prepare_theta_p(run: RunContext, runs_dir: Path, progress: bool) -> None:

@@ -1,6 +1,6 @@
 """Rewind points: the weights the survivors of each IMP round are reset to.
 
-Each entry maps a :class:`~ticketlab.experiment.RunContext` to a full model state dict, computed from
+Each entry maps a :class:`~ticketlab.branching.BranchView` (the run) to a full model state dict, computed from
 the run's generic accessors.
 """
 
@@ -12,39 +12,38 @@ from typing import TYPE_CHECKING
 import torch
 
 from ticketlab.registry import Registry
-from ticketlab.tensorfiles import load_tensors
 
 if TYPE_CHECKING:
-    from ticketlab.experiment import RunContext
+    from ticketlab.branching import BranchView
 
-RewindPoint = Callable[["RunContext"], dict[str, torch.Tensor]]
+RewindPoint = Callable[["BranchView"], dict[str, torch.Tensor]]
 REWIND_POINTS: Registry[RewindPoint] = Registry("rewind point")
 
 
 @REWIND_POINTS.register("pretrained")
-def pretrained(run: RunContext) -> dict[str, torch.Tensor]:
+def pretrained(run: BranchView) -> dict[str, torch.Tensor]:
     """θp (the default)."""
     return run.pretrained_state()
 
 
 @REWIND_POINTS.register("init")
-def random_init(run: RunContext) -> dict[str, torch.Tensor]:
+def random_init(run: BranchView) -> dict[str, torch.Tensor]:
     """θ0: the run's own random initialisation of its architecture."""
     return run.memo("random_init", lambda: run.fresh_model(random_init=True).state_dict())
 
 
 @REWIND_POINTS.register("early")
-def early(run: RunContext) -> dict[str, torch.Tensor]:
+def early(run: BranchView) -> dict[str, torch.Tensor]:
     """The weights after ``prune.rewind_steps`` steps of dense fine-tuning."""
-    return run.memo("early", lambda: load_tensors(run.paths.early())[0])
+    return run.early_weights()
 
 
 @REWIND_POINTS.register("trained")
-def trained(run: RunContext) -> dict[str, torch.Tensor]:
+def trained(run: BranchView) -> dict[str, torch.Tensor]:
     """The task-trained dense weights (round 0)."""
     return run.imp_weights(0)
 
 
-def rewound_state(run: RunContext) -> dict[str, torch.Tensor]:
+def rewound_state(run: BranchView) -> dict[str, torch.Tensor]:
     """The start weights of the run's configured rewind point."""
-    return REWIND_POINTS.get(run.config.prune.rewind)(run)
+    return REWIND_POINTS.get(run.rewind_point)(run)

@@ -16,10 +16,10 @@ from ticketlab.registry import Registry
 if TYPE_CHECKING:  # reports read labels from here without torch
     import torch
 
-    from ticketlab.experiment import RunContext
+    from ticketlab.branching import BranchView
     from ticketlab.masks import Mask
 
-Branch = Callable[["RunContext", int], "tuple[Mask, dict[str, torch.Tensor]]"]
+Branch = Callable[["BranchView", int], "tuple[Mask, dict[str, torch.Tensor]]"]
 
 
 @dataclass(frozen=True)
@@ -27,7 +27,7 @@ class Baseline:
     label: str  # how reports and plots name it
     func: Branch
 
-    def __call__(self, run: RunContext, k: int) -> tuple[Mask, dict[str, torch.Tensor]]:
+    def __call__(self, run: BranchView, k: int) -> tuple[Mask, dict[str, torch.Tensor]]:
         return self.func(run, k)
 
 

@@ -13,49 +13,49 @@ from ticketlab.pruning.base import PRUNING_METHODS, prune
 from ticketlab.rewind import rewound_state
 
 if TYPE_CHECKING:
-    from ticketlab.experiment import RunContext
+    from ticketlab.branching import BranchView
 
 Start = tuple[Mask, dict[str, torch.Tensor]]
 
 
 @baseline("omp", "one-shot magnitude")
-def one_shot_magnitude(run: RunContext, k: int) -> Start:
+def one_shot_magnitude(run: BranchView, k: int) -> Start:
     """OMP: prune the dense task-trained weights straight to round k's sparsity, then rewind."""
-    mask = prune(run.config.prune.method, run.pruning_weights(0), run.dense_mask(), run.sparsity(k), None,
+    mask = prune(run.prune_method, run.pruning_weights(0), run.dense_mask(), run.sparsity(k), None,
                  run.structure())
     return mask, rewound_state(run)
 
 
 @baseline("random_prune", "random pruning")
-def random_pruning(run: RunContext, k: int) -> Start:
+def random_pruning(run: BranchView, k: int) -> Start:
     """RP: a random mask at round k's sparsity (same scope as the IMP method), on the rewind weights."""
-    scope = PRUNING_METHODS.get(run.config.prune.method).scope
-    generator = torch.Generator().manual_seed(run.config.seed * 7919 + 1000 + k)
+    scope = PRUNING_METHODS.get(run.prune_method).scope
+    generator = torch.Generator().manual_seed(run.seed * 7919 + 1000 + k)
     mask = prune(f"{scope}_random", run.pretrained_state(), run.dense_mask(), run.sparsity(k), generator,
                  run.structure())
     return mask, rewound_state(run)
 
 
 @baseline("random_reinit", "random re-init")
-def random_reinitialisation(run: RunContext, k: int) -> Start:
+def random_reinitialisation(run: BranchView, k: int) -> Start:
     """The ticket's mask on a freshly drawn random initialisation: does the ticket need its weights?
 
     Drawn from seed + 1, so it differs from θ0 even when the run starts from θ0 (no pre-training); every
     model family draws fresh weights for its architecture, whether or not its options name a checkpoint.
     """
-    state = run.memo("redrawn_init", lambda: run.fresh_model(random_init=True, init_seed=run.config.seed + 1)
+    state = run.memo("redrawn_init", lambda: run.fresh_model(random_init=True, init_seed=run.seed + 1)
                      .state_dict())
     return run.imp_mask(k), state
 
 
 @baseline("reversed", "reversed mask")
-def reversed_mask(run: RunContext, k: int) -> Start:
+def reversed_mask(run: BranchView, k: int) -> Start:
     """The complement of the ticket's mask (keeps exactly what IMP pruned), on the rewind weights."""
     return run.imp_mask(k).complement(), rewound_state(run)
 
 
 @baseline("base_checkpoint", "mask on base checkpoint")
-def mask_on_base_checkpoint(run: RunContext, k: int) -> Start:
+def mask_on_base_checkpoint(run: BranchView, k: int) -> Start:
     """The ticket's mask on the weights the model had *before* pre-training (``model.options.path``).
 
     For a V+L model initialised from a text checkpoint this is the study's "mask on BERT weights":
@@ -65,10 +65,10 @@ def mask_on_base_checkpoint(run: RunContext, k: int) -> Start:
 
 
 @baseline("shuffled_pretrained", "mask on shuffled θp")
-def mask_on_shuffled_pretrained(run: RunContext, k: int) -> Start:
+def mask_on_shuffled_pretrained(run: BranchView, k: int) -> Start:
     """The ticket's mask on θp whose prunable layers are each randomly permuted: every layer keeps its
     weight distribution but loses its learned arrangement."""
-    generator = torch.Generator().manual_seed(run.config.seed * 7919 + 2000 + k)
+    generator = torch.Generator().manual_seed(run.seed * 7919 + 2000 + k)
     state = dict(run.pretrained_state())
     for name in run.prunable():
         flat = state[name].flatten()
