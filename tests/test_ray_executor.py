@@ -153,3 +153,24 @@ def test_the_cv_study_on_ray_equals_the_serial_study(tmp_path):
         outputs[executor] = ([(r["source"], r["seed"], r["round"], r["target"], r["test_acc"]) for r in rows],
                              fingerprint(runs))
     assert outputs["local"] == outputs["ray"] and len(outputs["local"][0]) > 10
+
+
+def test_transfer_over_rounds_and_seeds_on_ray_equals_local(tmp_path):
+    cfg = tiny_config(baselines=[], prune={"rounds": 1, "rewind": "init"}, engine={"threads": 1})
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    found = subprocess.run([sys.executable, "-m", "ticketlab", "find", str(path), "-q", "--runs-dir",
+                            str(tmp_path / "runs")], capture_output=True, text=True, env=ENV, timeout=300)
+    run = Path(found.stdout.strip().splitlines()[-1])
+    task = ["--task", "scenes_colour", "--task-options", '{"n_train": 96, "n_val": 48, "n_test": 48}', "--seeds", "0,1"]
+    outputs = []
+    for executor in ("local", "ray"):
+        copy = tmp_path / executor
+        subprocess.run(["cp", "-r", str(tmp_path / "runs"), str(copy)], check=True)
+        done = subprocess.run([sys.executable, "-m", "ticketlab", "transfer", "--mask", str(copy / run.name), *task,
+                               "-q", "--runs-dir", str(copy), "--executor", executor], capture_output=True, text=True,
+                              env={**ENV, "OMP_NUM_THREADS": "1"}, timeout=600)
+        assert done.returncode == 0, done.stderr[-2000:]
+        outputs.append((done.stdout, fingerprint(copy)))
+    assert outputs[0] == outputs[1] and "round  1" in outputs[0][0]
+    assert sum("/transfer/" in key for key in outputs[0][1]) == 4  # 2 rounds × 2 seeds

@@ -87,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     transfer.add_argument("--objective", default="supervised", help="fine-tuning loss, e.g. villa (adversarial)")
     transfer.add_argument("--objective-options", help='JSON options of the objective, e.g. \'{"steps": 3}\'')
     transfer_options(transfer)
+    executor_options(transfer)
     analyze = add("analyze", "cmd_analyze", "mask overlap, per-layer sparsity, perturbation sensitivity")
     analyze.add_argument("analysis", choices=["overlap", "layers", "perturb"])
     analyze.add_argument("masks", nargs="+", help="RUN[:ROUND], RUN a folder or a run id (last round if no round)")

@@ -33,7 +33,7 @@ from ticketlab.report import results_table
 from ticketlab.smoke import smoke_config
 from ticketlab.studies import STUDIES, run_study, study_config
 from ticketlab.studies.patch_tickets import SelectorConfig, run_selection
-from ticketlab.transfer import TransferSpec, perturbation_sensitivity, target_task, transfer_ticket
+from ticketlab.transfer import TransferSpec, perturbation_sensitivity, target_task, transfer_job_for, transfer_ticket
 
 
 def _config_data(args: argparse.Namespace, path: str) -> dict:
@@ -134,6 +134,15 @@ def cmd_transfer(args: argparse.Namespace) -> None:
     seeds = _seeds(args)
     spec0 = _transfer_spec(args, run, seeds[0])
     task = target_task(run, spec0)
+    if args.executor != "local":  # every fine-tune as a job first; the rows below then read finished results
+        from ticketlab.executors import run_graph
+
+        jobs = [transfer_job_for(str(run.resolve()), r, _transfer_spec(args, run, s), finished=True)
+                for r in rounds for s in seeds]
+        summary = run_graph(jobs, _runs_dir(args), args.executor, progress=not args.quiet, address=args.address)
+        if summary.failed:
+            raise TicketlabError(f"{len(summary.failed)} of {len(jobs)} fine-tunes failed: "
+                                 f"{'; '.join(summary.lines()[1:4])}")
     rows = [{**transfer_ticket(run, r, _transfer_spec(args, run, s), task, progress=not args.quiet).metrics,
              "source": run.name} for r in rounds for s in seeds]
     summary = summarize_transfer(rows, within_std=args.within_std)

@@ -103,10 +103,12 @@ def transfer_job(payload: dict[str, Any], runs_dir: Path, progress: bool, index:
     return str(run)
 
 
-def transfer_job_for(source: str, k: int, spec: TransferSpec, resources: dict[str, float] | None = None) -> Job:
-    """The job of one transfer of run ``source``'s round ``k`` (it waits for the run's own job)."""
-    return Job(f"{source}:{k}:{spec.target.name}-{config_hash(spec)}", "transfer",
-               {"source": source, "round": k, "spec": to_dict(spec)}, after=(source,),
+def transfer_job_for(source: str, k: int, spec: TransferSpec, resources: dict[str, float] | None = None,
+                     finished: bool = False) -> Job:
+    """The job of one transfer of run ``source``'s round ``k`` (a run id in the runs folder, or a folder path); it
+    waits for the run's own job unless the run is ``finished`` already."""
+    return Job(f"{Path(source).name}:{k}:{spec.target.name}-{config_hash(spec)}", "transfer",
+               {"source": source, "round": k, "spec": to_dict(spec)}, after=() if finished else (source,),
                resources={"num_cpus": 1, "num_gpus": 0, **(resources or {})},
                label=f"transfer {source}:{k} -> {spec.target.name} ({spec.variant}, seed {spec.seed})")
 
