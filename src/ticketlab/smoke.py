@@ -11,16 +11,14 @@ loaders, key mapping, loading checks and the whole runner are exercised exactly 
 from __future__ import annotations
 
 import copy
-import gzip
 import json
 import shutil
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from ticketlab.data.base import TASKS
+from ticketlab.data.base import SMOKE_WRITERS, TASKS
 from ticketlab.models.base import MODELS, build_model
 
 HF_TYPES = {"vit": "vit", "bert": "bert", "hf_resnet": "resnet", "uniter": "bert", "hf": None}
@@ -32,7 +30,6 @@ TINY_HF = {
 }
 TINY_HF["deit"] = TINY_HF["vit"]
 TINY_HF["roberta"] = TINY_HF["distilbert"] = TINY_HF["bert"]
-N_TRAIN, N_TEST = 40, 16
 
 
 def smoke_config(data: dict[str, Any], folder: Path) -> dict[str, Any]:
@@ -70,102 +67,14 @@ def _walk(node: Any, folder: Path, key: str | None) -> None:
             _walk(v, folder, k)
 
 
-# -- data ------------------------------------------------------------------------------------------------
-def _rng(name: str) -> np.random.Generator:
-    return np.random.default_rng(sum(map(ord, name)))
-
-
-def _labels(n: int, k: int, rng: np.random.Generator) -> np.ndarray:
-    return np.concatenate([np.arange(k), rng.integers(0, k, max(n - k, 0))])[:n].astype(np.uint8)
-
-
-def _cifar(root: Path, files: dict[str, int], label_bytes: int, classes: int) -> None:
-    rng = _rng(str(root))
-    for file, n in files.items():
-        labels = _labels(n, classes, rng)
-        records = np.concatenate([np.repeat(labels[:, None], label_bytes, 1),
-                                  rng.integers(0, 256, (n, 3072), dtype=np.uint8)], 1)
-        (root / file).write_bytes(records.astype(np.uint8).tobytes())
-
-
-def _idx(root: Path, stem: str, array: np.ndarray) -> None:
-    head = bytes([0, 0, 8, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
-    (root / f"{stem}.gz").write_bytes(gzip.compress(head + array.astype(np.uint8).tobytes()))
-
-
-def write_data(task: str, options: dict[str, Any], root: Path) -> str:
-    """Tiny files in the format of task ``task`` under ``root``; returns the path its options should name."""
-    root.mkdir(parents=True, exist_ok=True)
-    rng = _rng(task)
-    if task == "cifar10":
-        _cifar(root, {**{f"data_batch_{i}.bin": N_TRAIN // 5 for i in range(1, 6)}, "test_batch.bin": N_TEST}, 1, 10)
-    elif task == "cifar100":
-        _cifar(root, {"train.bin": N_TRAIN * 3, "test.bin": N_TEST}, 2, 20)
-    elif task == "svhn":
-        from scipy.io import savemat
-
-        for file, n in (("train_32x32.mat", N_TRAIN), ("test_32x32.mat", N_TEST)):
-            savemat(str(root / file), {"X": rng.integers(0, 256, (32, 32, 3, n), dtype=np.uint8),
-                                       "y": (_labels(n, 10, rng).astype(np.int64) + 1)[:, None]})
-    elif task in ("mnist", "fashion_mnist"):
-        for prefix, n in (("train", N_TRAIN), ("t10k", N_TEST)):
-            _idx(root, f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)))
-            _idx(root, f"{prefix}-labels-idx1-ubyte", _labels(n, 10, rng))
-    elif task == "image_folder":
-        from PIL import Image
-
-        for split, n in (("train", 12), ("val", 4)):
-            for cls in ("n01440764", "n01443537"):
-                (root / split / cls).mkdir(parents=True, exist_ok=True)
-                for i in range(n):
-                    pixels = rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)
-                    Image.fromarray(pixels).save(root / split / cls / f"{i}.png")
-    elif task == "text":
-        import csv
-
-        columns = [options.get("text_column", "text"), options.get("label_column", "label")]
-        with open(root / "data.csv", "w", newline="", encoding="utf-8") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(columns)
-            for i in range(N_TRAIN):
-                good = i % 2 == 0
-                writer.writerow([f"{'a fine good film' if good else 'a dull bad film'} number {i}",
-                                 "positive" if good else "negative"])
-        return str(root / "data.csv")
-    elif task == "vl_disk":
-        _vl_files(root, options.get("family", "vqa"), rng)
-    else:
-        return options.get("path", "")
-    return str(root)
-
-
-def _vl_files(root: Path, family: str, rng: np.random.Generator) -> None:
-    from safetensors.numpy import save_file
-
-    (root / "features").mkdir(exist_ok=True)
-    for i in range(8):
-        save_file({"feats": rng.normal(size=(4, 192)).astype(np.float32),
-                   "boxes": np.array([[0, 0, 16, 16], [16, 0, 32, 16], [0, 16, 16, 32], [16, 16, 32, 32]], np.float32),
-                   "image_size": np.array([32, 32], np.float32)}, str(root / "features" / f"img{i}.safetensors"))
-    for split, n in (("train", 16), ("val", 8), ("test", 8)):
-        with open(root / f"{split}.jsonl", "w", encoding="utf-8") as handle:
-            for j in range(n):
-                sample: dict[str, Any] = {"image": f"img{j % 8}", "text": "what colour is the small cube?",
-                                          "label": ["red", "blue", "green"][j % 3]}
-                if family == "nlvr2":
-                    sample = {"images": [f"img{j % 8}", f"img{(j + 1) % 8}"], "text": "both have a cube", "label": j % 2}
-                elif family in ("snli_ve", "retrieval", "pretrain", "refcoco"):
-                    sample["label"] = j % (3 if family == "snli_ve" else 2)
-                elif family == "vcr":
-                    sample = {**sample, "choices": ["red", "blue", "green", "grey"], "label": j % 4}
-                handle.write(json.dumps(sample) + "\n")
-
-
+# -- data (each file-backed task registers its own writer: SMOKE_WRITERS) ------------------------------
 def _smoke_task(node: dict[str, Any], folder: Path) -> None:
     options = dict(node.get("options") or {})
     name = node["name"]
-    if name in ("cifar10", "cifar100", "svhn", "mnist", "fashion_mnist", "image_folder", "text", "vl_disk"):
-        options["path"] = write_data(name, options, folder / "data" / name)
+    if name in SMOKE_WRITERS:
+        root = folder / "data" / name
+        root.mkdir(parents=True, exist_ok=True)
+        options["path"] = SMOKE_WRITERS.get(name)(options, root)
         if "image_size" in options:
             options["image_size"] = 32
     for key, small in (("n_train", 48), ("n_val", 24), ("n_test", 24)):

@@ -83,6 +83,9 @@ class Task:
 
 
 TASKS: Registry = Registry("task")
+# ``--smoke``: each file-backed task registers, beside its reader, a writer of tiny files in its own format:
+# (options, folder) -> the path its options should name. See ``data/smoke_files.py`` for the shared primitives.
+SMOKE_WRITERS: Registry = Registry("smoke data writer")
 
 
 def slice_inputs(inputs: Inputs, index: torch.Tensor | slice) -> Inputs:

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from ticketlab.data.base import (
+    SMOKE_WRITERS,
     TASKS,
     Split,
     Task,
@@ -18,6 +19,7 @@ from ticketlab.data.base import (
     with_official_test,
 )
 from ticketlab.data.loader import FileImage, LazyImages, RowImage
+from ticketlab.data.smoke_files import smoke_rng
 from ticketlab.errors import DataError
 from ticketlab.registry import bounds
 
@@ -171,3 +173,17 @@ def hf_disk(path: str, image_column: str = "image", label_column: str = "label",
         raise DataError(f"{root}: a DatasetDict needs train, validation (or val) and test splits, has {list(data)}")
     splits = {s: Split(*arrays(data[k])) for s, k in (("train", "train"), ("val", val_key), ("test", "test"))}
     return Task(root.name, int(max(int(s.y.max()) for s in splits.values())) + 1, **splits)
+
+
+@SMOKE_WRITERS.register("image_folder")
+def smoke_image_folder(options: dict[str, object], root: Path) -> str:
+    """ImageNet's layout in miniature: ``train/<wnid>/`` and ``val/<wnid>/`` PNGs of random pixels."""
+    from PIL import Image
+
+    rng = smoke_rng("image_folder")
+    for split, n in (("train", 12), ("val", 4)):
+        for cls in ("n01440764", "n01443537"):
+            (root / split / cls).mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(root / split / cls / f"{i}.png")
+    return str(root)

@@ -19,8 +19,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ticketlab.data.base import TASKS, Split, Task, with_official_test
+from ticketlab.data.base import SMOKE_WRITERS, TASKS, Split, Task, with_official_test
 from ticketlab.data.loader import LazyImages
+from ticketlab.data.smoke_files import N_TEST, N_TRAIN, cifar_records, idx_file, smoke_labels, smoke_rng
 from ticketlab.errors import DataError
 from ticketlab.registry import bounds
 
@@ -206,3 +207,37 @@ def mnist(path: str, image_size: int = 32, val_fraction: float = 0.1, seed: int 
 def fashion_mnist(path: str, image_size: int = 32, val_fraction: float = 0.1, seed: int = 0) -> Task:
     """Fashion-MNIST in IDX files (gzipped or not), the layout MNIST uses."""
     return _idx_task("fashion_mnist", path, FASHION_CLASSES, image_size, val_fraction, seed)
+
+
+# -- --smoke stand-ins in each format ---------------------------------------------------------------------
+@SMOKE_WRITERS.register("cifar10")
+def smoke_cifar10(options: dict[str, Any], root: Path) -> str:
+    cifar_records(root, {**{f"data_batch_{i}.bin": N_TRAIN // 5 for i in range(1, 6)}, "test_batch.bin": N_TEST}, 1, 10)
+    return str(root)
+
+
+@SMOKE_WRITERS.register("cifar100")
+def smoke_cifar100(options: dict[str, Any], root: Path) -> str:
+    cifar_records(root, {"train.bin": N_TRAIN * 3, "test.bin": N_TEST}, 2, 20)
+    return str(root)
+
+
+@SMOKE_WRITERS.register("svhn")
+def smoke_svhn(options: dict[str, Any], root: Path) -> str:
+    from scipy.io import savemat
+
+    rng = smoke_rng("svhn")
+    for file, n in (("train_32x32.mat", N_TRAIN), ("test_32x32.mat", N_TEST)):
+        savemat(str(root / file), {"X": rng.integers(0, 256, (32, 32, 3, n), dtype=np.uint8),
+                                   "y": (smoke_labels(n, 10, rng).astype(np.int64) + 1)[:, None]})
+    return str(root)
+
+
+@SMOKE_WRITERS.register("mnist")
+@SMOKE_WRITERS.register("fashion_mnist")
+def smoke_idx(options: dict[str, Any], root: Path) -> str:
+    rng = smoke_rng(root.name)
+    for prefix, n in (("train", N_TRAIN), ("t10k", N_TEST)):
+        idx_file(root, f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)))
+        idx_file(root, f"{prefix}-labels-idx1-ubyte", smoke_labels(n, 10, rng))
+    return str(root)

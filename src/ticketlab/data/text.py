@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ticketlab.data.base import TASKS, Split, Task, label_names, split_indices
+from ticketlab.data.base import SMOKE_WRITERS, TASKS, Split, Task, label_names, split_indices
+from ticketlab.data.smoke_files import N_TRAIN
 from ticketlab.errors import DataError
 from ticketlab.registry import bounds
 
@@ -129,3 +130,19 @@ def text(path: str, text_column: str = "text", text_pair_column: str | None = No
     built = [Split(_tokenize(splits[s], tok, text_column, text_pair_column, max_length), torch.as_tensor(y))
              for s, y in zip(("train", "val", "test"), labels, strict=True)]
     return Task(root.stem if root.is_file() else root.name, len(names), *built, class_names=names, metric=metric)
+
+
+@SMOKE_WRITERS.register("text")
+def smoke_text(options: dict[str, Any], root: Path) -> str:
+    """A CSV of two separable classes, in the option's column names."""
+    import csv
+
+    columns = [options.get("text_column", "text"), options.get("label_column", "label")]
+    with open(root / "data.csv", "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(columns)
+        for i in range(N_TRAIN):
+            good = i % 2 == 0
+            writer.writerow([f"{'a fine good film' if good else 'a dull bad film'} number {i}",
+                             "positive" if good else "negative"])
+    return str(root / "data.csv")

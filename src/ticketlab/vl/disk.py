@@ -27,7 +27,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ticketlab.data.base import TASKS, Split, Task, label_names
+from ticketlab.data.base import SMOKE_WRITERS, TASKS, Split, Task, label_names
+from ticketlab.data.smoke_files import smoke_rng
 from ticketlab.errors import DataError
 from ticketlab.registry import bounds
 from ticketlab.vl.features import BOX_DIM, ImageFeatures
@@ -169,3 +170,29 @@ def vl_disk(path: str, family: str = "vqa", tokenizer: str | None = None, vocabu
     names = sorted(label_ids, key=label_ids.get) if label_ids else []
     return Task(f"vl_{family}", classes, built["train"], built["val"], built["test"], class_names=names,
                 head=head, metric=metric)
+
+
+@SMOKE_WRITERS.register("vl_disk")
+def smoke_vl_disk(options: dict[str, Any], root: Path) -> str:
+    """Eight images' region features and JSONL samples of the options' task family."""
+    from safetensors.numpy import save_file
+
+    family, rng = options.get("family", "vqa"), smoke_rng("vl_disk")
+    (root / "features").mkdir(exist_ok=True)
+    for i in range(8):
+        save_file({"feats": rng.normal(size=(4, 192)).astype(np.float32),
+                   "boxes": np.array([[0, 0, 16, 16], [16, 0, 32, 16], [0, 16, 16, 32], [16, 16, 32, 32]], np.float32),
+                   "image_size": np.array([32, 32], np.float32)}, str(root / "features" / f"img{i}.safetensors"))
+    for split, n in (("train", 16), ("val", 8), ("test", 8)):
+        with open(root / f"{split}.jsonl", "w", encoding="utf-8") as handle:
+            for j in range(n):
+                sample: dict[str, Any] = {"image": f"img{j % 8}", "text": "what colour is the small cube?",
+                                          "label": ["red", "blue", "green"][j % 3]}
+                if family == "nlvr2":
+                    sample = {"images": [f"img{j % 8}", f"img{(j + 1) % 8}"], "text": "both have a cube", "label": j % 2}
+                elif family in ("snli_ve", "retrieval", "pretrain", "refcoco"):
+                    sample["label"] = j % (3 if family == "snli_ve" else 2)
+                elif family == "vcr":
+                    sample = {**sample, "choices": ["red", "blue", "green", "grey"], "label": j % 4}
+                handle.write(json.dumps(sample) + "\n")
+    return str(root)
