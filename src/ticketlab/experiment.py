@@ -54,6 +54,7 @@ from ticketlab.pruning.base import prune, target_pruned_count
 from ticketlab.report import write_report
 from ticketlab.rewind import rewound_state
 from ticketlab.run_context import RunContext
+from ticketlab.seeds import derive_seed
 from ticketlab.store import NoIndex, ResultStore, set_status
 from ticketlab.tensorfiles import check_finite, save_tensors, sidecar_path
 from ticketlab.train import SnapshotAtStep, TrainResult, train_model
@@ -229,7 +230,7 @@ def run_units(run: RunContext, store: ResultStore | NoIndex | None, runs_dir: Pa
                 mask, start = run.dense_mask(), run.pretrained_state()
             else:
                 previous, weights = run.imp_mask(k - 1), run.pruning_weights(k - 1)
-                generator = torch.Generator().manual_seed(config.seed * 7919 + k)
+                generator = torch.Generator().manual_seed(derive_seed(config.seed, "imp_prune", k))
                 mask = prune(config.prune.method, weights, previous, run.sparsity(k), generator, run.structure())
                 start = rewound_state(run)
             metrics = train_branch(run, IMP, k, mask, start, progress)

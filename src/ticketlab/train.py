@@ -30,6 +30,7 @@ from ticketlab.masks import Mask
 from ticketlab.metrics import chance_score
 from ticketlab.objectives.base import Objective
 from ticketlab.progress import progress_bar
+from ticketlab.seeds import derive_seed
 from ticketlab.step import TrainStep
 
 
@@ -144,7 +145,8 @@ def train_model(
     steps_per_epoch = math.ceil(len(task.train) / recipe.batch_size)
     total_steps = steps_per_epoch * recipe.epochs
     train_step = TrainStep(model, recipe, total_steps, mask=mask, objective=objective,
-                           augment_generator=torch.Generator().manual_seed(seed + 1), config_key=config_key,
+                           augment_generator=torch.Generator().manual_seed(derive_seed(seed, "augment")),
+                           config_key=config_key,
                            reference_steps=min(10, steps_per_epoch), engine=run)
     objective = train_step.objective
     if objective_state is not None:  # the objective's pre-trained parts (projector, key encoder, queue), rewound

@@ -11,6 +11,7 @@ from ticketlab.baselines.base import baseline
 from ticketlab.masks import Mask
 from ticketlab.pruning.base import PRUNING_METHODS, prune
 from ticketlab.rewind import rewound_state
+from ticketlab.seeds import derive_seed
 
 if TYPE_CHECKING:
     from ticketlab.branching import BranchView
@@ -30,7 +31,7 @@ def one_shot_magnitude(run: BranchView, k: int) -> Start:
 def random_pruning(run: BranchView, k: int) -> Start:
     """RP: a random mask at round k's sparsity (same scope as the IMP method), on the rewind weights."""
     scope = PRUNING_METHODS.get(run.prune_method).scope
-    generator = torch.Generator().manual_seed(run.seed * 7919 + 1000 + k)
+    generator = torch.Generator().manual_seed(derive_seed(run.seed, "random_prune", k))
     mask = prune(f"{scope}_random", run.pretrained_state(), run.dense_mask(), run.sparsity(k), generator,
                  run.structure())
     return mask, rewound_state(run)
@@ -43,8 +44,8 @@ def random_reinitialisation(run: BranchView, k: int) -> Start:
     Drawn from seed + 1, so it differs from θ0 even when the run starts from θ0 (no pre-training); every
     model family draws fresh weights for its architecture, whether or not its options name a checkpoint.
     """
-    state = run.memo("redrawn_init", lambda: run.fresh_model(random_init=True, init_seed=run.seed + 1)
-                     .state_dict())
+    init_seed = derive_seed(run.seed, "redraw_init")
+    state = run.memo("redrawn_init", lambda: run.fresh_model(random_init=True, init_seed=init_seed).state_dict())
     return run.imp_mask(k), state
 
 
@@ -68,7 +69,7 @@ def mask_on_base_checkpoint(run: BranchView, k: int) -> Start:
 def mask_on_shuffled_pretrained(run: BranchView, k: int) -> Start:
     """The ticket's mask on θp whose prunable layers are each randomly permuted: every layer keeps its
     weight distribution but loses its learned arrangement."""
-    generator = torch.Generator().manual_seed(run.seed * 7919 + 2000 + k)
+    generator = torch.Generator().manual_seed(derive_seed(run.seed, "shuffle_theta_p", k))
     state = dict(run.pretrained_state())
     for name in run.prunable():
         flat = state[name].flatten()

@@ -36,6 +36,7 @@ from ticketlab.masks import Mask
 from ticketlab.paths import IMP, RunPaths
 from ticketlab.progress import progress_bar
 from ticketlab.schedules import round_sparsities
+from ticketlab.seeds import derive_seed
 from ticketlab.studies.base import STUDIES, Study
 from ticketlab.studies.common import open_study_dir, study_tasks
 from ticketlab.studies.cv_report import write_cv_report
@@ -110,7 +111,7 @@ def _pretrain(study: StudyConfig, p: StudyPretraining) -> PretrainConfig:
 
 def init_seed(study: StudyConfig, p: StudyPretraining) -> int:
     """The seed of pre-training ``p`` (its θ0 and its runs): independent per pre-training unless ``share_init``."""
-    return study.seed if study.share_init else study.seed + 1000 * study.pretrainings.index(p)
+    return study.seed if study.share_init else derive_seed(study.seed, "pretraining_init", study.pretrainings.index(p))
 
 
 def pretraining_configs(study: StudyConfig) -> dict[tuple[str, int], ExperimentConfig]:

@@ -53,6 +53,7 @@ from ticketlab.paths import (
     write_history,
 )
 from ticketlab.progress import progress_bar
+from ticketlab.seeds import derive_seed
 from ticketlab.studies.base import STUDIES, Study
 from ticketlab.studies.patch_report import write_patch_report
 from ticketlab.sweep import experiment_jobs, merge_jobs
@@ -195,7 +196,7 @@ def train_student(cfg: PatchStudyConfig, keep_rate: float, seed: int, variant: s
     recipe = cfg.train
     if variant in ("ticket", "position"):
         if variant == "position":  # each image gets another image's ticket: positions without content
-            generator = torch.Generator().manual_seed(seed + 7)
+            generator = torch.Generator().manual_seed(derive_seed(seed, "position_control"))
             tickets = {s: t[torch.randperm(len(t), generator=generator)] for s, t in tickets.items()}
             ticketed = with_tickets(task, tickets)
         objective, train_task = TicketPatches(), ticketed
@@ -209,7 +210,8 @@ def train_student(cfg: PatchStudyConfig, keep_rate: float, seed: int, variant: s
                              progress=f"{variant} k={keep_rate} seed {seed}" if progress else None,
                              engine=cfg.engine, checkpoint=checkpoint)
         model.load_state_dict(result.final_state)  # scored at the final epoch: nothing chosen on an unreported metric
-        draw = torch.rand(len(task.test), num_patches, generator=torch.Generator().manual_seed(seed + 11))
+        generator = torch.Generator().manual_seed(derive_seed(seed, "random_test_patches"))
+        draw = torch.rand(len(task.test), num_patches, generator=generator)
         random_test = dataclasses.replace(task.test, patches=draw.topk(meta["kept"], dim=1).indices.sort(dim=1).values)
         sparse = accuracy(model, ticketed.test) if variant in ("ticket", "position") else accuracy(model, random_test)
         metrics = {**result.metrics, "variant": variant, "keep_rate": keep_rate, "patches": meta["kept"],
