@@ -77,7 +77,8 @@ def test_derive_seed_keeps_the_legacy_streams_and_separates_new_ones():
     from ticketlab.seeds import derive_seed
 
     assert derive_seed(3, "imp_prune", 2) == 3 * 7919 + 2  # the offsets earlier versions used: runs reproduce
-    assert derive_seed(3, "random_prune", 2) == 3 * 7919 + 1002 and derive_seed(3, "shuffle_theta_p", 2) == 3 * 7919 + 2002
+    assert derive_seed(3, "random_prune", 2) == 3 * 7919 + 1002
+    assert derive_seed(3, "shuffle_theta_p", 2) == 3 * 7919 + 2002
     assert derive_seed(5, "pretraining_init", 2) == 2005 and derive_seed(5, "random_test_patches") == 16
     fresh = {derive_seed(s, p, i) for s in range(3) for p in ("a", "b") for i in range(3)}
     assert len(fresh) == 18 and all(0 <= v < 2**63 for v in fresh)  # a new purpose: its own hashed stream
