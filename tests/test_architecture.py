@@ -168,7 +168,7 @@ def test_a_model_and_a_baseline_are_one_new_file_each(tmp_path, monkeypatch):
     from ticketlab import cli
     from ticketlab.config import parse_config
     from ticketlab.experiment import run_experiment
-    from ticketlab.paths import load_run
+    from ticketlab.runfolders import load_run
 
     (tmp_path / "my_plugin.py").write_text(textwrap.dedent('''
         from torch import nn

@@ -12,7 +12,7 @@ from ticketlab import cli
 from ticketlab.config import config_hash, parse_config
 from ticketlab.experiment import run_dir_for
 from ticketlab.masks import Mask
-from ticketlab.paths import load_run
+from ticketlab.runfolders import load_run
 
 FIXTURE = Path(__file__).parent / "fixtures" / "imp-6d501ecdd369"  # written by ticketlab d47b731 (before issue 11)
 

@@ -124,7 +124,7 @@ def test_a_checkpoint_from_another_config_is_refused(task, tmp_path):
 def test_two_processes_with_gloo_match_one_process(tmp_path):
     """torchrun --nproc_per_node 2 on CPU: the run completes, both ranks hold the same masks, pruned weights are
     exactly zero, sparsity is exact, and test accuracy is within 2 points of the 1-process run (same global batch)."""
-    from ticketlab.paths import load_run
+    from ticketlab.runfolders import load_run
     from ticketlab.tensorfiles import load_tensors
 
     cfg = tiny_config(task={"name": "digits", "options": {"image_size": 16}},

@@ -10,11 +10,11 @@ from ticketlab.config import config_hash, parse_config
 from ticketlab.data import build_task
 from ticketlab.experiment import run_dir_for, run_experiment
 from ticketlab.masks import Mask
-from ticketlab.paths import load_run
 from ticketlab.pretrain import PretrainRun
 from ticketlab.pruning import target_pruned_count
 from ticketlab.rewind import REWIND_POINTS
 from ticketlab.run_context import RunContext
+from ticketlab.runfolders import load_run
 from ticketlab.store import ResultStore
 from ticketlab.tensorfiles import load_tensors
 

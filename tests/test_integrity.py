@@ -370,7 +370,7 @@ def test_cli_arguments_are_validated_like_config_values(finished, capsys):
 
 def test_theta_p_is_stored_once_per_pretraining_and_referenced(tmp_path, capsys):
     from tests.conftest import TINY_SCENES
-    from ticketlab.paths import load_theta_p
+    from ticketlab.runfolders import load_theta_p
     from ticketlab.tensorfiles import load_tensors
 
     pretrain = {"objective": "supervised", "task": {"name": "scenes_colour", "options": TINY_SCENES},

@@ -151,7 +151,7 @@ def test_two_four_imp_run_with_its_random_baseline(tmp_path):
     from tests.conftest import tiny_config
     from ticketlab.config import parse_config
     from ticketlab.experiment import run_experiment
-    from ticketlab.paths import load_run
+    from ticketlab.runfolders import load_run
 
     cfg = tiny_config(prune={"method": "nm_2_4_magnitude", "schedule": "explicit", "sparsities": [0.25, 0.5]},
                       baselines=["random_prune"])

@@ -13,7 +13,7 @@ import torch
 
 from tests.conftest import tiny_config
 from ticketlab.masks import Mask
-from ticketlab.paths import load_run
+from ticketlab.runfolders import load_run
 
 pytestmark = pytest.mark.slow
 

@@ -44,7 +44,7 @@ def test_pretrained_heads_are_saved_with_theta_p_and_rewound_in_pretraining_task
     import ticketlab.experiment as experiment
     from tests.conftest import TINY_SCENES, tiny_config
     from ticketlab.config import parse_config
-    from ticketlab.paths import load_theta_p
+    from ticketlab.runfolders import load_theta_p
     from ticketlab.tensorfiles import load_tensors
 
     task = {"name": "scenes_shape", "options": dict(TINY_SCENES)}

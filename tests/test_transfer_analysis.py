@@ -7,8 +7,9 @@ from ticketlab.config import TaskConfig, TrainConfig, parse_config
 from ticketlab.errors import MaskMismatchError, TicketlabError
 from ticketlab.experiment import run_experiment
 from ticketlab.masks import Mask
-from ticketlab.paths import load_theta_p, parse_ref
+from ticketlab.paths import parse_ref
 from ticketlab.pruning import prune
+from ticketlab.runfolders import load_theta_p
 from ticketlab.transfer import TransferSpec, transfer_ticket
 
 

@@ -26,10 +26,11 @@ from ticketlab.fileio import read_json
 from ticketlab.masks import Mask
 from ticketlab.models import build_model
 from ticketlab.objectives import OBJECTIVES
-from ticketlab.paths import IMP, RunPaths, is_run_dir, load_run, parse_ref
+from ticketlab.paths import IMP, RunPaths, is_run_dir, parse_ref
 from ticketlab.pretrain import pretrain_run_for, run_pretraining
 from ticketlab.prunable import prunable_names
 from ticketlab.report import results_table
+from ticketlab.runfolders import load_run
 from ticketlab.smoke import smoke_config
 from ticketlab.studies import STUDIES, run_study, study_config
 from ticketlab.studies.patch_tickets import SelectorConfig, run_selection

@@ -13,8 +13,9 @@ from pathlib import Path
 
 from ticketlab.errors import ConfigError, TicketlabError, did_you_mean
 from ticketlab.fileio import read_json, write_json
-from ticketlab.paths import is_run_dir, load_run, resolve_run, verify_run
+from ticketlab.paths import is_run_dir, resolve_run
 from ticketlab.report import results_table
+from ticketlab.runfolders import load_run, verify_run
 from ticketlab.store import ResultStore
 
 

@@ -36,17 +36,7 @@ from ticketlab.locks import run_lock
 from ticketlab.masks import Mask
 from ticketlab.models.base import model_input_defaults
 from ticketlab.objectives.base import OBJECTIVES
-from ticketlab.paths import (
-    EARLY,
-    FINAL_WEIGHTS,
-    IMP,
-    MASK,
-    METRICS,
-    WEIGHTS,
-    RunPaths,
-    check_round,
-    write_history,
-)
+from ticketlab.paths import EARLY, FINAL_WEIGHTS, IMP, MASK, METRICS, WEIGHTS, RunPaths
 from ticketlab.paths import run_dir as run_dir_of
 from ticketlab.pretrain import pretrain_run_for, run_pretraining
 from ticketlab.progress import log_line, progress_bar
@@ -54,6 +44,7 @@ from ticketlab.pruning.base import prune, target_pruned_count
 from ticketlab.report import write_report
 from ticketlab.rewind import rewound_state
 from ticketlab.run_context import RunContext
+from ticketlab.runfolders import check_round, write_history
 from ticketlab.seeds import derive_seed
 from ticketlab.store import NoIndex, ResultStore, set_status
 from ticketlab.tensorfiles import check_finite, save_tensors, sidecar_path

@@ -36,8 +36,9 @@ from ticketlab.errors import ConfigError, TicketlabError
 from ticketlab.fileio import read_json
 from ticketlab.masks import Mask
 from ticketlab.models.base import TicketModel, build_model
-from ticketlab.paths import IMP, RunPaths, load_theta_p
+from ticketlab.paths import IMP, RunPaths
 from ticketlab.pruning.base import PRUNING_METHODS
+from ticketlab.runfolders import load_theta_p
 from ticketlab.surgery import fit_to_state, slim
 
 FORMATS = ("state_dict", "hf", "compressed", "slim", "nm")

@@ -26,13 +26,8 @@ from ticketlab.fileio import ensure_writable_dir, write_json
 from ticketlab.jobs import JOB_KINDS, Job
 from ticketlab.models.base import build_model, model_input_defaults
 from ticketlab.objectives.base import OBJECTIVES
-from ticketlab.paths import (
-    CONFIG,
-    PRETRAINED_BACKBONE,
-    PRETRAINED_HEADS,
-    pretrain_dir,
-    write_history,
-)
+from ticketlab.paths import CONFIG, PRETRAINED_BACKBONE, PRETRAINED_HEADS, pretrain_dir
+from ticketlab.runfolders import write_history
 from ticketlab.tensorfiles import load_tensors, save_tensors
 from ticketlab.train import TrainResult, train_model
 from ticketlab.units import run_unit

@@ -8,7 +8,8 @@ from typing import Any
 from ticketlab.analysis import at_chance, highest_sparsity
 from ticketlab.baselines.base import branch_label
 from ticketlab.figures import markdown_table, pct, pyplot
-from ticketlab.paths import IMP, RunPaths, load_run
+from ticketlab.paths import IMP, RunPaths
+from ticketlab.runfolders import load_run
 
 
 def results_table(run: dict[str, Any]) -> str:

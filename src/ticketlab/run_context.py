@@ -17,9 +17,10 @@ from ticketlab.data.base import Task
 from ticketlab.errors import TicketlabError
 from ticketlab.masks import Mask
 from ticketlab.models.base import TicketModel, build_model
-from ticketlab.paths import IMP, RunPaths, load_theta_p
+from ticketlab.paths import IMP, RunPaths
 from ticketlab.pretrain import heads_for_run
 from ticketlab.prunable import prunable_names
+from ticketlab.runfolders import load_theta_p
 from ticketlab.schedules import round_sparsities
 from ticketlab.tensorfiles import load_tensors
 

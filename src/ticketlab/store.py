@@ -18,7 +18,8 @@ from typing import Any
 from ticketlab.errors import TicketlabError
 from ticketlab.fileio import read_json, storage_error, write_json
 from ticketlab.locks import is_locked
-from ticketlab.paths import IMP, RunPaths, is_run_dir, load_run, store_path
+from ticketlab.paths import IMP, RunPaths, is_run_dir, store_path
+from ticketlab.runfolders import load_run
 
 VERSION = 2
 SCHEMA = """

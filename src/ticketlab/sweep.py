@@ -27,8 +27,8 @@ from ticketlab.experiment import run_dir_for, run_experiment
 from ticketlab.figures import markdown_table
 from ticketlab.fileio import ensure_writable_dir, read_json, write_json, write_text
 from ticketlab.jobs import JOB_KINDS, Job
-from ticketlab.paths import load_run
 from ticketlab.pretrain import pretrain_job_for
+from ticketlab.runfolders import load_run
 from ticketlab.store import folder_status
 
 

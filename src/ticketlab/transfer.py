@@ -23,7 +23,8 @@ from ticketlab.jobs import JOB_KINDS, Job
 from ticketlab.masks import Mask
 from ticketlab.models.base import build_model, model_input_defaults
 from ticketlab.objectives.base import OBJECTIVES
-from ticketlab.paths import IMP, METRICS, RunPaths, load_theta_p, write_history
+from ticketlab.paths import IMP, METRICS, RunPaths
+from ticketlab.runfolders import load_theta_p, write_history
 from ticketlab.train import train_model
 from ticketlab.units import run_unit
 

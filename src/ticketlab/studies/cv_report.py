@@ -14,7 +14,8 @@ from ticketlab.analysis import paired_gaps, sensitivity_table
 from ticketlab.baselines.base import branch_label
 from ticketlab.figures import markdown_table, pct, plot_heatmap, plot_layer_sparsity, plot_overlap, pm, pyplot
 from ticketlab.masks import Mask
-from ticketlab.paths import IMP, REPORT, load_run
+from ticketlab.paths import IMP, REPORT
+from ticketlab.runfolders import load_run
 from ticketlab.stats import interval_text, sparsity_claim
 from ticketlab.studies.verdicts import RULES, claim_row, comparison_row, run_cells, usable
 

@@ -9,7 +9,8 @@ from typing import Any
 
 from ticketlab.analysis import mean_std
 from ticketlab.figures import chance, markdown_table, pm, pyplot
-from ticketlab.paths import REPORT, load_run
+from ticketlab.paths import REPORT
+from ticketlab.runfolders import load_run
 from ticketlab.stats import Interval, clearly_above, gap_verdict, interval_text, mean_ci, paired_ci
 
 

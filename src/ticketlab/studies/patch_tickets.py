@@ -43,16 +43,9 @@ from ticketlab.models.base import build_model, model_input_defaults
 from ticketlab.objectives.patches import RandomPatches, TicketPatches
 from ticketlab.patches.tickets import find_tickets, load_tickets, save_tickets, ticket_grid_png, with_tickets
 from ticketlab.patches.vit import patch_vit
-from ticketlab.paths import (
-    CONFIG,
-    METRICS,
-    TICKETS,
-    select_dir,
-    student_dir,
-    study_dir,
-    write_history,
-)
+from ticketlab.paths import CONFIG, METRICS, TICKETS, select_dir, student_dir, study_dir
 from ticketlab.progress import progress_bar
+from ticketlab.runfolders import write_history
 from ticketlab.seeds import derive_seed
 from ticketlab.studies.base import STUDIES, Study
 from ticketlab.studies.patch_report import write_patch_report

@@ -30,8 +30,8 @@ from ticketlab.config import (
 from ticketlab.experiment import run_dir_for, run_experiment
 from ticketlab.fileio import write_json
 from ticketlab.jobs import Job
-from ticketlab.paths import load_run
 from ticketlab.progress import progress_bar
+from ticketlab.runfolders import load_run
 from ticketlab.studies.base import STUDIES, Study
 from ticketlab.studies.common import open_study_dir, study_tasks
 from ticketlab.studies.vl_report import write_vl_report
