@@ -180,6 +180,7 @@ def _check_reachable(address: str) -> None:
 
 
 def _start_ray(ray: Any, address: str | None, num_cpus: int | None) -> None:
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no reporting home unless the user turns it on
     env = {k: v for k, v in os.environ.items() if k.startswith(("HF_", "TRANSFORMERS_", "TICKETLAB_"))}
     if address:
         _check_reachable(address)
