@@ -50,6 +50,11 @@ def ray_start_stop() -> float:
     return time.perf_counter() - started
 
 
+def settle(seconds: float = 5.0) -> None:
+    """Let a stopped Ray's processes exit before the next timing starts (they would steal the cores)."""
+    time.sleep(seconds)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
@@ -62,7 +67,6 @@ def main() -> None:
     times: dict[str, list[float]] = {"local": [], "ray": [], "ray start+stop": []}
     prints: dict[str, set[str]] = {"local": set(), "ray": set()}
     for _ in range(args.repeats):
-        times["ray start+stop"].append(ray_start_stop())
         for executor in ("local", "ray"):
             runs = Path(tempfile.mkdtemp(prefix=f"sweep-{executor}-"))
             try:
@@ -73,6 +77,9 @@ def main() -> None:
                 prints[executor].add(fingerprint(runs))
             finally:
                 shutil.rmtree(runs, ignore_errors=True)
+            settle()
+        times["ray start+stop"].append(ray_start_stop())
+        settle()
     local, ray_wall, start = (statistics.median(times[k]) for k in ("local", "ray", "ray start+stop"))
     workers = 2
     print(f"{os.cpu_count()} cores; {len(points)} runs of ~{local / len(points):.1f} s each (1 thread); median of "

@@ -10,6 +10,7 @@ import yaml
 
 from tests.conftest import tiny_config
 from ticketlab import cli
+from ticketlab.config import parse_config
 from ticketlab.errors import ConfigError
 from ticketlab.executors import run_local
 from ticketlab.jobs import JOB_KINDS, Job, check_graph
@@ -109,3 +110,51 @@ def test_adding_engine_fields_renamed_no_existing_run_or_study_folder():
         data = yaml.safe_load((root / "examples" / f"{name}_study.yaml").read_text())
         assert config_hash(study_config(name, data)) == digest, name
     assert config_hash(load_config(root / "src/ticketlab/configs/demo.yaml")) == "5440b79ad5fd"
+
+
+def test_set_values_may_hold_commas_inside_brackets_and_bad_yaml_is_one_line():
+    sets = parse_sets(["train.betas=[0.9,0.99],[0.8,0.9]", "train.lr=0.1,0.05"])
+    assert sets == {"train.betas": [[0.9, 0.99], [0.8, 0.9]], "train.lr": [0.1, 0.05]}
+    with pytest.raises(ConfigError, match=r"--set train.lr: a value is not valid YAML"):
+        parse_sets(["train.lr={a: [1}"])
+    with pytest.raises(ConfigError, match="low to high"):
+        parse_seeds("4-0")
+
+
+def test_a_crashing_job_fails_alone_with_its_type_and_place(tmp_path):
+    @JOB_KINDS.register("test_crash")
+    def crash(payload, runs_dir, progress, index=True):  # noqa: ANN001, ANN202
+        if payload["crash"]:
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return "fine"
+
+    summary = run_local([Job("a", "test_crash", {"crash": True}), Job("b", "test_crash", {"crash": False})],
+                        tmp_path, progress=False)
+    assert summary.results == {"b": "fine"}
+    assert summary.failed["a"].startswith("RuntimeError: CUDA out of memory (simulated) (at test_sweep.py:")
+
+
+def test_engine_resources_are_checked():
+    with pytest.raises(ConfigError) as info:
+        parse_config(tiny_config(engine={"resources": {"gpus": 1, "num_cpus": -1, "num_gpus": "1"}}))
+    text = " | ".join(info.value.problems)
+    assert "unknown engine.resources key 'gpus'" in text and "num_cpus must be a number >= 0" in text
+    assert "num_gpus must be a number >= 0, got '1'" in text
+    assert parse_config(tiny_config(engine={"resources": {"num_cpus": 2, "num_gpus": 0.5}})).engine.resources
+
+
+def test_a_failed_plugin_load_is_retried_not_left_half_filled(monkeypatch):
+    from ticketlab import registry
+
+    calls = []
+
+    def failing() -> None:
+        calls.append("load")
+        raise ImportError("no module named torch (simulated)")
+
+    monkeypatch.setattr(registry, "_LOADER", {"load": failing, "done": False})
+    fresh: registry.Registry = registry.Registry("thing")
+    for _ in range(2):
+        with pytest.raises(ImportError):
+            fresh.get("x")
+    assert calls == ["load", "load"]

@@ -69,6 +69,7 @@ class TrainConfig:
 
 
 NOT_HASHED = {"hash": False}  # field metadata: a value that does not change results stays out of the run hash
+RESOURCES = ("num_cpus", "num_gpus")  # what one job of an executor asks for (engine.resources)
 
 
 @dataclass(frozen=True)
@@ -93,6 +94,11 @@ class EngineConfig:
     def __post_init__(self) -> None:
         _check_ranges(self, "engine", positive=("grad_accumulation",),
                       non_negative=("workers", "checkpoint_every", "threads"))
+        bad = [f"engine.resources.{k} must be a number >= 0, got {v!r}" if k in RESOURCES else
+               f"unknown engine.resources key {k!r}; use num_cpus, num_gpus" for k, v in self.resources.items()
+               if k not in RESOURCES or not isinstance(v, int | float) or isinstance(v, bool) or v < 0]
+        if bad:
+            raise ConfigError.many(bad)
 
 
 @dataclass(frozen=True)

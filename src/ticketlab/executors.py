@@ -76,27 +76,31 @@ def run_local(jobs: list[Job], runs_dir: Path, progress: bool = True) -> Summary
     """Every job in this process, in dependency order; failures are recorded and their dependents skipped."""
     ordered, summary, started = check_graph(jobs), Summary(), time.perf_counter()
     view = View(len(ordered), progress)
-    for job in ordered:
-        cause = _waits_for_failed(job, summary)
-        if cause is not None:
-            summary.skipped[job.id] = cause
+    try:
+        for job in ordered:
+            cause = _waits_for_failed(job, summary)
+            if cause is not None:
+                summary.skipped[job.id] = cause
+                view.update(summary, 0, 1)
+                continue
+            view.update(summary, 1)
+            outcome = _remote_job(job, str(runs_dir), index=True)  # the same error rule as on Ray
+            if "result" in outcome:
+                summary.results[job.id] = outcome["result"]
+            else:
+                summary.failed[job.id] = outcome["error"]
             view.update(summary, 0, 1)
-            continue
-        view.update(summary, 1)
-        try:
-            summary.results[job.id] = execute_job(job, runs_dir, progress=False)
-        except TicketlabError as exc:
-            summary.failed[job.id] = _one_line(exc)
-        view.update(summary, 0, 1)
-    view.close()
+    finally:
+        view.close()
     summary.seconds = time.perf_counter() - started
     return summary
 
 
-def _remote_job(job: Job, runs_dir: str) -> dict[str, Any]:
-    """What a Ray worker runs: the job, with errors retrying cannot fix returned as values (never retried)."""
+def _remote_job(job: Job, runs_dir: str, index: bool = False) -> dict[str, Any]:
+    """What a Ray worker runs: the job, with errors retrying cannot fix returned as values (never retried).
+    A crash (an out-of-memory error, a bug) fails its job only: the summary names it, the graph goes on."""
     try:
-        return {"result": execute_job(job, runs_dir, progress=False, index=False)}
+        return {"result": execute_job(job, runs_dir, progress=False, index=index)}
     except TicketlabError as exc:
         return {"error": _one_line(exc)}
     except Exception as exc:  # noqa: BLE001  a bug: reported with where it happened, not retried
@@ -115,6 +119,7 @@ def run_ray(jobs: list[Job], runs_dir: Path, progress: bool = True, address: str
             num_cpus: int | None = None) -> Summary:
     """The graph on Ray: jobs are submitted as soon as the jobs they wait for are done."""
     ordered, summary, started = check_graph(jobs), Summary(), time.perf_counter()
+    runs_dir = Path(runs_dir).resolve()  # workers elsewhere must not resolve a relative path against their own cwd
     try:
         import ray
     except ImportError:
@@ -149,8 +154,10 @@ def run_ray(jobs: list[Job], runs_dir: Path, progress: bool = True, address: str
             job_id = pending.pop(ready[0])
             try:
                 outcome = ray.get(ready[0])
-            except Exception as exc:  # noqa: BLE001  the worker died more often than Ray retries
-                outcome = {"error": f"the worker running it died {RAY_RETRIES + 1} times ({type(exc).__name__})"}
+            except Exception as exc:  # noqa: BLE001  Ray could not run it to the end
+                died = type(exc).__name__ in ("WorkerCrashedError", "NodeDiedError", "OutOfMemoryError")
+                outcome = {"error": f"the worker running it died {RAY_RETRIES + 1} times ({type(exc).__name__})" if died
+                           else f"Ray could not run it: {' '.join(str(exc).split())[:200]}"}
             if "result" in outcome:
                 summary.results[job_id] = outcome["result"]
             else:
@@ -212,17 +219,26 @@ def _check_resources(ray: Any, jobs: list[Job]) -> None:
 def _check_shared_folder(ray: Any, runs_dir: Path, reader: Any = _read_probe) -> None:
     """The workers must see the driver's runs folder (one machine, or a shared file system): the driver writes a
     probe file and a worker must read it back."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
     ensure_writable_dir(runs_dir)
     token = os.urandom(8).hex()
     probe = Path(runs_dir).resolve() / f".probe-{token}"
     probe.write_text(token)
+    nodes = [n["NodeID"] for n in ray.nodes() if n.get("Alive")]
     try:
-        seen = ray.get(ray.remote(reader).options(num_cpus=0).remote(str(probe)))
+        seen = ray.get([ray.remote(reader).options(num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(
+            node, soft=False)).remote(str(probe)) for node in nodes])
+    except Exception as exc:  # noqa: BLE001  e.g. ticketlab not importable on a node
+        raise TicketlabError(f"a Ray node could not run ticketlab's probe ({' '.join(str(exc).split())[:200]}); "
+                             "install the same ticketlab on every node") from None
     finally:
         probe.unlink(missing_ok=True)
-    if seen != token:
-        raise TicketlabError(f"the Ray workers cannot see the runs folder {Path(runs_dir).resolve()} ({seen}); "
-                             "put it on a file system every node mounts at the same path")
+    for node, answer in zip(nodes, seen, strict=True):
+        if answer != token:
+            raise TicketlabError(f"the Ray workers on node {node[:12]} cannot see the runs folder "
+                                 f"{Path(runs_dir).resolve()} ({answer}); put it on a file system every node "
+                                 "mounts at the same path")
 
 
 def run_graph(jobs: list[Job], runs_dir: Path, executor: str = "local", progress: bool = True,

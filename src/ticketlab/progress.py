@@ -23,7 +23,7 @@ def interval() -> float:
 def progress_bar(iterable: Iterable[Any] | None = None, *, desc: str = "", total: int | None = None, initial: int = 0,
              unit: str = "it", disable: bool = False, leave: bool = True, unit_scale: bool = False) -> Any:
     """A tqdm-compatible progress object (``update``, ``set_postfix``, ``set_description``, ``close``, iteration)."""
-    if disable or sys.stderr.isatty():
+    if disable or sys.stderr.isatty() or "ipykernel" in sys.modules:  # a terminal or a notebook: live bars
         return tqdm(iterable, desc=desc, total=total, initial=initial, unit=unit, disable=disable, leave=leave,
                     unit_scale=unit_scale, dynamic_ncols=True)
     return PlainProgress(iterable, desc, total, initial, unit)
@@ -31,7 +31,7 @@ def progress_bar(iterable: Iterable[Any] | None = None, *, desc: str = "", total
 
 def log_line(text: str) -> None:
     """A message between progress lines (``tqdm.write`` on a terminal, a plain line otherwise)."""
-    if sys.stderr.isatty():
+    if sys.stderr.isatty() or "ipykernel" in sys.modules:
         tqdm.write(text, file=sys.stderr)
     else:
         print(text, file=sys.stderr, flush=True)

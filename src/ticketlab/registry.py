@@ -30,7 +30,11 @@ def _ensure_plugins() -> None:
     if _LOADER["done"] or _LOADER["load"] is None:
         return
     _LOADER["done"] = True  # set first: a plug-in that looks a name up while importing does not recurse
-    _LOADER["load"]()
+    try:
+        _LOADER["load"]()
+    except BaseException:
+        _LOADER["done"] = False  # a failed load (missing package, Ctrl-C) is retried, not left half-filled
+        raise
 
 
 class Registry(Generic[T]):

@@ -174,17 +174,18 @@ class TrainStep:
     def check_loss(self, value: float) -> None:
         """Stop on a non-finite loss, or one above ``divergence_factor`` × the reference: the lowest loss of the
         first ``reference_steps`` steps *seen so far*, so every step after the first is checked — a run shorter
-        than the window (3 steps at ``lr: 3000``) cannot finish as a normal result."""
+        than the window (3 steps at ``lr: 3000``) cannot finish as a normal result. The loss checked is the last
+        finished step's (checked one step late, without a GPU sync): its 1-based number is ``self.step``."""
         key = self.config_key
         if not math.isfinite(value):
-            raise NonFiniteLossError(f"the loss became {value} at step {self.step + 1}; lower {key}.lr or set "
+            raise NonFiniteLossError(f"the loss became {value} at step {max(self.step, 1)}; lower {key}.lr or set "
                                      f"{key}.grad_clip (finished rounds are kept)")
         factor = self.recipe.divergence_factor
         if self.reference and factor > 0:
             reference = min(self.reference)
             if value > factor * max(reference, 0.1):
-                raise DivergenceError(f"training diverged: the loss reached {value:.3g} at step {self.step + 1}, over "
-                                      f"{factor:g}× its first steps' value {reference:.3g}; lower {key}.lr or set "
+                raise DivergenceError(f"training diverged: the loss reached {value:.3g} at step {max(self.step, 1)}, "
+                                      f"over {factor:g}× its first steps' value {reference:.3g}; lower {key}.lr or set "
                                       f"{key}.grad_clip (or raise {key}.divergence_factor); finished rounds are kept")
         if len(self.reference) < self.reference_steps:
             self.reference.append(value)

@@ -60,10 +60,14 @@ def parse_seeds(text: str | None) -> list[int] | None:
     try:
         if "-" in text.strip("-"):
             low, high = (int(x) for x in text.split("-", 1))
-            return list(range(low, high + 1))
-        return [int(x) for x in text.split(",")]
+            seeds = list(range(low, high + 1))
+        else:
+            seeds = [int(x) for x in text.split(",")]
     except ValueError:
-        raise ConfigError(f"--seeds must look like 0-4 or 0,1,2, got {text!r}") from None
+        seeds = []
+    if not seeds:
+        raise ConfigError(f"--seeds must look like 0-4 (low to high) or 0,1,2, got {text!r}")
+    return seeds
 
 
 def parse_sets(items: list[str]) -> dict[str, list[Any]]:
@@ -74,8 +78,26 @@ def parse_sets(items: list[str]) -> dict[str, list[Any]]:
         if not sep or not key or not values:
             raise ConfigError(f"--set {item!r} must look like key=v1,v2 (e.g. train.lr=0.1,0.05)")
         check_key(key)
-        sets[key] = [yaml.safe_load(v) for v in values.split(",")]
+        try:
+            sets[key] = [yaml.safe_load(v) for v in _split_top_level(values)]
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--set {key}: a value is not valid YAML ({' '.join(str(exc).split())[:120]}); "
+                              "write lists as [a, b] and mappings as {k: v}") from None
     return sets
+
+
+def _split_top_level(text: str) -> list[str]:
+    """Split on the commas outside brackets and braces: ``[0.9,0.99],[0.8,0.9]`` is two values."""
+    parts, depth, current = [], 0, ""
+    for char in text:
+        depth += char in "[{"
+        depth -= char in "]}"
+        if char == "," and depth == 0:
+            parts.append(current)
+            current = ""
+        else:
+            current += char
+    return [*parts, current]
 
 
 def check_key(key: str) -> None:
