@@ -121,7 +121,7 @@ def test_bad_clusters_and_resources_fail_with_one_line_before_anything_runs(tmp_
         job = Job("imp-x", "find", {"config": {}}, resources={"num_cpus": 1, "num_gpus": 2})
         with pytest.raises(ConfigError, match="needs 2 GPU.* cluster has 0"):
             run_ray([job], tmp_path / "runs", progress=False)
-        with pytest.raises(TicketlabError, match="Ray workers cannot see the runs folder .*a file system every node"):
+        with pytest.raises(TicketlabError, match="workers on node .* cannot see the runs folder .*every node mounts"):
             _check_shared_folder(ray, tmp_path / "runs", reader=lambda path: "unreadable: No such file or directory")
         assert not list((tmp_path / "runs").glob(".probe-*"))  # the probe is removed again
     finally:
