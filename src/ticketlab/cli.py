@@ -13,7 +13,7 @@ import sys
 import threading
 from typing import NoReturn
 
-from ticketlab.errors import MAX_PROBLEMS, ConfigError, TicketlabError, did_you_mean
+from ticketlab.errors import MAX_PROBLEMS, ConfigError, TicketlabError, did_you_mean, one_line
 from ticketlab.fileio import storage_error
 
 DEFAULT_RUNS_DIR = os.environ.get("TICKETLAB_RUNS_DIR", "runs")
@@ -137,7 +137,7 @@ def print_problems(problems: list[str]) -> None:
     if len(problems) > 1:
         print(f"ticketlab: error: {len(problems)} problems in the config; fix them all, then re-run:", file=sys.stderr)
     for problem in problems[:MAX_PROBLEMS]:
-        print(f"ticketlab: error: {' '.join(str(problem).split())}", file=sys.stderr)
+        print(f"ticketlab: error: {one_line(problem)}", file=sys.stderr)
     if len(problems) > MAX_PROBLEMS:
         print(f"ticketlab: error: ... and {len(problems) - MAX_PROBLEMS} more", file=sys.stderr)
 
@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         print_problems(exc.problems)
         return 2
     except TicketlabError as exc:
-        print(f"ticketlab: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        print(f"ticketlab: error: {one_line(exc)}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # `ticketlab show RUN | head`: the reader left; not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -140,10 +140,8 @@ def cmd_transfer(args: argparse.Namespace) -> None:
 
         jobs = [transfer_job_for(str(run.resolve()), r, _transfer_spec(args, run, s), finished=True)
                 for r in rounds for s in seeds]
-        summary = run_graph(jobs, _runs_dir(args), args.executor, progress=not args.quiet, address=args.address)
-        if summary.failed:
-            raise TicketlabError(f"{len(summary.failed)} of {len(jobs)} fine-tunes failed: "
-                                 f"{'; '.join(summary.lines()[1:4])}")
+        run_graph(jobs, _runs_dir(args), args.executor, progress=not args.quiet,
+                  address=args.address).raise_if_unfinished("fine-tunes")
     rows = [{**transfer_ticket(run, r, _transfer_spec(args, run, s), task, progress=not args.quiet).metrics,
              "source": run.name} for r in rounds for s in seeds]
     summary = summarize_transfer(rows, within_std=args.within_std)
@@ -229,9 +227,7 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     print(markdown.read_text(encoding="utf-8"))
     print("\n".join(summary.lines()))
     print(f"summary: {markdown} and {table}")
-    if summary.failed or summary.skipped:
-        raise TicketlabError(f"{len(summary.failed) + len(summary.skipped)} of {len(jobs)} runs did not finish (listed "
-                             "above); fix their cause and re-run the same command: finished runs are kept")
+    summary.raise_if_unfinished("runs")
 
 
 def _seeds(args: argparse.Namespace) -> list[int]:

@@ -47,6 +47,11 @@ class DivergenceError(NonFiniteLossError):
     """Training diverged: the loss exploded relative to its start, or weights stopped being finite."""
 
 
+def one_line(text: object) -> str:
+    """``text`` with every run of whitespace (newlines included) collapsed: an error message is one line."""
+    return " ".join(str(text).split())
+
+
 def did_you_mean(name: object, choices: Iterable[str]) -> str:
     """``" (did you mean 'x'?)"`` for the closest valid names (difflib), or ``""`` when none is close."""
     close = difflib.get_close_matches(str(name), list(choices), n=3, cutoff=0.6)

@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ticketlab.errors import ConfigError, TicketlabError
+from ticketlab.errors import ConfigError, TicketlabError, one_line
 from ticketlab.fileio import ensure_writable_dir
-from ticketlab.jobs import Job, check_graph, execute_job
+from ticketlab.jobs import Job, check_graph, execute_job, job_resources
 from ticketlab.progress import progress_bar
 from ticketlab.store import ResultStore
 
@@ -44,16 +44,24 @@ class Summary:
         out += [f"skipped {job}: waits for {cause}, which failed" for job, cause in self.skipped.items()]
         return out
 
+    def raise_if_unfinished(self, what: str) -> None:
+        """The one rule for a graph that did not finish: a one-line error (how many of ``what``, the first
+        failures); finished jobs are kept, so re-running the same command resumes."""
+        unfinished = len(self.failed) + len(self.skipped)
+        if unfinished:
+            raise TicketlabError(f"{unfinished} of {unfinished + len(self.results)} {what} did not finish "
+                                 f"({'; '.join(self.lines()[1:4])}); fix the cause and re-run the same command: "
+                                 "finished ones are kept")
+
 
 class View:
     """One progress view for many jobs: done / running / failed / queued, rate and ETA (plain lines in logs)."""
 
     def __init__(self, total: int, enabled: bool) -> None:
         self.bar = progress_bar(total=total, desc="jobs", unit="job", disable=not enabled)
-        self.total, self.running = total, 0
+        self.total = total
 
     def update(self, summary: Summary, running: int, finished: int = 0) -> None:
-        self.running = running
         finished_all = len(summary.results) + len(summary.failed) + len(summary.skipped)
         self.bar.set_postfix(done=len(summary.results), running=running, failed=len(summary.failed),
                              queued=self.total - finished_all - running)
@@ -64,8 +72,7 @@ class View:
 
 
 def _one_line(exc: BaseException) -> str:
-    return " ".join(f"{type(exc).__name__}: {exc}".split()) if not isinstance(exc, TicketlabError) \
-        else " ".join(str(exc).split())
+    return one_line(exc if isinstance(exc, TicketlabError) else f"{type(exc).__name__}: {exc}")
 
 
 def _waits_for_failed(job: Job, summary: Summary) -> str | None:
@@ -127,6 +134,7 @@ def run_ray(jobs: list[Job], runs_dir: Path, progress: bool = True, address: str
     own = not ray.is_initialized()
     if own:
         _start_ray(ray, address, num_cpus)
+    view = None
     try:
         _check_resources(ray, ordered)
         _check_shared_folder(ray, runs_dir)
@@ -143,8 +151,7 @@ def run_ray(jobs: list[Job], runs_dir: Path, progress: bool = True, address: str
                     waiting.remove(job)
                     view.update(summary, len(pending), 1)
                 elif all(a in summary.results for a in job.after):
-                    options = {"num_cpus": job.resources.get("num_cpus", 1),
-                               "num_gpus": job.resources.get("num_gpus", 0), "max_retries": RAY_RETRIES}
+                    options = {**job_resources(job.resources), "max_retries": RAY_RETRIES}
                     pending[remote.options(**options).remote(job, str(runs_dir))] = job.id
                     waiting.remove(job)
             view.update(summary, len(pending))
@@ -157,17 +164,18 @@ def run_ray(jobs: list[Job], runs_dir: Path, progress: bool = True, address: str
             except Exception as exc:  # noqa: BLE001  Ray could not run it to the end
                 died = type(exc).__name__ in ("WorkerCrashedError", "NodeDiedError", "OutOfMemoryError")
                 outcome = {"error": f"the worker running it died {RAY_RETRIES + 1} times ({type(exc).__name__})" if died
-                           else f"Ray could not run it: {' '.join(str(exc).split())[:200]}"}
+                           else f"Ray could not run it: {one_line(exc)[:200]}"}
             if "result" in outcome:
                 summary.results[job_id] = outcome["result"]
             else:
                 summary.failed[job_id] = outcome["error"]
-            folder = Path(runs_dir) / job_id
+            folder = runs_dir / job_id
             if by_id[job_id].kind == "find" and folder.is_dir():
                 store.index_folder(folder)  # the driver is the only writer of the index
             view.update(summary, len(pending), 1)
-        view.close()
     finally:
+        if view is not None:
+            view.close()
         if own:
             ray.shutdown()
     summary.seconds = time.perf_counter() - started
@@ -202,7 +210,7 @@ def _start_ray(ray: Any, address: str | None, num_cpus: int | None) -> None:
         hint = " (a cluster started by 'ray start' uses token authentication: export RAY_AUTH_MODE=token here, with " \
                "its token in ~/.ray/auth_token or RAY_AUTH_TOKEN)" if address and \
             os.environ.get("RAY_AUTH_MODE") != "token" else ""
-        raise TicketlabError(f"could not reach a Ray cluster {where} ({' '.join(str(exc).split())[:200]}){hint}; "
+        raise TicketlabError(f"could not reach a Ray cluster {where} ({one_line(exc)[:200]}){hint}; "
                              "start one with 'ray start --head', or drop --address to start a local one") from None
 
 
@@ -210,9 +218,10 @@ def _check_resources(ray: Any, jobs: list[Job]) -> None:
     """A job needing more GPUs or CPUs than the whole cluster has would wait forever: refuse it before running."""
     total = ray.cluster_resources()
     for job in jobs:
+        needs = job_resources(job.resources)
         for key, name in (("num_gpus", "GPU"), ("num_cpus", "CPU")):
-            if job.resources.get(key, 0) > total.get(name, 0):
-                raise ConfigError(f"job {job.id} needs {job.resources[key]:g} {name}(s) but the Ray cluster has "
+            if needs[key] > total.get(name, 0):
+                raise ConfigError(f"job {job.id} needs {needs[key]:g} {name}(s) but the Ray cluster has "
                                   f"{total.get(name, 0):g}; lower engine.resources.{key} or add nodes")
 
 
@@ -223,21 +232,22 @@ def _check_shared_folder(ray: Any, runs_dir: Path, reader: Any = _read_probe) ->
 
     ensure_writable_dir(runs_dir)
     token = os.urandom(8).hex()
-    probe = Path(runs_dir).resolve() / f".probe-{token}"
+    runs_dir = Path(runs_dir).resolve()
+    probe = runs_dir / f".probe-{token}"
     probe.write_text(token)
     nodes = [n["NodeID"] for n in ray.nodes() if n.get("Alive")]
     try:
         seen = ray.get([ray.remote(reader).options(num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(
             node, soft=False)).remote(str(probe)) for node in nodes])
     except Exception as exc:  # noqa: BLE001  e.g. ticketlab not importable on a node
-        raise TicketlabError(f"a Ray node could not run ticketlab's probe ({' '.join(str(exc).split())[:200]}); "
+        raise TicketlabError(f"a Ray node could not run ticketlab's probe ({one_line(exc)[:200]}); "
                              "install the same ticketlab on every node") from None
     finally:
         probe.unlink(missing_ok=True)
     for node, answer in zip(nodes, seen, strict=True):
         if answer != token:
             raise TicketlabError(f"the Ray workers on node {node[:12]} cannot see the runs folder "
-                                 f"{Path(runs_dir).resolve()} ({answer}); put it on a file system every node "
+                                 f"{runs_dir} ({answer}); put it on a file system every node "
                                  "mounts at the same path")
 
 

@@ -16,6 +16,12 @@ from typing import Any
 from ticketlab.errors import ConfigError
 from ticketlab.registry import Registry
 
+
+def job_resources(requested: dict[str, float] | None = None) -> dict[str, float]:
+    """What a job asks an executor for: one CPU and no GPU unless ``engine.resources`` says otherwise."""
+    return {"num_cpus": 1, "num_gpus": 0, **(requested or {})}
+
+
 JobRunner = Callable[[dict[str, Any], Path, bool, bool], str]  # (payload, runs_dir, progress, index) -> folder
 JOB_KINDS: Registry[JobRunner] = Registry("job kind")
 
@@ -26,7 +32,7 @@ class Job:
     kind: str
     payload: dict[str, Any]
     after: tuple[str, ...] = ()  # ids of the jobs whose results this one reads
-    resources: dict[str, float] = field(default_factory=lambda: {"num_cpus": 1, "num_gpus": 0})
+    resources: dict[str, float] = field(default_factory=job_resources)
     label: str = ""
 
 

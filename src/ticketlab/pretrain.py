@@ -23,7 +23,7 @@ from ticketlab.config import (
 )
 from ticketlab.data.base import build_task
 from ticketlab.fileio import ensure_writable_dir, write_json
-from ticketlab.jobs import JOB_KINDS, Job
+from ticketlab.jobs import JOB_KINDS, Job, job_resources
 from ticketlab.models.base import build_model, model_input_defaults
 from ticketlab.objectives.base import OBJECTIVES
 from ticketlab.paths import CONFIG, PRETRAINED_BACKBONE, PRETRAINED_HEADS, pretrain_dir
@@ -94,7 +94,7 @@ def pretrain_job_for(cfg: ExperimentConfig, runs_dir: Path) -> Job:
     run = pretrain_run_for(cfg)
     return Job(pretrain_dir(runs_dir, config_hash(run)).name, "pretrain",
                {"run": to_dict(run), "deterministic": cfg.deterministic},
-               resources={"num_cpus": 1, "num_gpus": 0, **cfg.engine.resources},
+               resources=job_resources(cfg.engine.resources),
                label=f"pre-train {run.pretrain.objective}")
 
 

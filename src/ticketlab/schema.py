@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 import yaml
 
-from ticketlab.errors import ConfigError, did_you_mean
+from ticketlab.errors import ConfigError, did_you_mean, one_line
 from ticketlab.registry import nonfinite_problems
 
 MAX_CONFIG_BYTES = 1_000_000
@@ -145,7 +145,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path} is not valid YAML: {' '.join(str(exc).split())}") from exc
+        raise ConfigError(f"{path} is not valid YAML: {one_line(exc)}") from exc
     if data is None or data == {}:
         raise ConfigError(f"{path} is empty; give at least the model, task and train sections (see examples/demo.yaml)")
     if not isinstance(data, dict):

@@ -22,11 +22,11 @@ import yaml
 
 from ticketlab.analysis import highest_sparsity
 from ticketlab.config import ExperimentConfig, config_hash, parse_config, to_dict
-from ticketlab.errors import ConfigError, did_you_mean
+from ticketlab.errors import ConfigError, did_you_mean, one_line
 from ticketlab.experiment import run_dir_for, run_experiment
 from ticketlab.figures import markdown_table
 from ticketlab.fileio import ensure_writable_dir, read_json, write_json, write_text
-from ticketlab.jobs import JOB_KINDS, Job
+from ticketlab.jobs import JOB_KINDS, Job, job_resources
 from ticketlab.pretrain import pretrain_job_for
 from ticketlab.runfolders import load_run
 from ticketlab.store import folder_status
@@ -41,7 +41,7 @@ def find_job(payload: dict[str, Any], runs_dir: Path, progress: bool, index: boo
 def experiment_jobs(cfg: ExperimentConfig, runs_dir: Path, label: str = "") -> list[Job]:
     """The jobs of one IMP run: its pre-training first (when it has one: runs sharing a θp then wait for one
     pre-training instead of racing for it), then the run itself (its id is the run id)."""
-    resources = {"num_cpus": 1, "num_gpus": 0, **cfg.engine.resources}
+    resources = job_resources(cfg.engine.resources)
     before = [pretrain_job_for(cfg, runs_dir)] if cfg.pretrain is not None else []
     run_id = run_dir_for(cfg, runs_dir).name
     return [*before, Job(run_id, "find", {"config": to_dict(cfg)}, after=tuple(j.id for j in before),
@@ -81,7 +81,7 @@ def parse_sets(items: list[str]) -> dict[str, list[Any]]:
         try:
             sets[key] = [yaml.safe_load(v) for v in _split_top_level(values)]
         except yaml.YAMLError as exc:
-            raise ConfigError(f"--set {key}: a value is not valid YAML ({' '.join(str(exc).split())[:120]}); "
+            raise ConfigError(f"--set {key}: a value is not valid YAML ({one_line(exc)[:120]}); "
                               "write lists as [a, b] and mappings as {k: v}") from None
     return sets
 

@@ -19,7 +19,7 @@ from ticketlab.config import TaskConfig, TrainConfig, config_hash, from_dict, pa
 from ticketlab.data.base import Task, build_task
 from ticketlab.errors import TicketlabError
 from ticketlab.fileio import is_writable, read_json, write_json
-from ticketlab.jobs import JOB_KINDS, Job
+from ticketlab.jobs import JOB_KINDS, Job, job_resources
 from ticketlab.masks import Mask
 from ticketlab.models.base import build_model, model_input_defaults
 from ticketlab.objectives.base import OBJECTIVES
@@ -99,9 +99,19 @@ def transfer_job(payload: dict[str, Any], runs_dir: Path, progress: bool, index:
     """Fine-tune one round's ticket (or its perturbation named by ``spec.variant``) from θp on a target task."""
     run, k = Path(runs_dir) / payload["source"], int(payload["round"])
     spec = from_dict(TransferSpec, payload["spec"])
-    mask = None if spec.variant == "ticket" else perturb(Mask.load(RunPaths(run).mask(IMP, k)), spec.variant, spec.seed)
-    transfer_ticket(run, k, spec, mask=mask, progress=progress)
+    transfer_ticket(run, k, spec, mask=variant_mask(Mask.load(RunPaths(run).mask(IMP, k)), spec), progress=progress)
     return str(run)
+
+
+def variant_mask(ticket: Mask, spec: TransferSpec) -> Mask | None:
+    """The mask a transfer of variant ``spec.variant`` fine-tunes: None for the ticket itself, else the ticket's
+    perturbation drawn from ``spec.seed`` (the same mask wherever it is computed: a job, or the study's loop)."""
+    return None if spec.variant == "ticket" else perturb(ticket, spec.variant, spec.seed)
+
+
+def perturbation_specs(spec: TransferSpec, seeds: list[int]) -> list[TransferSpec]:
+    """The ticket and each perturbation of it, once per seed (seed i perturbs and fine-tunes)."""
+    return [replace(spec, seed=seed, variant=variant) for seed in seeds for variant in ("ticket", *PERTURBATIONS)]
 
 
 def transfer_job_for(source: str, k: int, spec: TransferSpec, resources: dict[str, float] | None = None,
@@ -110,7 +120,7 @@ def transfer_job_for(source: str, k: int, spec: TransferSpec, resources: dict[st
     waits for the run's own job unless the run is ``finished`` already."""
     return Job(f"{Path(source).name}:{k}:{spec.target.name}-{config_hash(spec)}", "transfer",
                {"source": source, "round": k, "spec": to_dict(spec)}, after=() if finished else (source,),
-               resources={"num_cpus": 1, "num_gpus": 0, **(resources or {})},
+               resources=job_resources(resources),
                label=f"transfer {source}:{k} -> {spec.target.name} ({spec.variant}, seed {spec.seed})")
 
 
@@ -129,11 +139,9 @@ def perturbation_sensitivity(run_dir: Path, k: int, spec: TransferSpec, task: Ta
     ticket = Mask.load(RunPaths(run_dir).mask(IMP, k))
     task = task or target_task(run_dir, spec)
     rows = []
-    for seed in seeds if seeds is not None else [spec.seed]:
-        for variant in ("ticket", *PERTURBATIONS):
-            mask = None if variant == "ticket" else perturb(ticket, variant, seed)
-            run_spec = replace(spec, seed=seed, variant=variant)
-            metrics = transfer_ticket(run_dir, k, run_spec, task, mask=mask, progress=progress).metrics
-            rows.append({"source": source or run_dir.name, "seed": seed, "variant": variant,
-                         "test_acc": metrics["test_acc"], "sparsity": metrics["sparsity"]})
+    for run_spec in perturbation_specs(spec, seeds if seeds is not None else [spec.seed]):
+        metrics = transfer_ticket(run_dir, k, run_spec, task, mask=variant_mask(ticket, run_spec),
+                                  progress=progress).metrics
+        rows.append({"source": source or run_dir.name, "seed": run_spec.seed, "variant": run_spec.variant,
+                     "test_acc": metrics["test_acc"], "sparsity": metrics["sparsity"]})
     return rows

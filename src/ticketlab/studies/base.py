@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ticketlab.config import from_dict, read_yaml
-from ticketlab.errors import ConfigError, TicketlabError
+from ticketlab.errors import ConfigError
 from ticketlab.jobs import Job
 from ticketlab.registry import Registry
 
@@ -55,11 +55,8 @@ def run_study(name: str, cfg: Any, runs_dir: str | Path = "runs", progress: bool
     study = STUDIES.get(name)
     study.check(cfg)
     if study.jobs is not None:
-        summary = run_graph(study.jobs(cfg, Path(runs_dir)), Path(runs_dir), executor, progress, address)
-        if summary.failed or summary.skipped:
-            raise TicketlabError(f"{len(summary.failed) + len(summary.skipped)} of the study's trainings did not "
-                                 f"finish ({'; '.join(summary.lines()[1:4])}); fix the cause and re-run: finished "
-                                 "ones are kept")
+        run_graph(study.jobs(cfg, Path(runs_dir)), Path(runs_dir), executor, progress,
+                  address).raise_if_unfinished("study trainings")
     elif executor != "local":
         raise ConfigError(f"study {name} has no job graph yet: it runs with --executor local only")
     return study.run(cfg, Path(runs_dir), progress)

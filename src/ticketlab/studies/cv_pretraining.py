@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ticketlab.analysis import PERTURBATIONS, overlap_matrix, summarize_transfer
+from ticketlab.analysis import overlap_matrix, summarize_transfer
 from ticketlab.config import (
     ConfigError,
     ExperimentConfig,
@@ -41,7 +41,13 @@ from ticketlab.studies.base import STUDIES, Study
 from ticketlab.studies.common import open_study_dir, study_tasks
 from ticketlab.studies.cv_report import write_cv_report
 from ticketlab.sweep import experiment_jobs, merge_jobs
-from ticketlab.transfer import TransferSpec, perturbation_sensitivity, transfer_job_for, transfer_ticket
+from ticketlab.transfer import (
+    TransferSpec,
+    perturbation_sensitivity,
+    perturbation_specs,
+    transfer_job_for,
+    transfer_ticket,
+)
 
 
 @dataclass(frozen=True)
@@ -146,12 +152,10 @@ def run_cv_study(study: StudyConfig, runs_dir: Path, progress: bool = True) -> P
 
     tasks = study_tasks(study.model, study.downstream)
     rows = []
-    rounds = len(round_sparsities(study.prune.schedule, study.prune.rounds, study.prune.rate, study.prune.sparsities))
-    jobs = [(label, seed, run, t, k) for (label, seed), run in pretraining_runs.items() for t in study.downstream
-            for k in range(rounds + 1)]
-    for label, seed, run, target, k in progress_bar(jobs, desc="transfer", disable=not progress, unit="fine-tune"):
-        spec = TransferSpec(target, study.downstream_train, seed)  # seed i's mask, fine-tuned with seed i
-        rows.append({**transfer_ticket(run, k, spec, tasks[target.name]).metrics, "source": label, "seed": seed})
+    for (label, seed), k, spec in progress_bar(transfer_specs(study), desc="transfer", disable=not progress,
+                                               unit="fine-tune"):
+        run = pretraining_runs[label, seed]
+        rows.append({**transfer_ticket(run, k, spec, tasks[spec.target.name]).metrics, "source": label, "seed": seed})
     summary = summarize_transfer(rows, within_std=study.matching_within_std)
 
     k = study.analysis_round
@@ -177,16 +181,23 @@ def run_cv_study(study: StudyConfig, runs_dir: Path, progress: bool = True) -> P
     return out
 
 
+def transfer_specs(study: StudyConfig) -> list[tuple[tuple[str, int], int, TransferSpec]]:
+    """((pre-training, seed), round, spec) of every transfer of a pre-training ticket to a downstream task, every
+    round: seed i's mask, fine-tuned with seed i."""
+    rounds = len(round_sparsities(study.prune.schedule, study.prune.rounds, study.prune.rate, study.prune.sparsities))
+    return [(key, k, TransferSpec(t, study.downstream_train, key[1])) for key in pretraining_configs(study)
+            for t in study.downstream for k in range(rounds + 1)]
+
+
 def cv_study_jobs(study: StudyConfig, runs_dir: Path) -> list[Job]:
     """Every training of the study as a graph: pre-trainings → IMP runs → transfers and perturbations."""
     configs = {**pretraining_configs(study), **downstream_configs(study)}
     groups = [experiment_jobs(cfg, runs_dir, str(key)) for key, cfg in configs.items()]
-    rounds = len(round_sparsities(study.prune.schedule, study.prune.rounds, study.prune.rate, study.prune.sparsities))
-    for (_, seed), cfg in pretraining_configs(study).items():
-        specs = [(k, TransferSpec(t, study.downstream_train, seed)) for t in study.downstream for k in range(rounds + 1)]
-        specs += [(study.analysis_round, TransferSpec(study.downstream[0], study.downstream_train, seed, variant))
-                  for variant in ("ticket", *PERTURBATIONS)]
-        groups.append([transfer_job_for(run_dir_for(cfg, runs_dir).name, k, spec) for k, spec in specs])
+    sources = {key: run_dir_for(cfg, runs_dir).name for key, cfg in pretraining_configs(study).items()}
+    groups.append([transfer_job_for(sources[key], k, spec) for key, k, spec in transfer_specs(study)])
+    perturbation = TransferSpec(study.downstream[0], study.downstream_train)  # what the report's loop perturbs
+    groups.append([transfer_job_for(sources[key], study.analysis_round, spec) for key in sources
+                   for spec in perturbation_specs(perturbation, [key[1]])])
     return merge_jobs(groups)
 
 

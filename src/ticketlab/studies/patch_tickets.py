@@ -37,7 +37,7 @@ from ticketlab.config import (
 from ticketlab.data.base import Split, Task, build_task, subset
 from ticketlab.experiment import run_experiment
 from ticketlab.fileio import ensure_writable_dir, read_json, write_json
-from ticketlab.jobs import JOB_KINDS, Job
+from ticketlab.jobs import JOB_KINDS, Job, job_resources
 from ticketlab.metrics import accuracy
 from ticketlab.models.base import build_model, model_input_defaults
 from ticketlab.objectives.patches import RandomPatches, TicketPatches
@@ -246,7 +246,7 @@ def student_job(payload: dict[str, Any], runs_dir: Path, progress: bool, index: 
 
 def patch_study_jobs(cfg: PatchStudyConfig, runs_dir: Path) -> list[Job]:
     """Every training of the study as a graph: selectors → students; the weight-level IMP runs beside them."""
-    resources = {"num_cpus": 1, "num_gpus": 0, **cfg.engine.resources}
+    resources = job_resources(cfg.engine.resources)
     groups, study = [], study_dir(runs_dir, "patchstudy", config_hash(cfg)).name
     for k in cfg.keep_rates:
         selector = dataclasses.replace(cfg.selector, keep_rate=k)
