@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from ticketlab.executors import run_graph
+from ticketlab.results import score
 from ticketlab.sweep import sweep_jobs, sweep_points
 
 
@@ -36,7 +37,7 @@ def fingerprint(runs: Path) -> str:
     for metrics in sorted(runs.glob("imp-*/rounds/round_*/metrics.json")):
         m = json.loads(metrics.read_text())
         digest.update(metrics.parent.joinpath("mask.safetensors").read_bytes())
-        digest.update(f"{metrics.relative_to(runs)} {m['test_acc']} {m['val_acc']} {m['final_train_loss']!r}".encode())
+        digest.update(f"{metrics.relative_to(runs)} {score(m)} {score(m, 'val')} {m['final_train_loss']!r}".encode())
     return digest.hexdigest()
 
 

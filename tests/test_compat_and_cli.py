@@ -12,6 +12,7 @@ from ticketlab import cli
 from ticketlab.config import config_hash, parse_config
 from ticketlab.experiment import run_dir_for
 from ticketlab.masks import Mask
+from ticketlab.results import read_result
 from ticketlab.runfolders import load_run
 
 FIXTURE = Path(__file__).parent / "fixtures" / "imp-6d501ecdd369"  # written by ticketlab d47b731 (before issue 11)
@@ -47,8 +48,11 @@ def test_old_run_resumes_bit_identically(old_run, capsys):
     assert capsys.readouterr().out.strip() == str(old_run)
     assert {p: p.stat().st_mtime_ns for p in old_run.rglob("metrics.json") if p in stamps} == stamps
     after = json.loads((lost / "metrics.json").read_text())
-    for key in ("test_acc", "val_acc", "final_train_loss", "sparsity", "best_epoch"):
+    for key in ("final_train_loss", "sparsity", "best_epoch"):
         assert after[key] == before[key], key
+    old, new = read_result(before), read_result(after)  # the old flat dict and the new typed record agree
+    assert old.scores == new.scores and set(new.scores) == {"val", "test"}
+    assert old.metric == "unrecorded" and new.metric == "accuracy" and after["result_version"] == 1
     assert Mask.load(lost / "mask.safetensors") == mask_before
     assert len(load_run(old_run)["baselines"]["random_reinit"]) == 2
 

@@ -12,6 +12,7 @@ from ticketlab.experiment import run_dir_for, run_experiment
 from ticketlab.masks import Mask
 from ticketlab.pretrain import PretrainRun
 from ticketlab.pruning import target_pruned_count
+from ticketlab.results import score
 from ticketlab.rewind import REWIND_POINTS
 from ticketlab.run_context import RunContext
 from ticketlab.runfolders import load_run
@@ -118,7 +119,7 @@ def test_cli_show_json_and_ls(finished, capsys):
     assert shown["rounds"][1]["mask"] == "rounds/round_001/mask.safetensors"
     assert (run_dir / shown["rounds"][1]["mask"]).is_file()
     stored = json.loads((run_dir / "rounds/round_001/metrics.json").read_text())
-    assert shown["rounds"][1]["metrics"]["test_acc"] == stored["test_acc"]
+    assert score(shown["rounds"][1]["metrics"]) == score(stored)
     assert shown["rounds"][1]["metrics"]["sparsity"] == pytest.approx(0.2, abs=1e-4)
     assert shown["baselines"]["omp"][0]["sparsity"] == pytest.approx(0.2, abs=1e-4)
     assert cli.main(["ls", "--runs-dir", str(runs)]) == 0
@@ -225,5 +226,5 @@ def test_imp_prunes_from_the_end_of_training_weights_by_default(tmp_path, source
     expected = prune("global_magnitude", weights, dense, 0.2, torch.Generator().manual_seed(3 * 7919 + 1))
     assert Mask.load(run_dir / "rounds/round_001/mask.safetensors").digest() == expected.digest()
     metrics = json.loads((round0 / "metrics.json").read_text())
-    assert metrics["val_acc"] == max(json.loads(line)["val_score"] for line in
+    assert score(metrics, "val") == max(json.loads(line)["val_score"] for line in
                                      (round0 / "metrics.jsonl").read_text().splitlines())  # reported: best-val

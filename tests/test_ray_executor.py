@@ -21,6 +21,7 @@ from ticketlab import cli
 from ticketlab.errors import ConfigError, TicketlabError
 from ticketlab.executors import _check_shared_folder, run_ray
 from ticketlab.jobs import Job
+from ticketlab.results import score
 
 pytest.importorskip("ray")
 pytestmark = pytest.mark.slow
@@ -44,7 +45,7 @@ def fingerprint(runs: Path) -> dict[str, str]:
         mask_file = metrics.parent / "mask.safetensors"  # transfer folders keep no mask
         mask = hashlib.sha256(mask_file.read_bytes()).hexdigest() if mask_file.is_file() else "-"
         key = str(metrics.relative_to(runs))
-        out[key] = f"{mask} {m['test_acc']} {m['val_acc']} {m['final_train_loss']!r} {m['sparsity']}"
+        out[key] = f"{mask} {score(m)} {score(m, 'val')} {m['final_train_loss']!r} {m['sparsity']}"
     return out
 
 
@@ -58,11 +59,12 @@ def test_a_ray_sweep_equals_the_serial_one_and_a_failing_run_stops_nothing_else(
     sets = ["--set", "train.lr=0.05,0.02,3000", "--seeds", "0-1"]
     serial = sweep([base, *sets, "--runs-dir", str(tmp_path / "serial")])
     out, err = serial.communicate(timeout=600)
-    assert serial.returncode == 2 and "4 done, 2 failed" in out, out + err
+    # 6 runs × 4 jobs (IMP rounds 0 and 1, OMP at round 1, the run's report); a diverging run fails at round 0
+    assert serial.returncode == 2 and "16 done, 2 failed, 6 skipped" in out, out + err
     parallel = sweep([base, *sets, "--executor", "ray", "--runs-dir", str(tmp_path / "ray")])
     out, err = parallel.communicate(timeout=600)
-    assert parallel.returncode == 2 and "4 done, 2 failed" in out, out + err
-    assert "diverged" in out and err.strip().splitlines()[-1].startswith("ticketlab: error: 2 of 6 runs")
+    assert parallel.returncode == 2 and "16 done, 2 failed, 6 skipped" in out, out + err
+    assert "diverged" in out and err.strip().splitlines()[-1].startswith("ticketlab: error: 8 of the 24 jobs")
     a, b = fingerprint(tmp_path / "serial"), fingerprint(tmp_path / "ray")
     assert len(a) == 12 and a == b  # 4 finished runs × (2 IMP rounds + 1 OMP round)
 
@@ -103,7 +105,7 @@ def test_a_stopped_driver_resumes_on_rerun_without_recomputing(tmp_path):
     assert finished
     again = sweep(args)
     out, err = again.communicate(timeout=600)
-    assert again.returncode == 0 and "4 done, 0 failed" in out, out + err
+    assert again.returncode == 0 and "16 done, 0 failed" in out, out + err
     assert all(path.stat().st_mtime_ns == t for path, t in finished.items())  # finished rounds were not redone
 
 
@@ -150,7 +152,7 @@ def test_the_cv_study_on_ray_equals_the_serial_study(tmp_path):
                               env=env, timeout=900)
         assert done.returncode == 0, done.stderr[-3000:]
         rows = json.loads(next(runs.glob("study-*/transfer_rows.json")).read_text())
-        outputs[executor] = ([(r["source"], r["seed"], r["round"], r["target"], r["test_acc"]) for r in rows],
+        outputs[executor] = ([(r["source"], r["seed"], r["round"], r["target"], score(r)) for r in rows],
                              fingerprint(runs))
     assert outputs["local"] == outputs["ray"] and len(outputs["local"][0]) > 10
 
@@ -174,3 +176,16 @@ def test_transfer_over_rounds_and_seeds_on_ray_equals_local(tmp_path):
         outputs.append((done.stdout, fingerprint(copy)))
     assert outputs[0] == outputs[1] and "round  1" in outputs[0][0]
     assert sum("/transfer/" in key for key in outputs[0][1]) == 4  # 2 rounds × 2 seeds
+
+
+def test_find_on_ray_trains_baselines_beside_imp_rounds_and_equals_local(tmp_path):
+    base = base_config(tmp_path)
+    outputs = []
+    for executor in ("local", "ray"):
+        runs = tmp_path / executor
+        done = subprocess.run([sys.executable, "-m", "ticketlab", "find", base, "-q", "--executor", executor,
+                               "--runs-dir", str(runs)], capture_output=True, text=True,
+                              env={**ENV, "OMP_NUM_THREADS": "1"}, timeout=600)
+        assert done.returncode == 0, done.stderr[-2000:]
+        outputs.append(fingerprint(runs))
+    assert len(outputs[0]) == 3 and outputs[0] == outputs[1]  # IMP rounds 0 and 1, OMP at round 1

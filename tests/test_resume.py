@@ -13,6 +13,7 @@ import torch
 
 from tests.conftest import tiny_config
 from ticketlab.masks import Mask
+from ticketlab.results import score
 from ticketlab.runfolders import load_run
 
 pytestmark = pytest.mark.slow
@@ -34,7 +35,7 @@ def finish(config: Path, runs: Path) -> Path:
 def scores(run_dir: Path) -> dict:
     run = load_run(run_dir)
     rows = [("imp", r) for r in run["rounds"]] + [(b, r) for b, rs in run["baselines"].items() for r in rs]
-    return {(b, r["round"]): (r["metrics"]["val_acc"], r["metrics"]["test_acc"], r["metrics"]["final_train_loss"])
+    return {(b, r["round"]): (score(r["metrics"], "val"), score(r["metrics"]), r["metrics"]["final_train_loss"])
             for b, r in rows}
 
 

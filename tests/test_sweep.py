@@ -4,6 +4,8 @@ table, `ls --sweep`, failures that do not stop independent runs, and bad `--set`
 from __future__ import annotations
 
 import csv
+import hashlib
+import json
 
 import pytest
 import yaml
@@ -13,7 +15,10 @@ from ticketlab import cli
 from ticketlab.config import parse_config
 from ticketlab.errors import ConfigError
 from ticketlab.executors import run_local
+from ticketlab.experiment import run_experiment
 from ticketlab.jobs import JOB_KINDS, Job, check_graph
+from ticketlab.results import score
+from ticketlab.run_jobs import experiment_jobs
 from ticketlab.sweep import parse_seeds, parse_sets
 
 
@@ -53,7 +58,7 @@ def test_a_failing_run_does_not_stop_the_independent_ones_and_is_listed(tmp_path
     captured = capsys.readouterr()
     assert "1 done, 1 failed, 0 skipped" in captured.out
     assert "failed  imp-" in captured.out and "diverged" in captured.out
-    assert "1 of 2 runs did not finish" in captured.err
+    assert "1 of the 2 jobs of the runs did not finish" in captured.err
 
 
 @pytest.mark.parametrize(("item", "pattern"), [
@@ -158,3 +163,27 @@ def test_a_failed_plugin_load_is_retried_not_left_half_filled(monkeypatch):
         with pytest.raises(ImportError):
             fresh.get("x")
     assert calls == ["load", "load"]
+
+
+def _fingerprint(runs) -> dict[str, tuple]:
+    out = {}
+    for metrics in sorted(runs.glob("imp-*/**/round_*/metrics.json")):
+        m = json.loads(metrics.read_text())
+        mask = hashlib.sha256((metrics.parent / "mask.safetensors").read_bytes()).hexdigest()
+        out[str(metrics.relative_to(runs))] = (mask, score(m), score(m, "val"), m["final_train_loss"])
+    return out
+
+
+def test_a_run_with_baselines_is_a_graph_of_units_that_equals_the_serial_run(tmp_path):
+    cfg = parse_config(tiny_config(baselines=["omp", "reversed"], prune={"rounds": 2}, engine={"threads": 1}))
+    jobs = experiment_jobs(cfg, tmp_path / "graph")
+    run_id, by_id = jobs[-1].id, {job.id: job for job in jobs}
+    assert jobs[-1].kind == "find" and len(jobs[-1].after) == 3 + 2 * 2  # the report waits for every unit
+    assert by_id[f"{run_id}:omp:1"].after == (f"{run_id}:imp:1",)  # a baseline waits only for its IMP round
+    assert by_id[f"{run_id}:imp:2"].after == (f"{run_id}:imp:1",) and by_id[f"{run_id}:imp:0"].after == ()
+    summary = run_local(jobs, tmp_path / "graph", progress=False)
+    assert not summary.failed and len(summary.results) == len(jobs)
+    run_experiment(cfg, tmp_path / "serial", progress=False)
+    graph, serial = _fingerprint(tmp_path / "graph"), _fingerprint(tmp_path / "serial")
+    assert len(graph) == 7 and graph == serial
+    assert json.loads((tmp_path / "graph" / run_id / "status.json").read_text())["status"] == "done"

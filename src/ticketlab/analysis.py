@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from ticketlab.errors import MaskMismatchError
+from ticketlab.results import score
 from ticketlab.stats import Interval, matching_sparsity, mean_ci, paired_ci
 
 if TYPE_CHECKING:  # torch only where masks are perturbed: reports and `ticketlab show` import this module
@@ -114,20 +115,20 @@ def summarize_transfer(rows: list[dict[str, Any]], relaxed: float = 0.99, within
 
     Matching: every sparsity up to s has mean *validation* score ≥ dense mean (≥ dense mean − dense std with
     ``within_std``, as Chen et al. did); relaxed: ≥ ``relaxed`` × dense mean. Dense is round 0 of the same
-    (source, target). Rows without ``val_acc`` are judged on ``test_acc``. Test scores are reported there.
+    (source, target). Rows without a validation score are judged on test. Test scores are reported there.
     """
     grouped: dict[tuple[str, str, int], list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
         grouped[(row["source"], row["target"], row["round"])].append(row)
     cells = {}
     for key, group in grouped.items():
-        mean, std = mean_std(r["test_acc"] for r in group)
-        val = {_seed_of(r, i): r.get("val_acc", r["test_acc"]) for i, r in enumerate(group)}
+        mean, std = mean_std(score(r) for r in group)
+        val = {_seed_of(r, i): score(r, "val") for i, r in enumerate(group)}
         cells[key] = {"mean": mean, "std": std, "n": len(group), "sparsity": group[0]["sparsity"],
                       "chance_test": group[0].get("chance_test"), "n_test": group[0].get("n_test"),
-                      "ci": mean_ci([r["test_acc"] for r in group]), "val_mean": statistics.fmean(val.values()),
+                      "ci": mean_ci([score(r) for r in group]), "val_mean": statistics.fmean(val.values()),
                       "val_std": mean_std(val.values())[1], "val": val,
-                      "test": {_seed_of(r, i): r["test_acc"] for i, r in enumerate(group)}}
+                      "test": {_seed_of(r, i): score(r) for i, r in enumerate(group)}}
     pairs: dict[tuple[str, str], dict[str, Any]] = {}
     for (source, target, k), dense in cells.items():
         if k != 0:
@@ -177,6 +178,6 @@ def sensitivity_table(rows: list[dict[str, Any]]) -> dict[str, dict[str, dict[st
     for source, variants in grouped.items():
         out[source] = {}
         for variant, group in variants.items():
-            mean, std = mean_std(r["test_acc"] for r in group)
+            mean, std = mean_std(score(r) for r in group)
             out[source][variant] = {"mean": mean, "std": std, "sparsity": group[0]["sparsity"]}
     return out

@@ -63,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
         p = add(name, func, text, config=True)
         p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
         p.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
+        if name == "find":
+            executor_options(p)
     add("demo", "cmd_demo", "the demo: pre-train a small CNN on scenes, IMP + baselines, table and plot").add_argument(
         "-q", "--quiet", action="store_true", help="no progress bars")
     ls = add("ls", "cmd_ls", "one line per run", module=READ_ONLY)

@@ -51,7 +51,14 @@ def cmd_find(args: argparse.Namespace) -> None:
         config, runs_dir = parse_config(read_json(RunPaths(source).config)), source.parent
     else:
         config, runs_dir = parse_config(_config_data(args, args.config)), _runs_dir(args)
-    run_dir = run_experiment(config, runs_dir, progress=not args.quiet)
+    executor = getattr(args, "executor", "local")
+    if executor != "local":  # the run's units as a graph: baselines train beside later IMP rounds
+        from ticketlab.executors import run_graph
+        from ticketlab.run_jobs import experiment_jobs
+
+        run_graph(experiment_jobs(config, runs_dir), runs_dir, executor, progress=not args.quiet,
+                  address=args.address).raise_if_unfinished("units of the run")
+    run_dir = run_experiment(config, runs_dir, progress=not args.quiet)  # after a graph: reads finished units
     if not is_main_process():
         return  # under several processes only rank 0 reports
     if not args.quiet:
@@ -148,7 +155,7 @@ def cmd_transfer(args: argparse.Namespace) -> None:
     print(f"transfer of {run.name} to {task.name} (fresh head, θp ⊙ mask, seeds {seeds})")
     for r in rounds:
         cell = summary["cells"][(run.name, spec0.target.name, r)]
-        print(f"round {r:>2}  sparsity {cell['sparsity']:7.2%}  test_acc {cell['mean']:.2%} ± {cell['std']:.2%}")
+        print(f"round {r:>2}  sparsity {cell['sparsity']:7.2%}  test {cell['mean']:.2%} ± {cell['std']:.2%}")
     if 0 in rounds and len(rounds) > 1:
         pair = summary["pairs"][(run.name, spec0.target.name)]
         print(f"highest matching sparsity {pct(pair['matching'])}; highest relaxed {pct(pair['relaxed'])} "
@@ -181,7 +188,7 @@ def cmd_analyze(args: argparse.Namespace) -> None:
         print(f"perturbation sensitivity of {label} ({ticket.sparsity():.2%}) on {task.name}, seeds {seeds}")
         rows = perturbation_sensitivity(run, k, spec, task, seeds, source=label, progress=not args.quiet)
         for variant, cell in sensitivity_table(rows)[label].items():
-            print(f"{variant:<11} sparsity {cell['sparsity']:7.2%}  test_acc {cell['mean']:.2%} ± {cell['std']:.2%}")
+            print(f"{variant:<11} sparsity {cell['sparsity']:7.2%}  test {cell['mean']:.2%} ± {cell['std']:.2%}")
         return
     if args.plot:
         print(f"plot: {args.plot}")
@@ -221,7 +228,7 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     runs_dir = _runs_dir(args)
     jobs = sweep_jobs(points, runs_dir)
     folder = write_sweep(runs_dir, sweep_id(base, sets, seeds), base, sets, seeds, points)
-    print(f"{folder.name}: {len(jobs)} run(s) on the {args.executor} executor")
+    print(f"{folder.name}: {len(points)} run(s) on the {args.executor} executor ({len(jobs)} jobs)")
     summary = run_graph(jobs, runs_dir, args.executor, progress=not args.quiet, address=args.address)
     markdown, table = write_summary(folder)
     print(markdown.read_text(encoding="utf-8"))

@@ -24,6 +24,7 @@ from ticketlab.figures import markdown_table, pct
 from ticketlab.fileio import read_json
 from ticketlab.models.base import TicketModel, build_model
 from ticketlab.paths import IMP, RunPaths
+from ticketlab.results import score
 from ticketlab.surgery import slim
 
 # (kind, method, sparsity): all at 2:4's 50 % of the prunable weights (the mask counts every removed weight)
@@ -76,7 +77,7 @@ def _one_round(config: ExperimentConfig, method: str, sparsity: float) -> Experi
 
 
 def _row(kind: str, sparsity: float, metrics: dict[str, Any], model: TicketModel, method: str = "–") -> dict[str, Any]:
-    return {"kind": kind, "method": method, "sparsity": sparsity, "test_score": metrics["test_acc"],
+    return {"kind": kind, "method": method, "sparsity": sparsity, "test_score": score(metrics),
             "chance": metrics.get("chance_test"), "params": sum(int(torch.count_nonzero(p)) for p in model.parameters()),
             "flops": flops(model, example_inputs(model)[:1])}
 

@@ -39,9 +39,11 @@ class Summary:
 
     def lines(self) -> list[str]:
         out = [f"{len(self.results)} done, {len(self.failed)} failed, {len(self.skipped)} skipped "
-               f"in {self.seconds:.1f} s"]
+               f"in {self.seconds:.1f} s (jobs)"]
         out += [f"failed  {job}: {error}" for job, error in self.failed.items()]
-        out += [f"skipped {job}: waits for {cause}, which failed" for job, cause in self.skipped.items()]
+        if self.skipped:
+            shown = ", ".join(list(self.skipped)[:5]) + (", ..." if len(self.skipped) > 5 else "")
+            out.append(f"skipped {len(self.skipped)} job(s) that wait for failed ones: {shown}")
         return out
 
     def raise_if_unfinished(self, what: str) -> None:
@@ -49,9 +51,9 @@ class Summary:
         failures); finished jobs are kept, so re-running the same command resumes."""
         unfinished = len(self.failed) + len(self.skipped)
         if unfinished:
-            raise TicketlabError(f"{unfinished} of {unfinished + len(self.results)} {what} did not finish "
-                                 f"({'; '.join(self.lines()[1:4])}); fix the cause and re-run the same command: "
-                                 "finished ones are kept")
+            raise TicketlabError(f"{unfinished} of the {unfinished + len(self.results)} jobs of the {what} did not "
+                                 f"finish ({'; '.join(self.lines()[1:4])}); fix the cause and re-run the same "
+                                 "command: finished ones are kept")
 
 
 class View:

@@ -42,9 +42,11 @@ from ticketlab.pretrain import pretrain_run_for, run_pretraining
 from ticketlab.progress import log_line, progress_bar
 from ticketlab.pruning.base import prune, target_pruned_count
 from ticketlab.report import write_report
+from ticketlab.results import score
 from ticketlab.rewind import rewound_state
 from ticketlab.run_context import RunContext
 from ticketlab.runfolders import check_round, write_history
+from ticketlab.schedules import round_sparsities
 from ticketlab.seeds import derive_seed
 from ticketlab.store import NoIndex, ResultStore, set_status
 from ticketlab.tensorfiles import check_finite, save_tensors, sidecar_path
@@ -154,15 +156,9 @@ def check_schedule(run: RunContext) -> None:
                               f"{k - 1}; use at most {k - 1} rounds or a lower prune.rate")
 
 
-def run_experiment(config: ExperimentConfig, runs_dir: str | Path = "runs", progress: bool = True,
-                   index: bool = True) -> Path:
-    """Run (or resume) IMP and its baselines; return the run folder.
-
-    Everything that can be checked is checked before anything is written: options, data, the model, the
-    schedule. One process at a time works on a run (its lock); its status is kept in the folder and, unless
-    ``index`` is False (a worker of an executor, whose driver indexes), in the index.
-    """
-    runs_dir = ensure_writable_dir(Path(runs_dir))
+def open_run(config: ExperimentConfig, runs_dir: Path) -> RunContext:
+    """The run of ``config`` with everything checked that can be checked before anything is written: options,
+    data, the model, the schedule, and whether the device, precision and ranks fit."""
     paths = RunPaths(run_dir_for(config, runs_dir))
     if not paths.config.is_file():
         check_theta_p_source(config)
@@ -170,7 +166,21 @@ def run_experiment(config: ExperimentConfig, runs_dir: str | Path = "runs", prog
                                                                                   config.model.options))
     run = RunContext(config, paths.root, task)
     check_schedule(run)
-    Engine(config.engine).check_batch(config.train.batch_size)  # device, precision and ranks fit the config
+    Engine(config.engine).check_batch(config.train.batch_size)
+    return run
+
+
+def run_experiment(config: ExperimentConfig, runs_dir: str | Path = "runs", progress: bool = True,
+                   index: bool = True) -> Path:
+    """Run (or resume) IMP and its baselines; return the run folder.
+
+    Everything that can be checked is checked before anything is written (:func:`open_run`). One process at a
+    time works on a run (its lock); its status is kept in the folder and, unless ``index`` is False (a worker
+    of an executor, whose driver indexes), in the index.
+    """
+    runs_dir = ensure_writable_dir(Path(runs_dir))
+    run = open_run(config, runs_dir)
+    paths = run.paths
     main = is_main_process()  # under several processes only rank 0 writes files, the index and the console
     if main:
         try:
@@ -205,34 +215,46 @@ def run_experiment(config: ExperimentConfig, runs_dir: str | Path = "runs", prog
 
 def run_units(run: RunContext, store: ResultStore | NoIndex | None, runs_dir: Path, progress: bool) -> None:
     """Every IMP round, then every baseline branch, skipping what is finished."""
-    config = run.config
     prepare_theta_p(run, runs_dir, progress)
     rounds = len(run.sparsities) - 1
-    baseline_rounds = config.baseline_rounds or range(1, rounds + 1)
-    units = [(IMP, k) for k in range(rounds + 1)] + [(b, k) for b in config.baselines for k in baseline_rounds]
-    bar = progress_bar(units, desc="ticketlab", disable=not progress, unit="round")
+    bar = progress_bar(run_unit_keys(run.config), desc="ticketlab", disable=not progress, unit="round")
     for branch, k in bar:
         wait_for_everyone()  # every rank sees the same finished folders
         bar.set_description(f"{branch} round {k}/{rounds} target {run.sparsity(k):.2%}")
-        if run.paths.is_done(branch, k):
-            metrics = check_round(run.paths.branch(branch, k))
-        elif branch == IMP:
-            if k == 0:
-                mask, start = run.dense_mask(), run.pretrained_state()
-            else:
-                previous, weights = run.imp_mask(k - 1), run.pruning_weights(k - 1)
-                generator = torch.Generator().manual_seed(derive_seed(config.seed, "imp_prune", k))
-                mask = prune(config.prune.method, weights, previous, run.sparsity(k), generator, run.structure())
-                start = rewound_state(run)
-            metrics = train_branch(run, IMP, k, mask, start, progress)
-            # round k's mask exists: round k-1's weights are no longer needed
-            if k >= 2 and config.keep == "needed" and store is not None:
-                files = (run.paths.weights(k - 1), run.paths.final_weights(k - 1))
-                release_files(run.paths.branch(IMP, k - 1), [n for f in files for n in (f.name, sidecar_path(f).name)])
-        else:
-            mask, start = BASELINES.get(branch)(run, k)
-            metrics = train_branch(run, branch, k, mask, start, progress)
+        metrics = run_round(run, branch, k, runs_dir, progress)
         if store is not None:
             store.record(run.dir.name, branch, metrics)
-        bar.set_postfix(test_acc=f"{metrics['test_acc']:.3f}")
+        bar.set_postfix(test=f"{score(metrics):.3f}")
     bar.close()
+
+
+def run_unit_keys(config: ExperimentConfig) -> list[tuple[str, int]]:
+    """(branch, round) of every unit of a run, in the serial order: IMP rounds, then each baseline's rounds."""
+    prune_cfg = config.prune
+    rounds = len(round_sparsities(prune_cfg.schedule, prune_cfg.rounds, prune_cfg.rate, prune_cfg.sparsities))
+    baseline_rounds = config.baseline_rounds or range(1, rounds + 1)
+    return [(IMP, k) for k in range(rounds + 1)] + [(b, k) for b in config.baselines for k in baseline_rounds]
+
+
+def run_round(run: RunContext, branch: str, k: int, runs_dir: Path, progress: bool) -> dict[str, Any]:
+    """One unit of the run (its metrics; finished units are read, not recomputed). IMP round k reads round k-1;
+    a baseline branch at round k reads only IMP round k (and round 0), so baselines may run beside later rounds."""
+    if run.paths.is_done(branch, k):
+        return check_round(run.paths.branch(branch, k))
+    config = run.config
+    if branch != IMP:
+        mask, start = BASELINES.get(branch)(run, k)
+        return train_branch(run, branch, k, mask, start, progress)
+    if k == 0:
+        prepare_theta_p(run, runs_dir, progress)
+        mask, start = run.dense_mask(), run.pretrained_state()
+    else:
+        previous, weights = run.imp_mask(k - 1), run.pruning_weights(k - 1)
+        generator = torch.Generator().manual_seed(derive_seed(config.seed, "imp_prune", k))
+        mask = prune(config.prune.method, weights, previous, run.sparsity(k), generator, run.structure())
+        start = rewound_state(run)
+    metrics = train_branch(run, IMP, k, mask, start, progress)
+    if k >= 2 and config.keep == "needed" and is_main_process():  # round k-1's weights are no longer needed
+        files = (run.paths.weights(k - 1), run.paths.final_weights(k - 1))
+        release_files(run.paths.branch(IMP, k - 1), [n for f in files for n in (f.name, sidecar_path(f).name)])
+    return metrics

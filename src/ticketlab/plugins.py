@@ -9,7 +9,7 @@ A new plug-in is one new file plus one line here.
 
 import re
 
-from ticketlab import sweep as _sweep  # noqa: F401  (the `find` job kind)
+from ticketlab import run_jobs as _run_jobs  # noqa: F401  (the `find` and `round` job kinds)
 from ticketlab.baselines import builtin as _baselines  # noqa: F401
 from ticketlab.data import digits as _digits  # noqa: F401
 from ticketlab.data import files as _files  # noqa: F401

@@ -4,11 +4,14 @@ metrics, and no escape codes — a log stays a log."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
 from collections.abc import Iterable, Iterator
-from typing import Any
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any, TextIO
 
 from tqdm.auto import tqdm
 
@@ -29,8 +32,33 @@ def progress_bar(iterable: Iterable[Any] | None = None, *, desc: str = "", total
     return PlainProgress(iterable, desc, total, initial, unit)
 
 
+_UNIT_LOG: ContextVar[TextIO | None] = ContextVar("unit_log", default=None)
+
+
+@contextlib.contextmanager
+def unit_log(path: Path) -> Iterator[None]:
+    """Within the block, :func:`log_line` and :func:`unit_event` also append (time-stamped) to ``path``: a unit's
+    own log, whatever the console shows (a Ray worker shows none). Appended, so a resumed unit's log shows where it
+    stopped."""
+    with open(path, "a", encoding="utf-8") as handle:
+        token = _UNIT_LOG.set(handle)
+        try:
+            yield
+        finally:
+            _UNIT_LOG.reset(token)
+
+
+def unit_event(text: str) -> None:
+    """A line for the current unit's log only (epoch summaries: the console has its progress bar)."""
+    handle = _UNIT_LOG.get()
+    if handle is not None:
+        handle.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} [pid {os.getpid()}] {text}\n")
+        handle.flush()
+
+
 def log_line(text: str) -> None:
     """A message between progress lines (``tqdm.write`` on a terminal, a plain line otherwise)."""
+    unit_event(text)
     if sys.stderr.isatty() or "ipykernel" in sys.modules:
         tqdm.write(text, file=sys.stderr)
     else:

@@ -9,6 +9,7 @@ from ticketlab.analysis import at_chance, highest_sparsity
 from ticketlab.baselines.base import branch_label
 from ticketlab.figures import markdown_table, pct, pyplot
 from ticketlab.paths import IMP, RunPaths
+from ticketlab.results import read_result, score
 from ticketlab.runfolders import load_run
 
 
@@ -29,11 +30,12 @@ def results_table(run: dict[str, Any]) -> str:
     lines = [markdown_table(head, rows)]
     if run["rounds"]:
         dense = run["rounds"][0]["metrics"]
-        lines += ["", f"dense test accuracy {dense['test_acc']:.2%}; " + ticket_summary(run["rounds"], dense["test_acc"])]
+        result = read_result(dense)
+        lines += ["", f"dense test {result.metric} {result.test:.2%}; " + ticket_summary(run["rounds"], result.test)]
         if dense.get("chance_test") is not None:
             lines += [f"chance (majority class of the {dense['n_test']} test examples): {dense['chance_test']:.2%}; "
                       "† = at chance (within 2 binomial standard errors of it)"]
-            if at_chance(dense["test_acc"], dense["chance_test"], dense["n_test"]):
+            if at_chance(result.test, dense["chance_test"], dense["n_test"]):
                 lines += ["the dense model is at chance: every comparison with it is inconclusive"]
         if dense.get("device") is not None:
             lines += [f"trained on {dense['device']}, {dense.get('precision', '?')}, {dense.get('world_size', 1)} "
@@ -42,19 +44,20 @@ def results_table(run: dict[str, Any]) -> str:
 
 
 def _score(metrics: dict[str, Any]) -> str:
-    flag = " †" if at_chance(metrics["test_acc"], metrics.get("chance_test"), metrics.get("n_test")) else ""
-    return f"{metrics['test_acc']:.2%}{flag}"
+    test = score(metrics)
+    flag = " †" if at_chance(test, metrics.get("chance_test"), metrics.get("n_test")) else ""
+    return f"{test:.2%}{flag}"
 
 
 def ticket_summary(rounds: list[dict[str, Any]], dense: float, relaxed: float = 0.99) -> str:
     """Highest sparsity up to which every IMP round is matching (val >= dense val) and relaxed (>= 99 %), decided
     on *validation* scores, with the test score there; inconclusive when the dense model is at chance."""
     first = rounds[0]["metrics"] if rounds else {}
-    if at_chance(first.get("test_acc", dense), first.get("chance_test"), first.get("n_test")):
+    if at_chance(score(first) if first else dense, first.get("chance_test"), first.get("n_test")):
         return "matching / relaxed sparsity: inconclusive (the dense model is at chance)"
-    dense_val = first.get("val_acc", dense)
-    curve = [(r["sparsity"], r["metrics"].get("val_acc", r["metrics"]["test_acc"])) for r in rounds if r["round"] > 0]
-    test_at = {r["sparsity"]: r["metrics"]["test_acc"] for r in rounds}
+    dense_val = score(first, "val") if first else dense
+    curve = [(r["sparsity"], score(r["metrics"], "val")) for r in rounds if r["round"] > 0]
+    test_at = {r["sparsity"]: score(r["metrics"]) for r in rounds}
 
     def shown(s: float | None) -> str:
         return pct(s) if s is None else f"{pct(s)} (test {test_at[s]:.2%})"
@@ -72,11 +75,11 @@ def plot_sparsity_accuracy(run: dict[str, Any], path: Path) -> Path:
     for branch, rows in series.items():
         rows = [r for r in rows if r["round"] > 0]
         if rows:
-            ax.plot([100 * r["sparsity"] for r in rows], [100 * r["metrics"]["test_acc"] for r in rows],
+            ax.plot([100 * r["sparsity"] for r in rows], [100 * score(r["metrics"]) for r in rows],
                     marker=markers.get(branch, "."), label=branch_label(branch),
                     linewidth=2 if branch == IMP else 1.2)
     if run["rounds"]:
-        dense = 100 * run["rounds"][0]["metrics"]["test_acc"]
+        dense = 100 * score(run["rounds"][0]["metrics"])
         ax.axhline(dense, color="black", linestyle="--", linewidth=1, label=f"dense ({dense:.1f} %)")
         ax.axhspan(0.99 * dense, dense, color="grey", alpha=0.15, label="relaxed (≥ 99 % of dense)")
         chance = run["rounds"][0]["metrics"].get("chance_test")

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from ticketlab.errors import CorruptFileError, TicketlabError
 from ticketlab.fileio import MANIFEST, read_json, verify_dir
 from ticketlab.paths import CONFIG, FINAL_WEIGHTS, HISTORY, IMP, METRICS, WEIGHTS, RunPaths
+from ticketlab.results import read_result
 from ticketlab.tensorfiles import check_tensor_file, load_tensors
 
 if TYPE_CHECKING:
@@ -70,7 +71,16 @@ def load_run(run_dir: str | Path) -> dict[str, Any]:
             "rounds": rows(IMP), "baselines": {name: rows(name) for name in paths.baseline_names()}}
 
 
-ROUND_KEYS = ("round", "sparsity", "test_acc", "val_acc")
+ROUND_KEYS = ("round", "sparsity")
+
+
+def _is_round_record(metrics: Any) -> bool:
+    if not isinstance(metrics, dict) or not all(key in metrics for key in ROUND_KEYS):
+        return False
+    try:
+        return {"test", "val"} <= set(read_result(metrics).scores)
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return False
 
 
 def check_round(folder: Path, hash_weights: bool = False) -> dict[str, Any]:
@@ -80,9 +90,9 @@ def check_round(folder: Path, hash_weights: bool = False) -> dict[str, Any]:
     Folders written before manifests existed (metrics without ``format``) are accepted as they are.
     """
     metrics = read_json(folder / METRICS)
-    if not isinstance(metrics, dict) or not all(key in metrics for key in ROUND_KEYS):
-        raise CorruptFileError(f"{folder / METRICS} is not a round's metrics (needs {', '.join(ROUND_KEYS)}); "
-                               f"delete {folder} and re-run 'ticketlab find' on its run")
+    if not _is_round_record(metrics):
+        raise CorruptFileError(f"{folder / METRICS} is not a round's metrics (needs {', '.join(ROUND_KEYS)} and a "
+                               f"validation and test score); delete {folder} and re-run 'ticketlab find' on its run")
     if (folder / MANIFEST).is_file() or metrics.get("format", 1) >= 2:
         problems = verify_dir(folder, skip=() if hash_weights else (WEIGHTS, FINAL_WEIGHTS))
         if problems:

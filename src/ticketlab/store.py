@@ -19,6 +19,7 @@ from ticketlab.errors import TicketlabError
 from ticketlab.fileio import read_json, storage_error, write_json
 from ticketlab.locks import is_locked
 from ticketlab.paths import IMP, RunPaths, is_run_dir, store_path
+from ticketlab.results import read_result
 from ticketlab.runfolders import load_run
 
 VERSION = 2
@@ -120,8 +121,8 @@ class ResultStore:
     def record(self, run_id: str, branch: str, metrics: dict[str, Any]) -> None:
         self._write(
             "INSERT OR REPLACE INTO results VALUES (?,?,?,?,?,?,?)",
-            (run_id, branch, metrics["round"], metrics["sparsity"], metrics.get("test_acc"),
-             metrics.get("val_acc"), json.dumps(metrics, sort_keys=True)),
+            (run_id, branch, metrics["round"], metrics["sparsity"], _score_or_none(metrics, "test"),
+             _score_or_none(metrics, "val"), json.dumps(metrics, sort_keys=True)),
         )
 
     def runs(self) -> list[dict[str, Any]]:
@@ -165,3 +166,8 @@ def set_status(store: ResultStore | NoIndex | None, paths: RunPaths, config: dic
         return
     write_json(paths.status, {"status": status, "error": error, "pid": os.getpid(), "time": time.time()})
     store.upsert_run(paths.root.name, paths.root, config, status, error)
+
+
+def _score_or_none(metrics: dict[str, Any], split: str) -> float | None:
+    """The split's score of a record of any version, for the index's columns (None when it has none)."""
+    return read_result(metrics).scores.get(split)

@@ -1,7 +1,6 @@
 """``ticketlab sweep``: the product of swept config values (× seeds) as content-addressed IMP runs — a graph of
-``find`` jobs for any executor — and its summary table (Markdown and CSV). Re-running a sweep, or widening it,
-computes only the runs that are new. This module also registers the ``find`` job kind (one IMP run with its
-baselines), which studies and sweeps schedule.
+IMP runs' jobs (``run_jobs.py``) for any executor — and its summary table (Markdown and CSV). Re-running a
+sweep, or widening it, computes only the runs that are new.
 """
 
 from __future__ import annotations
@@ -21,36 +20,16 @@ from typing import Any
 import yaml
 
 from ticketlab.analysis import highest_sparsity
-from ticketlab.config import ExperimentConfig, config_hash, parse_config, to_dict
+from ticketlab.config import ExperimentConfig, config_hash, parse_config
 from ticketlab.errors import ConfigError, did_you_mean, one_line
-from ticketlab.experiment import run_dir_for, run_experiment
+from ticketlab.experiment import run_dir_for
 from ticketlab.figures import markdown_table
 from ticketlab.fileio import ensure_writable_dir, read_json, write_json, write_text
-from ticketlab.jobs import JOB_KINDS, Job, job_resources
-from ticketlab.pretrain import pretrain_job_for
+from ticketlab.jobs import Job
+from ticketlab.results import score
+from ticketlab.run_jobs import experiment_jobs, merge_jobs
 from ticketlab.runfolders import load_run
 from ticketlab.store import folder_status
-
-
-@JOB_KINDS.register("find")
-def find_job(payload: dict[str, Any], runs_dir: Path, progress: bool, index: bool = True) -> str:
-    """One IMP run with its baselines (what ``ticketlab find`` runs)."""
-    return str(run_experiment(parse_config(payload["config"]), runs_dir, progress, index=index))
-
-
-def experiment_jobs(cfg: ExperimentConfig, runs_dir: Path, label: str = "") -> list[Job]:
-    """The jobs of one IMP run: its pre-training first (when it has one: runs sharing a θp then wait for one
-    pre-training instead of racing for it), then the run itself (its id is the run id)."""
-    resources = job_resources(cfg.engine.resources)
-    before = [pretrain_job_for(cfg, runs_dir)] if cfg.pretrain is not None else []
-    run_id = run_dir_for(cfg, runs_dir).name
-    return [*before, Job(run_id, "find", {"config": to_dict(cfg)}, after=tuple(j.id for j in before),
-                         resources=resources, label=label)]
-
-
-def merge_jobs(groups: list[list[Job]]) -> list[Job]:
-    """Jobs of several groups, each id once (runs sharing a pre-training share its job)."""
-    return list({job.id: job for group in groups for job in group}.values())
 
 
 def parse_seeds(text: str | None) -> list[int] | None:
@@ -183,11 +162,11 @@ def sweep_summary(folder: Path) -> tuple[list[str], list[list[str]]]:
     head = [*keys, "run", "status", "best matching sparsity", *[f"test @ {s:.1%}" for s in columns]]
     table = []
     for entry, status, rounds in rows:
-        by_sparsity = {round(r["sparsity"], 4): r["metrics"]["test_acc"] for r in rounds}
+        by_sparsity = {round(r["sparsity"], 4): score(r["metrics"]) for r in rounds}
         matching = "—"
         if rounds and rounds[0]["round"] == 0:
-            dense_val = rounds[0]["metrics"]["val_acc"]
-            curve = [(r["sparsity"], r["metrics"]["val_acc"]) for r in rounds if r["round"] > 0]
+            dense_val = score(rounds[0]["metrics"], "val")
+            curve = [(r["sparsity"], score(r["metrics"], "val")) for r in rounds if r["round"] > 0]
             best = highest_sparsity(curve, dense_val)
             matching = "none" if best is None else f"{best:.2%}"
         table.append([*(str(entry["values"].get(k)) for k in keys), entry["run_id"], status, matching,

@@ -29,7 +29,8 @@ from ticketlab.fileio import storage_error, tmp_path
 from ticketlab.masks import Mask
 from ticketlab.metrics import chance_score
 from ticketlab.objectives.base import Objective
-from ticketlab.progress import progress_bar
+from ticketlab.progress import progress_bar, unit_event
+from ticketlab.results import Result
 from ticketlab.seeds import derive_seed
 from ticketlab.step import TrainStep
 
@@ -221,9 +222,11 @@ def train_model(
                "samples_per_s": (pos["batch"] - first) * recipe.batch_size / max(seconds, 1e-9)}
         history.append(row)
         run.log(row, step=epoch + 1)
+        unit_event(f"epoch {epoch + 1}/{recipe.epochs}: train loss {loss_value:.4f}, val {val:.4f} (best "
+                   f"{max(val, best['val']):.4f}), {row['samples_per_s']:.0f} samples/s, step {train_step.step}")
         bar.set_postfix(loss=f"{loss_value:.3f}", val=f"{val:.3f}", best=f"{best['val']:.3f}")
         for callback in callbacks:
-            callback.on_epoch_end(epoch + 1, {"epoch": epoch + 1, "train_loss": loss_value, "val_acc": val})
+            callback.on_epoch_end(epoch + 1, {"epoch": epoch + 1, "train_loss": loss_value, "val_score": val})
         pos = {"epoch": epoch + 1, "batch": 0, "running": 0.0, "batches": 0, "order_state": generator.get_state()}
         save()
     bar.close()
@@ -232,9 +235,7 @@ def train_model(
     final_state = _cpu_state(model)
     model.load_state_dict(best["state"])
     test_score = objective.evaluate(model, task, "test")
-    metrics = {
-        "val_acc": best["val"],
-        "test_acc": test_score,
+    extras = {
         **{f"test_{k}": v for k, v in objective.details.get("test", {}).items() if k != "score"},
         "best_epoch": best["epoch"],
         "final_train_loss": history[-1]["train_loss"],
@@ -249,6 +250,7 @@ def train_model(
         "resumed_at_step": resumed_at,
         "train_seconds": round(time.perf_counter() - started, 2),
     }
+    metrics = Result(task.metric, {"val": best["val"], "test": test_score}, extras).record()
     model.to("cpu")
     return TrainResult(metrics, best["state"], history, final_state,
                        {k: v.detach().cpu() if isinstance(v, torch.Tensor) else v

@@ -24,6 +24,7 @@ from ticketlab.masks import Mask
 from ticketlab.models.base import build_model, model_input_defaults
 from ticketlab.objectives.base import OBJECTIVES
 from ticketlab.paths import IMP, METRICS, RunPaths
+from ticketlab.results import derived
 from ticketlab.runfolders import load_theta_p, write_history
 from ticketlab.train import train_model
 from ticketlab.units import run_unit
@@ -142,6 +143,6 @@ def perturbation_sensitivity(run_dir: Path, k: int, spec: TransferSpec, task: Ta
     for run_spec in perturbation_specs(spec, seeds if seeds is not None else [spec.seed]):
         metrics = transfer_ticket(run_dir, k, run_spec, task, mask=variant_mask(ticket, run_spec),
                                   progress=progress).metrics
-        rows.append({"source": source or run_dir.name, "seed": run_spec.seed, "variant": run_spec.variant,
-                     "test_acc": metrics["test_acc"], "sparsity": metrics["sparsity"]})
+        rows.append(derived(metrics, source=source or run_dir.name, seed=run_spec.seed, variant=run_spec.variant,
+                            sparsity=metrics["sparsity"]))
     return rows

@@ -35,12 +35,12 @@ from ticketlab.jobs import Job
 from ticketlab.masks import Mask
 from ticketlab.paths import IMP, RunPaths
 from ticketlab.progress import progress_bar
+from ticketlab.run_jobs import experiment_jobs, merge_jobs
 from ticketlab.schedules import round_sparsities
 from ticketlab.seeds import derive_seed
 from ticketlab.studies.base import STUDIES, Study
 from ticketlab.studies.common import open_study_dir, study_tasks
 from ticketlab.studies.cv_report import write_cv_report
-from ticketlab.sweep import experiment_jobs, merge_jobs
 from ticketlab.transfer import (
     TransferSpec,
     perturbation_sensitivity,

@@ -15,6 +15,7 @@ from ticketlab.baselines.base import branch_label
 from ticketlab.figures import markdown_table, pct, plot_heatmap, plot_layer_sparsity, plot_overlap, pm, pyplot
 from ticketlab.masks import Mask
 from ticketlab.paths import IMP, REPORT
+from ticketlab.results import score
 from ticketlab.runfolders import load_run
 from ticketlab.stats import interval_text, sparsity_claim
 from ticketlab.studies.verdicts import RULES, claim_row, comparison_row, run_cells, usable
@@ -57,7 +58,7 @@ def plot_curves(downstream: dict[tuple[str, str, int], dict[str, Any]], path: Pa
                 for rows in per_seed:
                     for r in rows:
                         if r["round"] > 0:
-                            by_round.setdefault(r["round"], []).append(100 * r["metrics"]["test_acc"])
+                            by_round.setdefault(r["round"], []).append(100 * score(r["metrics"]))
                             spars[r["round"]] = 100 * r["sparsity"]
                 ks = sorted(by_round)
                 color = f"C{i}" if branch == IMP else f"C{len(sources) + j}"
@@ -65,7 +66,7 @@ def plot_curves(downstream: dict[tuple[str, str, int], dict[str, Any]], path: Pa
                             yerr=[statistics.stdev(by_round[k]) if len(by_round[k]) > 1 else 0 for k in ks],
                             marker="o" if branch == IMP else "x", linestyle="-" if branch == IMP else ":",
                             color=color, capsize=2, label=f"{branch_label(branch)} from {source} θp")
-            dense = [100 * run["rounds"][0]["metrics"]["test_acc"] for run in runs.values()]
+            dense = [100 * score(run["rounds"][0]["metrics"]) for run in runs.values()]
             ax.axhline(statistics.fmean(dense), color=f"C{i}", linestyle="--", linewidth=1)
             chance = next(iter(runs.values()))["rounds"][0]["metrics"].get("chance_test")
             if chance is not None:
@@ -104,15 +105,15 @@ def write_cv_report(out: Path, study: Any, pretraining_runs: dict[tuple[str, int
         runs = {seed: run for (s, t, seed), run in downstream.items() if (s, t) == (first, target)}
         one = next(iter(runs.values()))
         chance = one["rounds"][0]["metrics"].get("chance_test")
-        imp = {seed: run["rounds"][k]["metrics"]["test_acc"] for seed, run in runs.items()}
+        imp = {seed: score(run["rounds"][k]["metrics"]) for seed, run in runs.items()}
         for branch in one["baselines"]:
-            other = {seed: r["metrics"]["test_acc"] for seed, run in runs.items() for r in run["baselines"][branch]
+            other = {seed: score(r["metrics"]) for seed, run in runs.items() for r in run["baselines"][branch]
                      if r["round"] == k}
             verdicts.append(comparison_row(f"IMP (A) vs {branch_label(branch)} (B) on {target} from {first} θp, "
                                            f"{pct(one['rounds'][k]['sparsity'])}", imp, other, chance))
     by_source: dict[str, dict[str, dict[int, float]]] = {}
     for row in sensitivity:
-        by_source.setdefault(row["source"], {}).setdefault(row["variant"], {})[row["seed"]] = row["test_acc"]
+        by_source.setdefault(row["source"], {}).setdefault(row["variant"], {})[row["seed"]] = score(row)
     for source, variants in by_source.items():
         for variant in ("random", "complement"):
             verdicts.append(comparison_row(f"{source} ticket (A) vs {variant} mask (B) on {study.downstream[0].name}",

@@ -10,6 +10,7 @@ from typing import Any
 from ticketlab.analysis import mean_std
 from ticketlab.figures import chance, markdown_table, pm, pyplot
 from ticketlab.paths import REPORT
+from ticketlab.results import score
 from ticketlab.runfolders import load_run
 from ticketlab.stats import Interval, clearly_above, gap_verdict, interval_text, mean_ci, paired_ci
 
@@ -19,18 +20,22 @@ def summarize_students(rows: list[dict[str, Any]]) -> dict[tuple[float, str], di
     groups: dict[tuple[float, str], list[dict[str, Any]]] = {}
     for row in rows:
         groups.setdefault((row["keep_rate"], row["variant"]), []).append(row)
-    return {key: {"dense": mean_std(r["dense_test_acc"] for r in group),
-                  "sparse": mean_std(r["sparse_test_acc"] for r in group),
-                  "dense_ci": mean_ci([r["dense_test_acc"] for r in group]),
-                  "sparse_ci": mean_ci([r["sparse_test_acc"] for r in group]),
+    return {key: {"dense": mean_std(score(r, EVALUATIONS["dense"]) for r in group),
+                  "sparse": mean_std(score(r, EVALUATIONS["sparse"]) for r in group),
+                  "dense_ci": mean_ci([score(r, EVALUATIONS["dense"]) for r in group]),
+                  "sparse_ci": mean_ci([score(r, EVALUATIONS["sparse"]) for r in group]),
                   "patches": f"{group[0]['patches']}/{group[0]['num_patches']}",
-                  "chance_test": group[0].get("chance_test"), "selector": group[0].get("selector_test_acc")}
+                  "chance_test": group[0].get("chance_test"),
+                  "selector": group[0].get("selector_test_score", group[0].get("selector_test_acc"))}
             for key, group in groups.items()}
+
+
+EVALUATIONS = {"dense": "test_all_patches", "sparse": "test_kept_patches"}  # a student's two test inputs
 
 
 def paired_gap(rows: list[dict[str, Any]], k: float, a: str, b: str, mode: str) -> Interval | None:
     """Interval of (variant a − variant b) over the seeds both ran at keep rate k."""
-    by = {(r["variant"], r["seed"]): r[f"{mode}_test_acc"] for r in rows if r["keep_rate"] == k and "seed" in r}
+    by = {(r["variant"], r["seed"]): score(r, EVALUATIONS[mode]) for r in rows if r["keep_rate"] == k and "seed" in r}
     seeds = sorted(s for v, s in by if v == a and (b, s) in by)
     return paired_ci([by[a, s] for s in seeds], [by[b, s] for s in seeds]) if seeds else None
 
@@ -106,14 +111,14 @@ def weight_level_rows(runs: dict[int, Path]) -> tuple[list[dict[str, Any]], dict
     rows = []
     for r in first["rounds"][1:]:
         k = r["round"]
-        pairs = [(run["rounds"][k]["metrics"]["test_acc"], reinit[0]["metrics"]["test_acc"])
+        pairs = [(score(run["rounds"][k]["metrics"]), score(reinit[0]["metrics"]))
                  for run in loaded.values()
                  if (reinit := [b for b in run["baselines"].get("random_reinit", []) if b["round"] == k])]
         rows.append({"round": k, "sparsity": r["sparsity"], "imp": mean_ci([a for a, _ in pairs or [(0, 0)]]),
                      "reinit": mean_ci([b for _, b in pairs]) if pairs else None,
                      "gap": paired_ci([a for a, _ in pairs], [b for _, b in pairs]) if pairs else None,
                      "per_seed_gap": [a - b for a, b in pairs]})
-    dense = mean_ci([run["rounds"][0]["metrics"]["test_acc"] for run in loaded.values()])
+    dense = mean_ci([score(run["rounds"][0]["metrics"]) for run in loaded.values()])
     return rows, {"dense": dense, "chance": first["rounds"][0]["metrics"].get("chance_test")}
 
 

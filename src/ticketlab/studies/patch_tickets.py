@@ -9,7 +9,7 @@ equal-budget variant) and ``position`` (the position-only control: every image g
 image of its split, so the patch positions keep the selector's distribution but say nothing about the image).
 Students are scored at their final epoch (no checkpoint is chosen on a metric that is not reported), dense (all
 patches) and sparse: ticket and position students on their own test patches, RC on random test patches of the
-same count as in the original protocol (``sparse_selector_acc``: RC on the selector's patches, a named extra).
+same count as in the original protocol (score ``test_selector_patches``: RC on the selector's patches).
 The selector is cross-fitted by default: two selectors, each fine-tuned on one half of the training images,
 pick the tickets of the other half, so no training ticket comes from a selector that saw that image's label.
 """
@@ -45,11 +45,12 @@ from ticketlab.patches.tickets import find_tickets, load_tickets, save_tickets, 
 from ticketlab.patches.vit import patch_vit
 from ticketlab.paths import CONFIG, METRICS, TICKETS, select_dir, student_dir, study_dir
 from ticketlab.progress import progress_bar
+from ticketlab.results import Result, has_score, read_result, score
+from ticketlab.run_jobs import experiment_jobs, merge_jobs
 from ticketlab.runfolders import write_history
 from ticketlab.seeds import derive_seed
 from ticketlab.studies.base import STUDIES, Study
 from ticketlab.studies.patch_report import write_patch_report
-from ticketlab.sweep import experiment_jobs, merge_jobs
 from ticketlab.tensorfiles import save_tensors
 from ticketlab.train import Callback, train_model
 from ticketlab.units import run_unit
@@ -207,11 +208,15 @@ def train_student(cfg: PatchStudyConfig, keep_rate: float, seed: int, variant: s
         draw = torch.rand(len(task.test), num_patches, generator=generator)
         random_test = dataclasses.replace(task.test, patches=draw.topk(meta["kept"], dim=1).indices.sort(dim=1).values)
         sparse = accuracy(model, ticketed.test) if variant in ("ticket", "position") else accuracy(model, random_test)
-        metrics = {**result.metrics, "variant": variant, "keep_rate": keep_rate, "patches": meta["kept"],
-                   "num_patches": num_patches, "scored": "final epoch",
-                   "dense_test_acc": accuracy(model, dataclasses.replace(task.test, patches=None)),
-                   "sparse_test_acc": sparse, "sparse_selector_acc": accuracy(model, ticketed.test),
-                   "selector_test_acc": meta["selector"]["metrics"].get("test_acc")}
+        trained = read_result(result.metrics)
+        scores = {**trained.scores, "test_kept_patches": sparse,  # the report's scores, at the final epoch
+                  "test_all_patches": accuracy(model, dataclasses.replace(task.test, patches=None)),
+                  "test_selector_patches": accuracy(model, ticketed.test)}
+        selector = meta["selector"]["metrics"]
+        metrics = Result(trained.metric, scores, {
+            **trained.extras, "variant": variant, "keep_rate": keep_rate, "patches": meta["kept"],
+            "num_patches": num_patches, "scored": "final epoch",
+            "selector_test_score": score(selector) if has_score(selector, "test") else None}).record()
         return metrics, result.history
 
     def write(tmp: Path, payload: tuple[dict[str, Any], Any]) -> None:

@@ -7,6 +7,7 @@ from typing import Any
 
 from ticketlab.analysis import at_chance, paired_gaps
 from ticketlab.figures import pct
+from ticketlab.results import score
 from ticketlab.stats import clearly_above, gap_verdict, interval_text, mean_ci, paired_ci, sparsity_claim
 
 RULES = [  # the written rules every study report quotes above its verdict table
@@ -29,7 +30,7 @@ def run_cells(label: str, runs: dict[int, dict[str, Any]]) -> dict[tuple[str, st
             cell = cells.setdefault((label, "", r["round"]), {"sparsity": r["sparsity"], "val": {}, "test": {},
                                                               "chance_test": m.get("chance_test"),
                                                               "n_test": m.get("n_test")})
-            cell["val"][seed], cell["test"][seed] = m.get("val_acc", m["test_acc"]), m["test_acc"]
+            cell["val"][seed], cell["test"][seed] = score(m, "val"), score(m)
     for cell in cells.values():
         cell["ci"] = mean_ci(list(cell["test"].values()))
     return cells

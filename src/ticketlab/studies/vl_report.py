@@ -12,6 +12,7 @@ from ticketlab.analysis import paired_gaps
 from ticketlab.baselines.base import branch_label
 from ticketlab.figures import markdown_table, pct, pyplot
 from ticketlab.paths import REPORT
+from ticketlab.results import score as test_score
 from ticketlab.stats import Interval, interval_text, mean_ci, sparsity_claim
 from ticketlab.studies.verdicts import RULES, claim_row, comparison_row, run_cells, usable
 
@@ -58,12 +59,12 @@ def universal_table(transfers: list[dict[str, Any]], kind: str = "standard",
     for k in sorted({r["round"] for r in rows}):
         drops, relative = [], []
         for seed in sorted({s for (_, kk, s) in score if kk == k}):
-            pairs = [(score[(t, 0, seed)]["test_acc"], score[(t, k, seed)]["test_acc"]) for t in tasks
+            pairs = [(test_score(score[(t, 0, seed)]), test_score(score[(t, k, seed)])) for t in tasks
                      if t not in skip and (t, k, seed) in score and (t, 0, seed) in score]
             if pairs:
                 drops.append(statistics.fmean(d - s for d, s in pairs))
                 relative.append(statistics.fmean((d - s) / d for d, s in pairs if d))
-        cells = {t: statistics.fmean(r["test_acc"] for (tt, kk, _), r in score.items() if (tt, kk) == (t, k))
+        cells = {t: statistics.fmean(test_score(r) for (tt, kk, _), r in score.items() if (tt, kk) == (t, k))
                  for t in tasks if any((tt, kk) == (t, k) for (tt, kk, _) in score)}
         table.append({"round": k, "sparsity": next(r["sparsity"] for (_, kk, _), r in score.items() if kk == k),
                       "scores": cells, "drop": statistics.fmean(drops) if drops else float("nan"),
@@ -83,7 +84,7 @@ def drop_row(sparsity: float, claimed: float, drop: Interval | None) -> list[str
 
 
 def _seeded(rows: list[dict[str, Any]], **match: Any) -> dict[int, float]:
-    return {r.get("seed", 0): r["test_acc"] for r in rows if all(r.get(k) == v for k, v in match.items())}
+    return {r.get("seed", 0): test_score(r) for r in rows if all(r.get(k) == v for k, v in match.items())}
 
 
 def verdict_rows(study: Any, summary: dict[str, dict[str, Any]], transfers: list[dict[str, Any]],
@@ -93,9 +94,9 @@ def verdict_rows(study: Any, summary: dict[str, dict[str, Any]], transfers: list
     for task, info in summary.items():
         chance = info["cells"][(task, "", 0)]["chance_test"]
         for k in study.baseline_rounds:
-            imp = {seed: run["rounds"][k]["metrics"]["test_acc"] for (t, seed), run in runs.items() if t == task}
+            imp = {seed: test_score(run["rounds"][k]["metrics"]) for (t, seed), run in runs.items() if t == task}
             for name in study.baselines:
-                other = {seed: r["metrics"]["test_acc"] for (t, seed), run in runs.items() if t == task
+                other = {seed: test_score(r["metrics"]) for (t, seed), run in runs.items() if t == task
                          for r in run["baselines"].get(name, []) if r["round"] == k}
                 sparsity = info["cells"][(task, "", k)]["sparsity"]
                 rows.append(comparison_row(f"IMP (A) vs {branch_label(name)} (B) on {task} at {pct(sparsity)}", imp,
@@ -136,11 +137,11 @@ def plot_task_curves(summary: dict[str, dict[str, Any]], transfers: list[dict[st
         pre: dict[float, list[float]] = defaultdict(list)
         for r in transfers:
             if r["target"] == task and r["kind"] == "standard":
-                pre[r["sparsity"]].append(r["test_acc"])
+                pre[r["sparsity"]].append(test_score(r))
         ax.plot([100 * a for a in sorted(pre)], [100 * statistics.fmean(pre[a]) for a in sorted(pre)], marker="s",
                 color="C1", label="pre-training (universal) ticket")
         for j, (name, rows) in enumerate(summary[task]["baselines"].items()):
-            ax.scatter([100 * r["sparsity"] for r in rows], [100 * r["metrics"]["test_acc"] for r in rows],
+            ax.scatter([100 * r["sparsity"] for r in rows], [100 * test_score(r["metrics"]) for r in rows],
                        marker="x", s=50, color=f"C{2 + j}", label=branch_label(name), zorder=3)
         ax.set_title(task, fontsize=10)
         ax.set_xlabel("sparsity (%)")

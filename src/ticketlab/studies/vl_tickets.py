@@ -31,11 +31,12 @@ from ticketlab.experiment import run_dir_for, run_experiment
 from ticketlab.fileio import write_json
 from ticketlab.jobs import Job
 from ticketlab.progress import progress_bar
+from ticketlab.results import derived
+from ticketlab.run_jobs import experiment_jobs, merge_jobs
 from ticketlab.runfolders import load_run
 from ticketlab.studies.base import STUDIES, Study
 from ticketlab.studies.common import open_study_dir, study_tasks
 from ticketlab.studies.vl_report import write_vl_report
-from ticketlab.sweep import experiment_jobs, merge_jobs
 from ticketlab.transfer import TransferSpec, transfer_job_for, transfer_ticket
 
 
@@ -126,9 +127,9 @@ def run_vl_study(study: VLStudyConfig, runs_dir: Path, progress: bool = True) ->
     for seed, target, k, kind, spec in progress_bar(transfer_specs(study), desc="transfer", disable=not progress,
                                                     unit="fine-tune"):
         metrics = transfer_ticket(pretraining_runs[seed], k, spec, tasks[target.name], progress=progress).metrics
-        transfers.append({"target": target.name, "round": k, "kind": kind, "seed": seed, "sparsity": metrics["sparsity"],
-                          "test_acc": metrics["test_acc"], "val_acc": metrics["val_acc"],
-                          "chance_test": metrics.get("chance_test"), "n_test": metrics.get("n_test")})
+        transfers.append(derived(metrics, target=target.name, round=k, kind=kind, seed=seed,
+                                 sparsity=metrics["sparsity"], chance_test=metrics.get("chance_test"),
+                                 n_test=metrics.get("n_test")))
     write_json(out / "transfer_rows.json", transfers)
 
     runs = {key: load_run(path) for key, path in task_runs.items()}
