@@ -83,3 +83,34 @@ def test_derive_seed_keeps_the_legacy_streams_and_separates_new_ones():
     fresh = {derive_seed(s, p, i) for s in range(3) for p in ("a", "b") for i in range(3)}
     assert len(fresh) == 18 and all(0 <= v < 2**63 for v in fresh)  # a new purpose: its own hashed stream
     assert derive_seed(1, "a", 2) == derive_seed(1, "a", 2)
+
+
+def test_a_unit_keeps_its_own_log_across_a_failure_and_a_resume(tmp_path):
+    from ticketlab.progress import log_line, unit_event
+
+    folder = tmp_path / "rounds" / "round_001"
+    attempts: list[int] = []
+
+    def train(checkpoint: Path) -> dict:
+        attempts.append(1)
+        if len(attempts) == 1:
+            checkpoint.write_text("mid-round state")
+            unit_event("epoch 1/2: train loss 0.9")
+            raise KeyboardInterrupt  # killed mid-round: its log stays beside the folder
+        log_line("θp from a checkpoint")
+        return {"score": 0.5}
+
+    def write(tmp: Path, payload: dict) -> None:
+        (tmp / "metrics.json").write_text(json.dumps(payload))
+
+    with pytest.raises(KeyboardInterrupt):
+        units.run_unit(folder, "metrics.json", train, write, "round 1")
+    assert units.unit_log_path(folder).is_file() and not folder.exists()
+    units.run_unit(folder, "metrics.json", train, write, "round 1")
+    lines = (folder / units.UNIT_LOG).read_text().splitlines()
+    assert [line.split("] ", 1)[1] for line in lines] == [
+        "round 1: starting", "epoch 1/2: train loss 0.9", "round 1: stopped by KeyboardInterrupt: ",
+        "round 1: resuming from its checkpoint", "θp from a checkpoint", "round 1: trained; writing round_001"]
+    assert sorted(p.name for p in folder.parent.iterdir()) == ["round_001"]  # the log moved inside, nothing left
+    unit_event("outside any unit: written nowhere")
+    assert len((folder / units.UNIT_LOG).read_text().splitlines()) == 6

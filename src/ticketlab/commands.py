@@ -151,6 +151,8 @@ def cmd_transfer(args: argparse.Namespace) -> None:
                   address=args.address).raise_if_unfinished("fine-tunes")
     rows = [{**transfer_ticket(run, r, _transfer_spec(args, run, s), task, progress=not args.quiet).metrics,
              "source": run.name} for r in rounds for s in seeds]
+    if not is_main_process():
+        return  # under several processes only rank 0 reports
     summary = summarize_transfer(rows, within_std=args.within_std)
     print(f"transfer of {run.name} to {task.name} (fresh head, θp ⊙ mask, seeds {seeds})")
     for r in rounds:
@@ -203,7 +205,8 @@ def cmd_study(args: argparse.Namespace) -> None:
         raise TicketlabError(f"usage: ticketlab study NAME CONFIG.yaml (studies: {', '.join(STUDIES.names())})")
     out = run_study(name, study_config(name, _config_data(args, config)), _runs_dir(args), progress=not args.quiet,
                     executor=getattr(args, "executor", "local"), address=getattr(args, "address", None))
-    print(out / "report.md")
+    if is_main_process():
+        print(out / "report.md")
 
 
 def cmd_study_alias(args: argparse.Namespace) -> None:

@@ -57,25 +57,29 @@ def launcher_note() -> str | None:
             "'accelerate launch --multi_gpu --num_processes N' — also on CPUs — or 'torchrun --nproc_per_node N')")
 
 
-def is_main_process() -> bool:
-    """Whether this process writes files (rank 0, or the only process)."""
+def _process_state() -> Any:
+    """Accelerate's process state. Without a GPU it must be created with ``cpu=True``, or a process started by
+    torchrun / accelerate launch on CPUs believes it is alone (every rank then acts as rank 0); the first caller
+    fixes it for the process, so rank questions asked before any training is set up need this too."""
     from accelerate import PartialState
 
-    return PartialState().is_main_process
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
+def is_main_process() -> bool:
+    """Whether this process writes files (rank 0, or the only process)."""
+    return _process_state().is_main_process
 
 
 def wait_for_everyone() -> None:
-    from accelerate import PartialState
-
-    PartialState().wait_for_everyone()
+    _process_state().wait_for_everyone()
 
 
 def same_on_every_rank(value: str) -> bool:
     """Whether every process holds the same string (e.g. a mask digest); True for a single process."""
-    from accelerate import PartialState
     from accelerate.utils import gather_object
 
-    if PartialState().num_processes == 1:
+    if _process_state().num_processes == 1:
         return True
     return len(set(gather_object([value]))) == 1
 
