@@ -125,7 +125,8 @@ def test_nan_loss_stops_the_round_and_keeps_finished_rounds(tmp_path, monkeypatc
     with pytest.raises(NonFiniteLossError):
         run_experiment(cfg, tmp_path, progress=False)
     run_dir = next(tmp_path.glob("imp-*"))
-    assert sorted(p.name for p in (run_dir / "rounds").iterdir()) == ["round_000", "round_001"]
+    assert sorted(p.name for p in (run_dir / "rounds").iterdir()) == [".round_002.log", "round_000", "round_001"]
+    assert "stopped by NonFiniteLossError: the loss became nan" in (run_dir / "rounds/.round_002.log").read_text()
     stamp = (run_dir / "rounds/round_001/metrics.json").stat().st_mtime_ns
     monkeypatch.setattr(experiment, "train_model", real)
     run_experiment(cfg, tmp_path, progress=False)

@@ -173,9 +173,14 @@ def test_transfer_over_rounds_and_seeds_on_ray_equals_local(tmp_path):
                                "-q", "--runs-dir", str(copy), "--executor", executor], capture_output=True, text=True,
                               env={**ENV, "OMP_NUM_THREADS": "1"}, timeout=600)
         assert done.returncode == 0, done.stderr[-2000:]
-        outputs.append((done.stdout, fingerprint(copy)))
-    assert outputs[0] == outputs[1] and "round  1" in outputs[0][0]
-    assert sum("/transfer/" in key for key in outputs[0][1]) == 4  # 2 rounds × 2 seeds
+        transfers = sum("/transfer/" in key for key in fingerprint(copy))
+        perturb = subprocess.run([sys.executable, "-m", "ticketlab", "analyze", "perturb", f"{copy / run.name}:1",
+                                  *task[:-1], "0", "-q", "--runs-dir", str(copy), "--executor", executor],
+                                 capture_output=True, text=True, env={**ENV, "OMP_NUM_THREADS": "1"}, timeout=600)
+        assert perturb.returncode == 0, perturb.stderr[-2000:]
+        outputs.append((done.stdout, perturb.stdout, transfers, fingerprint(copy)))
+    assert outputs[0] == outputs[1] and "round  1" in outputs[0][0] and "complement" in outputs[0][1]
+    assert outputs[0][2] == 4  # 2 rounds × 2 seeds; then the perturbations of round 1 (seed 0)
 
 
 def test_find_on_ray_trains_baselines_beside_imp_rounds_and_equals_local(tmp_path):

@@ -95,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("masks", nargs="+", help="RUN[:ROUND], RUN a folder or a run id (last round if no round)")
     analyze.add_argument("--plot", help="write a PNG here (overlap, layers)")
     transfer_options(analyze)
+    executor_options(analyze)
     study = add("study", "cmd_study",
                 "run a whole study: ticketlab study NAME CONFIG.yaml (see 'ticketlab list studies')")
     study.add_argument("study", nargs="+", metavar="NAME CONFIG", help="study name and its config file")

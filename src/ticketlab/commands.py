@@ -34,7 +34,14 @@ from ticketlab.runfolders import load_run
 from ticketlab.smoke import smoke_config
 from ticketlab.studies import STUDIES, run_study, study_config
 from ticketlab.studies.patch_tickets import SelectorConfig, run_selection
-from ticketlab.transfer import TransferSpec, perturbation_sensitivity, target_task, transfer_job_for, transfer_ticket
+from ticketlab.transfer import (
+    TransferSpec,
+    perturbation_sensitivity,
+    perturbation_specs,
+    target_task,
+    transfer_job_for,
+    transfer_ticket,
+)
 
 
 def _config_data(args: argparse.Namespace, path: str) -> dict:
@@ -188,6 +195,12 @@ def cmd_analyze(args: argparse.Namespace) -> None:
         spec = _transfer_spec(args, run, seeds[0])
         task = target_task(run, spec)
         print(f"perturbation sensitivity of {label} ({ticket.sparsity():.2%}) on {task.name}, seeds {seeds}")
+        if args.executor != "local":  # every variant × seed fine-tune as a job; the rows then read finished results
+            from ticketlab.executors import run_graph
+
+            jobs = [transfer_job_for(str(run.resolve()), k, s, finished=True) for s in perturbation_specs(spec, seeds)]
+            run_graph(jobs, _runs_dir(args), args.executor, progress=not args.quiet,
+                      address=args.address).raise_if_unfinished("perturbation fine-tunes")
         rows = perturbation_sensitivity(run, k, spec, task, seeds, source=label, progress=not args.quiet)
         for variant, cell in sensitivity_table(rows)[label].items():
             print(f"{variant:<11} sparsity {cell['sparsity']:7.2%}  test {cell['mean']:.2%} ± {cell['std']:.2%}")

@@ -20,7 +20,7 @@ from typing import Any
 
 from ticketlab.errors import ConfigError, TicketlabError, one_line
 from ticketlab.fileio import ensure_writable_dir
-from ticketlab.jobs import Job, check_graph, execute_job, job_resources
+from ticketlab.jobs import JOB_KINDS, Job, check_graph, execute_job, job_resources
 from ticketlab.progress import progress_bar
 from ticketlab.store import ResultStore
 
@@ -36,6 +36,7 @@ class Summary:
     failed: dict[str, str] = field(default_factory=dict)  # job id -> one-line error
     skipped: dict[str, str] = field(default_factory=dict)  # job id -> the failed job it waited for
     seconds: float = 0.0
+    job_seconds: dict[str, float] = field(default_factory=dict)  # job id -> seconds its worker spent on it
 
     def lines(self) -> list[str]:
         out = [f"{len(self.results)} done, {len(self.failed)} failed, {len(self.skipped)} skipped "
@@ -96,6 +97,7 @@ def run_local(jobs: list[Job], runs_dir: Path, progress: bool = True) -> Summary
             outcome = _remote_job(job, str(runs_dir), index=True)  # the same error rule as on Ray
             if "result" in outcome:
                 summary.results[job.id] = outcome["result"]
+                summary.job_seconds[job.id] = outcome["seconds"]
             else:
                 summary.failed[job.id] = outcome["error"]
             view.update(summary, 0, 1)
@@ -108,13 +110,36 @@ def run_local(jobs: list[Job], runs_dir: Path, progress: bool = True) -> Summary
 def _remote_job(job: Job, runs_dir: str, index: bool = False) -> dict[str, Any]:
     """What a Ray worker runs: the job, with errors retrying cannot fix returned as values (never retried).
     A crash (an out-of-memory error, a bug) fails its job only: the summary names it, the graph goes on."""
+    started = time.perf_counter()
     try:
-        return {"result": execute_job(job, runs_dir, progress=False, index=index)}
+        return {"result": execute_job(job, runs_dir, progress=False, index=index), "pid": os.getpid(),
+                "seconds": time.perf_counter() - started}
     except TicketlabError as exc:
         return {"error": _one_line(exc)}
     except Exception as exc:  # noqa: BLE001  a bug: reported with where it happened, not retried
         where = traceback.extract_tb(exc.__traceback__)[-1]
         return {"error": f"{_one_line(exc)} (at {Path(where.filename).name}:{where.lineno})"}
+
+
+def warm_worker() -> None:
+    """Run by every worker of a Ray that ticketlab starts, as it starts: torch and the plug-ins are imported while
+    the driver still probes the cluster, not when the first job arrives."""
+    from ticketlab.figures import pyplot
+
+    JOB_KINDS.names()  # the first registry lookup imports every plug-in (and torch)
+
+    pyplot()  # every run writes its plot
+
+
+def _worker_pid() -> int:
+    return os.getpid()
+
+
+def warm_pool(ray: Any, jobs: int) -> None:
+    """Start every worker the graph can use at once, side by side, each importing torch and the plug-ins
+    (``warm_worker``) — started lazily they would start one after another as jobs arrive."""
+    slots = min(int(ray.cluster_resources().get("CPU", 1)), jobs)
+    ray.get([ray.remote(_worker_pid).options(num_cpus=1).remote() for _ in range(slots)])
 
 
 def _read_probe(path: str) -> str:
@@ -139,7 +164,8 @@ def run_ray(jobs: list[Job], runs_dir: Path, progress: bool = True, address: str
     view = None
     try:
         _check_resources(ray, ordered)
-        _check_shared_folder(ray, runs_dir)
+        warm_pool(ray, len(ordered))
+        _check_shared_folder(ray, runs_dir)  # on a warm worker
         remote = ray.remote(_remote_job)
         by_id = {job.id: job for job in ordered}
         store, view = ResultStore(runs_dir), View(len(ordered), progress)
@@ -169,6 +195,7 @@ def run_ray(jobs: list[Job], runs_dir: Path, progress: bool = True, address: str
                            else f"Ray could not run it: {one_line(exc)[:200]}"}
             if "result" in outcome:
                 summary.results[job_id] = outcome["result"]
+                summary.job_seconds[job_id] = outcome.get("seconds", 0.0)
             else:
                 summary.failed[job_id] = outcome["error"]
             folder = runs_dir / job_id
@@ -203,10 +230,11 @@ def _start_ray(ray: Any, address: str | None, num_cpus: int | None) -> None:
         _check_reachable(address)
     try:
         if address:
-            ray.init(address=address, runtime_env={"env_vars": env}, logging_level="ERROR", log_to_driver=False)
+            ray.init(address=address, logging_level="ERROR", log_to_driver=False,
+                     runtime_env={"env_vars": env, "worker_process_setup_hook": "ticketlab.executors.warm_worker"})
         else:
-            ray.init(num_cpus=num_cpus, include_dashboard=False, runtime_env={"env_vars": env},
-                     logging_level="ERROR", log_to_driver=False)
+            ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level="ERROR", log_to_driver=False,
+                     runtime_env={"env_vars": env, "worker_process_setup_hook": "ticketlab.executors.warm_worker"})
     except (ConnectionError, RuntimeError, ValueError) as exc:
         where = f"at {address}" if address else "on this machine"
         hint = " (a cluster started by 'ray start' uses token authentication: export RAY_AUTH_MODE=token here, with " \
