@@ -18,9 +18,38 @@ import torch
 from torch.utils import benchmark
 from torch.utils.flop_counter import FlopCounterMode
 
+from ticketlab.errors import ConfigError
 from ticketlab.export import STRUCTURED, example_inputs, export_ticket, ticket_model
+from ticketlab.masks import Mask
+from ticketlab.models.base import TicketModel
+from ticketlab.onnx_export import export_onnx, ort_latency
 from ticketlab.pruning.base import PRUNING_METHODS
 from ticketlab.surgery import slim
+
+
+def _bench_onnxruntime(ticket: TicketModel, mask: Mask, structured: bool, seconds: float) -> list[dict[str, Any]]:
+    """ONNX Runtime (CPU) latency at batch 1 and 32, the variants timed in interleaved rounds."""
+    one = example_inputs(ticket)[:1]
+    batch = one.expand(32, *one.shape[1:]).contiguous()
+    models = {"ticket (masked = dense compute)": ticket}
+    if structured:
+        models["ticket (structures removed)"] = slim(ticket, mask)
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = {}
+        for i, (label, model) in enumerate(models.items()):
+            paths[label] = Path(tmp) / f"v{i}.onnx"
+            export_onnx(model, example_inputs(ticket), paths[label])
+        b1 = ort_latency(list(paths.values()), one, seconds)
+        b32 = ort_latency(list(paths.values()), batch, seconds)
+        sizes = {label: path.stat().st_size for label, path in paths.items()}
+    rows = []
+    for (label, model), (m1, q1), (m32, _) in zip(models.items(), b1, b32, strict=True):
+        rows.append({"variant": label, "device": "cpu (onnxruntime)",
+                     "params": sum(p.numel() for p in model.parameters()),
+                     "nonzero_params": sum(int(torch.count_nonzero(p)) for p in model.parameters()),
+                     "flops_b1": flops(model.cpu(), one), "file_bytes": sizes[label],
+                     "latency_b1": {"median_ms": m1, "iqr_ms": q1}, "throughput_b32": 32 / (m32 / 1000)})
+    return rows
 
 
 def flops(model: torch.nn.Module, x: torch.Tensor) -> int:
@@ -38,10 +67,18 @@ def timing(model: torch.nn.Module, x: torch.Tensor, device: str, seconds: float)
     return {"median_ms": 1000 * measurement.median, "iqr_ms": 1000 * measurement.iqr}
 
 
-def bench_ticket(run_dir: Path, k: int, seconds: float = 1.0) -> list[dict[str, Any]]:
-    """One row per (variant, device): the dense model (round 0 weights' architecture) and the ticket."""
+RUNTIMES = ("torch", "onnxruntime")
+
+
+def bench_ticket(run_dir: Path, k: int, seconds: float = 1.0, runtime: str = "torch") -> list[dict[str, Any]]:
+    """One row per (variant, device): the dense model (round 0 weights' architecture) and the ticket; under
+    ``onnxruntime``, the ticket's ONNX exports (masked = the dense computation, and slim when structured)."""
+    if runtime not in RUNTIMES:
+        raise ConfigError(f"unknown --runtime {runtime!r}; use one of {', '.join(RUNTIMES)}")
     ticket, mask, info = ticket_model(run_dir, k)
     structured = PRUNING_METHODS.get(info["config"].prune.method).scope in STRUCTURED
+    if runtime == "onnxruntime":
+        return _bench_onnxruntime(ticket, mask, structured, seconds)
     with tempfile.TemporaryDirectory() as tmp:
         formats = ["state_dict", "compressed", *(["slim"] if structured else [])]
         files = {r["format"]: r for r in export_ticket(run_dir, k, Path(tmp), formats)}

@@ -113,11 +113,14 @@ def build_parser() -> argparse.ArgumentParser:
     export = add("export", "cmd_export", "write a ticket as a state dict, a compressed file or a save_pretrained folder")
     export.add_argument("ticket", help="RUN[:ROUND] (default: the last round)")
     export.add_argument("--out", required=True, help="output folder")
-    export.add_argument("--format", help="comma-separated: state_dict, compressed, hf (default: state_dict,compressed)")
+    export.add_argument("--format", help="comma-separated: state_dict, compressed, hf, slim, nm, onnx "
+                        "(default: state_dict,compressed)")
     export.add_argument("--rewound", action="store_true", help="θp ⊙ mask instead of the trained weights")
     bench = add("bench", "cmd_bench", "parameters, FLOPs, file size, latency and throughput: dense vs the ticket")
     bench.add_argument("ticket", help="RUN[:ROUND] (default: the last round)")
     bench.add_argument("--seconds", type=float, default=1.0, help="measuring time per timing")
+    bench.add_argument("--runtime", default="torch", choices=["torch", "onnxruntime"],
+                       help="time the ticket in PyTorch (default) or its ONNX export in ONNX Runtime")
     add("verify", "cmd_verify", "check every file of a run (or all runs) against its checksums",
         module=READ_ONLY).add_argument(
         "run", nargs="?", help="run folder or run id (default: every run)")

@@ -20,7 +20,7 @@ from ticketlab.data import TASKS
 from ticketlab.engine import is_main_process, launcher_note
 from ticketlab.errors import TicketlabError
 from ticketlab.experiment import run_dir_for, run_experiment
-from ticketlab.export import export_ticket
+from ticketlab.export import export_ticket, ticket_model
 from ticketlab.figures import pct, plot_layer_sparsity, plot_overlap
 from ticketlab.fileio import read_json
 from ticketlab.masks import Mask
@@ -31,6 +31,7 @@ from ticketlab.pretrain import pretrain_run_for, run_pretraining
 from ticketlab.prunable import prunable_names
 from ticketlab.report import results_table
 from ticketlab.runfolders import load_run
+from ticketlab.sizes import breakdown_lines, size_breakdown
 from ticketlab.smoke import smoke_config
 from ticketlab.studies import STUDIES, run_study, study_config
 from ticketlab.studies.patch_tickets import SelectorConfig, run_selection
@@ -87,6 +88,8 @@ def cmd_export(args: argparse.Namespace) -> None:
     formats = args.format.split(",") if args.format else ["state_dict", "compressed"]
     rows = export_ticket(run, k, Path(args.out), formats, rewound=args.rewound)
     print(f"ticket {run.name}:{k} ({'θp ⊙ m' if args.rewound else 'trained θ ⊙ m'}), outputs checked against ticketlab")
+    model, mask, _ = ticket_model(run, k, args.rewound)
+    print("\n".join(breakdown_lines(size_breakdown(model.state_dict(), mask))))
     for row in rows:
         print(f"{row['format']:<11} {row['bytes']:>12,} bytes  (dense {row['dense_bytes']:,}: "
               f"{row['dense_bytes'] / row['bytes']:.2f}× smaller)  max |Δ output| {row['max_abs_diff']:.1e}  "
@@ -96,9 +99,9 @@ def cmd_export(args: argparse.Namespace) -> None:
 def cmd_bench(args: argparse.Namespace) -> None:
     run, k = parse_ref(args.ticket, _runs_dir(args))
     k = RunPaths(run).finished_rounds()[-1] if k is None else k
-    print(f"{run.name}:{k}  (median ± IQR; unstructured zeros are still computed: no speed-up is expected)")
-    for r in bench_ticket(run, k, args.seconds):
-        print(f"{r['variant']:<25} {r['device']:<4} params {r['nonzero_params']:>10,}/{r['params']:,}  "
+    print(f"{run.name}:{k}  (median ± IQR, {args.runtime}; unstructured zeros are still computed)")
+    for r in bench_ticket(run, k, args.seconds, args.runtime):
+        print(f"{r['variant']:<31} {r['device']:<4} params {r['nonzero_params']:>10,}/{r['params']:,}  "
               f"FLOPs(b1) {r['flops_b1']:>12,}  file {r['file_bytes']:>11,} B  latency(b1) "
               f"{r['latency_b1']['median_ms']:.2f} ± {r['latency_b1']['iqr_ms']:.2f} ms  "
               f"throughput(b32) {r['throughput_b32']:.0f}/s")

@@ -12,6 +12,8 @@ Formats (``FORMATS``):
   (transformers 5 no longer stores per-layer pruned heads in a config, so plain ``from_pretrained`` cannot).
 - ``nm`` (N:M tickets): the state dict plus, in its metadata, the N:M layers; ``semi_structured(model)`` turns
   those Linear layers into ``torch.sparse`` semi-structured (2:4) tensors for GPU kernels (fp16/bf16, CUDA).
+- ``onnx``: the ticket (slim for a structured ticket, masked otherwise) for ONNX Runtime, batch axis dynamic,
+  checked there on the spot (``ticketlab.onnx_export``).
 - ``compressed``: only the kept values of every masked tensor plus its bitmask (``np.packbits``), other
   tensors dense, in one safetensors file; :func:`load_compressed` (safetensors + numpy, no ticketlab needed
   beyond this function) restores the dense state dict. ``compressed-tensors`` is not used: its bitmask format
@@ -36,12 +38,13 @@ from ticketlab.errors import ConfigError, TicketlabError
 from ticketlab.fileio import read_json
 from ticketlab.masks import Mask
 from ticketlab.models.base import TicketModel, build_model
+from ticketlab.onnx_export import export_onnx
 from ticketlab.paths import IMP, RunPaths
 from ticketlab.pruning.base import PRUNING_METHODS
 from ticketlab.runfolders import load_theta_p
 from ticketlab.surgery import fit_to_state, slim
 
-FORMATS = ("state_dict", "hf", "compressed", "slim", "nm")
+FORMATS = ("state_dict", "hf", "compressed", "slim", "nm", "onnx")
 STRUCTURED = ("channel", "head_ffn")  # pruning scopes whose groups ``slim`` removes physically
 CNN_HEAD = {"head.weight": "fc.weight", "head.bias": "fc.bias"}  # torchvision's classifier names
 
@@ -180,6 +183,12 @@ def export_ticket(run_dir: Path, k: int, out: Path, formats: list[str], rewound:
             path = out / "ticket.compressed.safetensors"
             save_compressed(path, keys, mask, key_of)
             restored = load_compressed(path)
+        elif fmt == "onnx":
+            path = out / "ticket.onnx"
+            diff = export_onnx(slim(model, mask) if scope in STRUCTURED else model, x, path)
+            rows.append({"format": fmt, "path": str(path), "bytes": _size(path),
+                         "dense_bytes": dense_path.stat().st_size, "max_abs_diff": diff})
+            continue
         else:
             path = out / "hf"
             _hf_core(model).save_pretrained(path)
