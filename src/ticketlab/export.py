@@ -16,8 +16,8 @@ Formats (``FORMATS``):
   checked there on the spot (``ticketlab.onnx_export``).
 - ``compressed``: only the kept values of every masked tensor plus its bitmask (``np.packbits``), other
   tensors dense, in one safetensors file; :func:`load_compressed` (safetensors + numpy, no ticketlab needed
-  beyond this function) restores the dense state dict. ``compressed-tensors`` is not used: its bitmask format
-  targets LLM linear layers and is not installed here.
+  beyond this function) restores the dense state dict. ``compressed-tensors`` is not used: it dropped its
+  sparse-bitmask compressor after 0.14, and the transformers pinned here needs ≥ 0.15 and ignores sparsity.
 Every export is loaded back and its outputs compared with ticketlab's model on a random batch.
 """
 

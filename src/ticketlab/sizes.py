@@ -15,7 +15,7 @@ import torch
 
 from ticketlab.masks import Mask
 
-PARTS = ("pruned layers", "embeddings", "normalisation", "biases", "head", "other")
+PARTS = ("pruned layers", "embeddings", "normalisation", "biases", "head", "other layers")
 
 
 def part_of(name: str) -> str:
@@ -29,7 +29,7 @@ def part_of(name: str) -> str:
         return "normalisation"
     if name.endswith(".bias"):
         return "biases"
-    return "other"
+    return "other layers"  # e.g. a CNN stem, patch projections: layers the pruning scope leaves out
 
 
 def size_breakdown(state: dict[str, torch.Tensor], mask: Mask) -> dict[str, Any]:
