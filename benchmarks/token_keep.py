@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from ticketlab.models import build_model
 from ticketlab.patches.tokens import keep_count
+from ticketlab.patches.vit import patch_vit
 
 CONFIG = {"hidden_size": 192, "num_hidden_layers": 6, "num_attention_heads": 3, "intermediate_size": 768,
           "image_size": 64, "patch_size": 4}  # 256 patches
@@ -30,6 +31,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     args = parser.parse_args()
     model = build_model("vit", 10, {"config": CONFIG}, seed=0)
+    patch_vit(model.backbone)  # patch-subset inputs (x, kept patch indices): what a student trains on
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     n = (CONFIG["image_size"] // CONFIG["patch_size"]) ** 2
     gen = torch.Generator().manual_seed(0)

@@ -13,7 +13,6 @@ from ticketlab.config import parse_config
 from ticketlab.errors import TicketlabError
 from ticketlab.experiment import run_experiment
 from ticketlab.export import export_ticket, ticket_model
-from ticketlab.masks import Mask
 from ticketlab.onnx_export import export_onnx, run_session, session
 from ticketlab.sizes import size_breakdown
 
@@ -91,7 +90,7 @@ def test_the_size_breakdown_adds_up_and_names_what_was_never_pruned(channel_run,
 def test_bench_times_onnx_runtime_and_export_prints_the_breakdown(channel_run, tmp_path, capsys):
     assert cli.main(["bench", f"{channel_run}:1", "--runtime", "onnxruntime", "--seconds", "0.2"]) == 0
     out = capsys.readouterr().out
-    assert "onnxruntime" in out and "ticket (masked = dense compute)" in out and "ticket (structures removed)" in out
+    assert "cpu (onnxruntime)" in out and "ticket (dense storage)" in out and "ticket (structures removed)" in out
     assert cli.main(["export", f"{channel_run}:1", "--out", str(tmp_path), "--format", "state_dict,onnx"]) == 0
     out = capsys.readouterr().out
     assert "onnx " in out and "pruned layers" in out and "normalisation" in out and "ideal size" in out
@@ -99,3 +98,61 @@ def test_bench_times_onnx_runtime_and_export_prints_the_breakdown(channel_run, t
         cli.main(["bench", f"{channel_run}:1", "--runtime", "onnxruntim"])
     err = capsys.readouterr().err.strip()
     assert info.value.code == 2 and len(err.splitlines()) == 1 and "did you mean 'onnxruntime'" in err
+
+
+def test_exports_honour_the_umask_and_errors_list_every_format(channel_run, tmp_path, capsys):
+    import os
+
+    old = os.umask(0o022)
+    try:
+        rows = export_ticket(channel_run, 1, tmp_path, ["state_dict", "compressed", "slim", "onnx"])
+    finally:
+        os.umask(old)
+    assert all(os.stat(r["path"]).st_mode & 0o777 == 0o644 for r in rows)  # safetensors alone writes 0600
+    assert cli.main(["export", f"{channel_run}:1", "--out", str(tmp_path), "--format", "hf"]) == 2
+    err = capsys.readouterr().err
+    assert "state_dict, compressed, onnx, slim" in err
+
+
+def test_a_vit_hf_export_carries_a_pooler_so_plain_transformers_misses_nothing(tmp_path):
+    from transformers import AutoModel
+
+    cfg = tiny_config(model={"name": "vit", "options": {"config": VIT}}, prune={"rounds": 1}, baselines=[],
+                      task={"name": "scenes_shape", "options": TINY_SCENES})
+    run = run_experiment(parse_config(cfg), tmp_path / "runs", progress=False)
+    (row,) = export_ticket(run, 1, tmp_path / "out", ["hf"])
+    model, info = AutoModel.from_pretrained(tmp_path / "out/hf", output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"] and model.pooler is not None
+    assert row["max_abs_diff"] <= 1e-5
+
+
+def test_bench_interleaves_its_variants_and_excludes_the_warm_up(monkeypatch):
+    """A fake clock: each call of model i costs i + 1 'seconds'; the warm-up call costs 1000 and must not count."""
+    import ticketlab.bench as bench
+
+    clock, order = {"now": 0.0}, []
+
+    class Fake(torch.nn.Module):
+        def __init__(self, i: int) -> None:
+            super().__init__()
+            self.i, self.calls = i, 0
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            self.calls += 1
+            order.append(self.i)
+            clock["now"] += 1000.0 if self.calls == 1 else self.i + 1.0
+            return x
+
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: clock["now"])
+    timings = bench.interleaved([Fake(0), Fake(1)], torch.zeros(1), "cpu", seconds=5 * 0.001, rounds=5)
+    assert [t["median_ms"] for t in timings] == [1000.0, 2000.0] and all(t["iqr_ms"] == 0 for t in timings)
+    assert order[:2] == [0, 1] and order[2:] == [0, 1] * 5  # warm-ups, then 5 rounds alternating
+
+
+def test_bench_any_round_falls_back_to_the_rewound_weights(tmp_path, capsys):
+    cfg = tiny_config(model={"name": "resnet20", "options": {"width": 4}}, baselines=[], prune={"rounds": 3})
+    run = run_experiment(parse_config(cfg), tmp_path / "runs", progress=False)  # keep: needed drops round 1-2
+    assert not (run / "rounds/round_001/weights.safetensors").is_file()
+    assert cli.main(["bench", f"{run}:1", "--seconds", "0.05", "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "θp ⊙ m (round's trained weights not kept)" in out and ", 1 thread(s)" in out

@@ -83,7 +83,9 @@ def test_bench_reports_sizes_flops_and_speed(resnet_run):
 def test_bench_cli_prints_one_line_per_variant(resnet_run, capsys):
     assert cli.main(["bench", str(resnet_run), "--seconds", "0.05"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == 1 + 3 and all("throughput(b32)" in line for line in lines[1:])
+    timed = [line for line in lines if "throughput(b32)" in line]
+    assert len(timed) == 3 and all("(runs densely)" in line for line in timed[1:])  # stored densely: same compute
+    assert "interleaved rounds" in lines[0] and "thread(s)" in lines[0]
 
 
 def test_nm_export_records_its_pattern_and_every_layer_holds_it(tmp_path):

@@ -1,16 +1,19 @@
 """Real size and speed of a ticket next to its dense model: parameters (non-zero), FLOPs, file size, latency at
-batch 1 and throughput at batch 32 (median with interquartile range, ``torch.utils.benchmark``), on CPU and on
-a GPU when present.
+batch 1 and throughput at batch 32, on CPU and on a GPU when present — timings that can be believed.
 
-An unstructured ticket stored densely runs exactly as fast as the dense model (its zeros are still multiplied);
-the table says so rather than hiding it. A structured ticket (channels, heads, FFN neurons) is also timed with its
-pruned groups physically removed (``ticketlab.surgery.slim``; its file is the ``slim`` export). Sizes come from
-the exports (``ticketlab export``).
+Each distinct computation is timed once, all of them in interleaved rounds (≥ 5; a warm-up call first, never
+timed), so a drift of the machine's speed hits every variant alike; medians with interquartile ranges. A ticket
+stored densely (dense storage, compressed file) runs exactly the dense computation — its zeros are still
+multiplied — so it shares the dense timing and its speed-up reads "×1.00 (runs densely)"; a structured ticket
+(channels, heads, FFN neurons) is also timed with its pruned groups physically removed (``surgery.slim``). Any
+round can be benched: where a round's trained weights were not kept, θp ⊙ m (same shapes, same speed) is timed.
 """
 
 from __future__ import annotations
 
+import statistics
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +21,7 @@ import torch
 from torch.utils import benchmark
 from torch.utils.flop_counter import FlopCounterMode
 
-from ticketlab.errors import ConfigError
+from ticketlab.errors import ConfigError, TicketlabError
 from ticketlab.export import STRUCTURED, example_inputs, export_ticket, ticket_model
 from ticketlab.masks import Mask
 from ticketlab.models.base import TicketModel
@@ -26,30 +29,8 @@ from ticketlab.onnx_export import export_onnx, ort_latency
 from ticketlab.pruning.base import PRUNING_METHODS
 from ticketlab.surgery import slim
 
-
-def _bench_onnxruntime(ticket: TicketModel, mask: Mask, structured: bool, seconds: float) -> list[dict[str, Any]]:
-    """ONNX Runtime (CPU) latency at batch 1 and 32, the variants timed in interleaved rounds."""
-    one = example_inputs(ticket)[:1]
-    batch = one.expand(32, *one.shape[1:]).contiguous()
-    models = {"ticket (masked = dense compute)": ticket}
-    if structured:
-        models["ticket (structures removed)"] = slim(ticket, mask)
-    with tempfile.TemporaryDirectory() as tmp:
-        paths = {}
-        for i, (label, model) in enumerate(models.items()):
-            paths[label] = Path(tmp) / f"v{i}.onnx"
-            export_onnx(model, example_inputs(ticket), paths[label])
-        b1 = ort_latency(list(paths.values()), one, seconds)
-        b32 = ort_latency(list(paths.values()), batch, seconds)
-        sizes = {label: path.stat().st_size for label, path in paths.items()}
-    rows = []
-    for (label, model), (m1, q1), (m32, _) in zip(models.items(), b1, b32, strict=True):
-        rows.append({"variant": label, "device": "cpu (onnxruntime)",
-                     "params": sum(p.numel() for p in model.parameters()),
-                     "nonzero_params": sum(int(torch.count_nonzero(p)) for p in model.parameters()),
-                     "flops_b1": flops(model.cpu(), one), "file_bytes": sizes[label],
-                     "latency_b1": {"median_ms": m1, "iqr_ms": q1}, "throughput_b32": 32 / (m32 / 1000)})
-    return rows
+RUNTIMES = ("torch", "onnxruntime")
+ROUNDS = 7  # interleaved repetitions per timing
 
 
 def flops(model: torch.nn.Module, x: torch.Tensor) -> int:
@@ -67,41 +48,87 @@ def timing(model: torch.nn.Module, x: torch.Tensor, device: str, seconds: float)
     return {"median_ms": 1000 * measurement.median, "iqr_ms": 1000 * measurement.iqr}
 
 
-RUNTIMES = ("torch", "onnxruntime")
+def interleaved(models: list[torch.nn.Module], x: torch.Tensor, device: str, seconds: float,
+                rounds: int = ROUNDS) -> list[dict[str, float]]:
+    """Median and IQR (ms per call) of each model on ``x``: one warm-up call each (not timed), then ``rounds``
+    rounds in which every model is timed for ``seconds / rounds`` in turn."""
+    models = [m.to(device).eval() for m in models]
+    x = x.to(device)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    samples: list[list[float]] = [[] for _ in models]
+    with torch.no_grad():
+        for model in models:
+            model(x)
+        for _ in range(rounds):
+            for i, model in enumerate(models):
+                calls, started = 0, time.perf_counter()
+                while calls < 1 or time.perf_counter() - started < seconds / rounds:
+                    model(x)
+                    calls += 1
+                sync()
+                samples[i].append(1000 * (time.perf_counter() - started) / calls)
+    out = []
+    for values in samples:
+        ordered = sorted(values)
+        q = len(ordered) // 4
+        out.append({"median_ms": statistics.median(ordered), "iqr_ms": ordered[-1 - q] - ordered[q]})
+    return out
+
+
+def _ticket(run_dir: Path, k: int) -> tuple[TicketModel, Mask, dict[str, Any], bool]:
+    try:
+        return (*ticket_model(run_dir, k), False)
+    except TicketlabError as exc:
+        if "were not kept" not in str(exc):
+            raise
+        return (*ticket_model(run_dir, k, rewound=True), True)  # same shapes and zeros: the same speed
 
 
 def bench_ticket(run_dir: Path, k: int, seconds: float = 1.0, runtime: str = "torch") -> list[dict[str, Any]]:
-    """One row per (variant, device): the dense model (round 0 weights' architecture) and the ticket; under
-    ``onnxruntime``, the ticket's ONNX exports (masked = the dense computation, and slim when structured)."""
+    """One row per (variant, device); under ``onnxruntime`` the ticket's ONNX exports (masked = the dense
+    computation, and slim when structured)."""
     if runtime not in RUNTIMES:
         raise ConfigError(f"unknown --runtime {runtime!r}; use one of {', '.join(RUNTIMES)}")
-    ticket, mask, info = ticket_model(run_dir, k)
+    ticket, mask, info, rewound = _ticket(run_dir, k)
     structured = PRUNING_METHODS.get(info["config"].prune.method).scope in STRUCTURED
-    if runtime == "onnxruntime":
-        return _bench_onnxruntime(ticket, mask, structured, seconds)
-    with tempfile.TemporaryDirectory() as tmp:
-        formats = ["state_dict", "compressed", *(["slim"] if structured else [])]
-        files = {r["format"]: r for r in export_ticket(run_dir, k, Path(tmp), formats)}
     one = example_inputs(ticket)[:1]
     batch = one.expand(32, *one.shape[1:]).contiguous()
+    models = {"dense": ticket, **({"ticket (structures removed)": slim(ticket, mask)} if structured else {})}
     total = sum(p.numel() for p in ticket.parameters())
-    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    with tempfile.TemporaryDirectory() as tmp:
+        formats = ["state_dict", "compressed", *(["slim"] if structured else [])]
+        files = {r["format"]: r for r in export_ticket(run_dir, k, Path(tmp), formats, rewound=rewound)}
+        if runtime == "onnxruntime":
+            paths = [Path(tmp) / f"v{i}.onnx" for i in range(len(models))]
+            for model, path in zip(models.values(), paths, strict=True):
+                export_onnx(model, example_inputs(ticket), path)
+            timed = {"cpu (onnxruntime)": list(zip(ort_latency(paths, one, seconds), ort_latency(paths, batch, seconds),
+                                                   strict=True))}
+            timed = {d: [({"median_ms": a[0], "iqr_ms": a[1]}, {"median_ms": b[0], "iqr_ms": b[1]}) for a, b in t]
+                     for d, t in timed.items()}
+        else:
+            devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+            timed = {d: list(zip(interleaved(list(models.values()), one, d, seconds),
+                                 interleaved(list(models.values()), batch, d, seconds), strict=True)) for d in devices}
+    ticket.cpu()
+    kept = total - mask.num_pruned()
+    variants = [("dense", "dense", total, files["state_dict"]["dense_bytes"]),
+                ("ticket (dense storage)", "dense", kept, files["state_dict"]["bytes"]),
+                ("ticket (compressed file)", "dense", kept, files["compressed"]["bytes"])]
+    if structured:
+        small = models["ticket (structures removed)"].cpu()
+        variants.append(("ticket (structures removed)", "ticket (structures removed)",
+                         sum(int(torch.count_nonzero(p)) for p in small.parameters()), files["slim"]["bytes"]))
+    index = {name: i for i, name in enumerate(models)}
     rows = []
-    for label, nonzero, size in (("dense", total, files["state_dict"]["dense_bytes"]),
-                                 ("ticket (dense storage)", total - mask.num_pruned(), files["state_dict"]["bytes"]),
-                                 ("ticket (compressed file)", total - mask.num_pruned(), files["compressed"]["bytes"])):
-        for device in devices:
-            rows.append({"variant": label, "device": device, "params": total, "nonzero_params": nonzero,
-                         "flops_b1": flops(ticket.cpu(), one), "file_bytes": size,
-                         "latency_b1": timing(ticket, one, device, seconds),
-                         "throughput_b32": 32 / (timing(ticket, batch, device, seconds)["median_ms"] / 1000)})
-    if structured:  # a channel or head/FFN ticket: time it with its pruned groups physically removed
-        small = slim(ticket, mask)
-        for device in devices:
-            rows.append({"variant": "ticket (structures removed)", "device": device,
-                         "params": sum(p.numel() for p in small.parameters()),
-                         "nonzero_params": sum(int(torch.count_nonzero(p)) for p in small.parameters()),
-                         "flops_b1": flops(small.cpu(), one), "file_bytes": files["slim"]["bytes"],
-                         "latency_b1": timing(small, one, device, seconds),
-                         "throughput_b32": 32 / (timing(small, batch, device, seconds)["median_ms"] / 1000)})
+    for device, results in timed.items():
+        base = results[index["dense"]][1]["median_ms"]
+        for label, computation, nonzero, size in variants:
+            b1, b32 = results[index[computation]]
+            model = models[computation].cpu()
+            rows.append({"variant": label, "device": device, "params": sum(p.numel() for p in model.parameters()),
+                         "nonzero_params": nonzero, "flops_b1": flops(model, one), "file_bytes": size,
+                         "latency_b1": b1, "throughput_b32": 32 / (b32["median_ms"] / 1000),
+                         "speedup_b32": base / b32["median_ms"], "runs_densely": computation == "dense",
+                         "weights": "θp ⊙ m (round's trained weights not kept)" if rewound else "trained θ ⊙ m"})
     return rows

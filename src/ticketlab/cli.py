@@ -119,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench = add("bench", "cmd_bench", "parameters, FLOPs, file size, latency and throughput: dense vs the ticket")
     bench.add_argument("ticket", help="RUN[:ROUND] (default: the last round)")
     bench.add_argument("--seconds", type=float, default=1.0, help="measuring time per timing")
+    bench.add_argument("--threads", type=int, help="CPU threads for the timings (default: torch's)")
     bench.add_argument("--runtime", default="torch", choices=["torch", "onnxruntime"],
                        help="time the ticket in PyTorch (default) or its ONNX export in ONNX Runtime")
     add("verify", "cmd_verify", "check every file of a run (or all runs) against its checksums",

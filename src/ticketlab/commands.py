@@ -11,6 +11,8 @@ import sys
 from importlib import resources
 from pathlib import Path
 
+import torch
+
 from ticketlab.analysis import overlap_matrix, sensitivity_table, summarize_transfer
 from ticketlab.bench import bench_ticket
 from ticketlab.commands_read import runs_dir_of as _runs_dir
@@ -99,12 +101,21 @@ def cmd_export(args: argparse.Namespace) -> None:
 def cmd_bench(args: argparse.Namespace) -> None:
     run, k = parse_ref(args.ticket, _runs_dir(args))
     k = RunPaths(run).finished_rounds()[-1] if k is None else k
-    print(f"{run.name}:{k}  (median ± IQR, {args.runtime}; unstructured zeros are still computed)")
-    for r in bench_ticket(run, k, args.seconds, args.runtime):
-        print(f"{r['variant']:<31} {r['device']:<4} params {r['nonzero_params']:>10,}/{r['params']:,}  "
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ConfigError(f"--threads must be at least 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    rows = bench_ticket(run, k, args.seconds, args.runtime)
+    print(f"{run.name}:{k} ({rows[0]['weights']}), {args.runtime}, {torch.get_num_threads()} thread(s); median ± "
+          "IQR of 7 interleaved rounds after a warm-up")
+    for r in rows:
+        speedup = "(runs densely)" if r["runs_densely"] and r["variant"] != "dense" else ""
+        print(f"{r['variant']:<28} {r['device']:<4} params {r['nonzero_params']:>10,}/{r['params']:,}  "
               f"FLOPs(b1) {r['flops_b1']:>12,}  file {r['file_bytes']:>11,} B  latency(b1) "
               f"{r['latency_b1']['median_ms']:.2f} ± {r['latency_b1']['iqr_ms']:.2f} ms  "
-              f"throughput(b32) {r['throughput_b32']:.0f}/s")
+              f"throughput(b32) {r['throughput_b32']:.0f}/s  speed-up(b32) ×{r['speedup_b32']:.2f} {speedup}".rstrip())
+    model, mask, _ = ticket_model(run, k, rewound=rows[0]["weights"].startswith("θp"))
+    print("\n".join(breakdown_lines(size_breakdown(model.state_dict(), mask))))
 
 
 def cmd_prunable(args: argparse.Namespace) -> None:

@@ -10,13 +10,12 @@ structured ticket with its channels / heads removed, the 2:4 ticket densely (2:4
 from __future__ import annotations
 
 import dataclasses
-import statistics
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ticketlab.bench import example_inputs, flops, timing
+from ticketlab.bench import example_inputs, flops, interleaved
 from ticketlab.config import ExperimentConfig
 from ticketlab.experiment import run_experiment
 from ticketlab.export import ticket_model
@@ -87,13 +86,4 @@ def interleaved_latency(models: list[TicketModel], seconds: float, rounds: int =
     of the machine's speed hit every model alike."""
     one = example_inputs(models[0])[:1]
     batch = one.expand(32, *one.shape[1:]).contiguous()
-    samples: list[list[float]] = [[] for _ in models]
-    for _ in range(rounds):
-        for i, model in enumerate(models):
-            samples[i].append(timing(model, batch, "cpu", seconds / rounds)["median_ms"])
-    out = []
-    for values in samples:
-        ordered = sorted(values)
-        q = len(ordered) // 4
-        out.append((statistics.median(ordered), ordered[-1 - q] - ordered[q]))
-    return out
+    return [(t["median_ms"], t["iqr_ms"]) for t in interleaved(models, batch, "cpu", seconds, rounds)]

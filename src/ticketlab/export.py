@@ -35,7 +35,7 @@ from safetensors.torch import load_file, save_file
 
 from ticketlab.config import parse_config
 from ticketlab.errors import ConfigError, TicketlabError
-from ticketlab.fileio import read_json
+from ticketlab.fileio import honour_umask, read_json
 from ticketlab.masks import Mask
 from ticketlab.models.base import TicketModel, build_model
 from ticketlab.onnx_export import export_onnx
@@ -150,8 +150,10 @@ def export_ticket(run_dir: Path, k: int, out: Path, formats: list[str], rewound:
     if "nm" in formats and not scope.startswith("nm_"):
         raise ConfigError(f"format nm needs an N:M ticket (nm_* methods); this run used {info['config'].prune.method!r}")
     if "hf" in formats and _hf_core(model) is None:
+        supported = ["state_dict", "compressed", "onnx", *(["slim"] if scope in STRUCTURED else []),
+                     *(["nm"] if scope.startswith("nm_") else [])]
         raise ConfigError(f"format hf needs a Hugging Face model family; {info['config'].model.name!r} supports "
-                          "state_dict and compressed")
+                          f"{', '.join(supported)}")
     out.mkdir(parents=True, exist_ok=True)
     keys = original_keys(model)
     key_of = dict(zip(model.state_dict(), keys, strict=True))
@@ -191,8 +193,8 @@ def export_ticket(run_dir: Path, k: int, out: Path, formats: list[str], rewound:
             continue
         else:
             path = out / "hf"
-            _hf_core(model).save_pretrained(path)
             source = info["config"].model.options.get("path")
+            with_pooler(_hf_core(model), source).save_pretrained(path)
             for name in ("preprocessor_config.json", "tokenizer.json", "tokenizer_config.json", "vocab.txt",
                          "special_tokens_map.json"):
                 if source and (Path(source) / name).is_file():
@@ -201,6 +203,8 @@ def export_ticket(run_dir: Path, k: int, out: Path, formats: list[str], rewound:
         rows.append({"format": fmt, "path": str(path), "bytes": _size(path), "dense_bytes": dense_path.stat().st_size,
                      "max_abs_diff": _check(model, fmt, restored, path, key_of, x, reference)})
     dense_path.unlink()
+    for row in rows:
+        honour_umask(Path(row["path"]))
     return rows
 
 
@@ -211,7 +215,11 @@ def _check(model: TicketModel, fmt: str, restored: dict[str, torch.Tensor] | Non
         if fmt == "hf":
             from transformers import AutoModel
 
-            loaded = AutoModel.from_pretrained(path).eval()
+            loaded, loading = AutoModel.from_pretrained(path, output_loading_info=True)
+            if loading["missing_keys"] or loading["unexpected_keys"]:
+                raise TicketlabError(f"plain from_pretrained of the hf export reports missing "
+                                     f"{loading['missing_keys'][:3]} / unexpected {loading['unexpected_keys'][:3]} keys")
+            loaded = loaded.eval()
             name = "input_ids" if x.dtype == torch.long else "pixel_values"
             ours = _hf_core(model)(**{name: x}).last_hidden_state
             diff = (loaded(**{name: x}).last_hidden_state - ours).abs().max()
@@ -226,6 +234,27 @@ def _check(model: TicketModel, fmt: str, restored: dict[str, torch.Tensor] | Non
     if float(diff) > 1e-4:
         raise TicketlabError(f"export {fmt} does not reproduce the ticket (max output difference {float(diff):.2e})")
     return float(diff)
+
+
+def with_pooler(core: torch.nn.Module, source: str | None) -> torch.nn.Module:
+    """The model as plain ``AutoModel.from_pretrained`` builds it: ticketlab builds BERT/ViT backbones without the
+    pooler their features do not use, so the export adds one — the source checkpoint's when it has one, else a
+    seeded fresh one (never pruned, unused by the ticket's outputs) — and no key is reported missing on load."""
+    if getattr(core, "pooler", True) is not None or "add_pooling_layer" not in type(core).__init__.__code__.co_varnames:
+        return core
+    torch.manual_seed(0)
+    full = type(core)(core.config)
+    full.load_state_dict(core.state_dict(), strict=False)
+    if source:
+        from transformers import AutoModel
+
+        try:
+            pooler = AutoModel.from_pretrained(source).pooler
+            if pooler is not None:
+                full.pooler.load_state_dict(pooler.state_dict())
+        except (OSError, ValueError):
+            pass  # the checkpoint cannot be read again here: the seeded pooler stays
+    return full
 
 
 def semi_structured(model: torch.nn.Module, layers: list[str] | None = None) -> torch.nn.Module:

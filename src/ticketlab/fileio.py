@@ -66,9 +66,17 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
+def honour_umask(path: Path) -> None:
+    """Give ``path`` (and everything under a folder) the modes a plain ``open`` would: some writers (safetensors,
+    ``tempfile``) create files 0600 whatever the umask, which hides results from the rest of a group."""
+    mask = _umask()
+    for item in [Path(path), *(Path(path).rglob("*") if Path(path).is_dir() else [])]:
+        os.chmod(item, (0o777 if item.is_dir() else 0o666) & ~mask)
+
+
 def publish(tmp: Path, final: Path) -> None:
     """fsync ``tmp``, honour the umask, rename it to ``final`` and fsync the folder."""
-    os.chmod(tmp, (0o777 if tmp.is_dir() else 0o666) & ~_umask())
+    honour_umask(tmp)
     _fsync(tmp)
     os.replace(tmp, final)
     _fsync(final.parent)
