@@ -61,7 +61,7 @@ def test_hf_ticket_is_a_save_pretrained_folder_plain_transformers_loads(tmp_path
 
 def test_bad_exports_are_one_line_errors(resnet_run, tmp_path, capsys):
     for args, match in ((["--format", "hf"], "format hf needs a Hugging Face model family"),
-                        (["--format", "onnx"], "unknown export format 'onnx'")):
+                        (["--format", "tflite"], "unknown export format 'tflite'")):
         assert cli.main(["export", str(resnet_run), "--out", str(tmp_path), *args]) == 2
         assert match in capsys.readouterr().err
     assert cli.main(["export", f"{resnet_run}:7", "--out", str(tmp_path)]) == 2

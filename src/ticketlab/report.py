@@ -14,7 +14,7 @@ from ticketlab.runfolders import load_run
 
 
 def results_table(run: dict[str, Any]) -> str:
-    """Markdown table: one row per round, test accuracy (%) of IMP and each baseline."""
+    """Markdown table: one row per round, the test score (the task's metric, in %) of IMP and each baseline."""
     branches = list(run["baselines"])
     by_branch = {b: {r["round"]: r for r in rows} for b, rows in run["baselines"].items()}
     stored = {b: next((r["metrics"].get("label") for r in rows), None) for b, rows in run["baselines"].items()}
