@@ -130,3 +130,36 @@ def test_mask_references(source_run):
         parse_ref("/nonexistent:1")
     with pytest.raises(TicketlabError, match="no finished round 7"):
         transfer_ticket(source_run, 7, TransferSpec(TaskConfig("digits")))
+
+
+def test_chance_overlap_matches_10000_simulated_random_mask_pairs():
+    """Expected IoU / shared fraction of two independent random masks with given per-layer keep counts, against a
+    simulation of 10,000 pairs (within 0.5 pt), and exact on hand-made counts."""
+    import torch
+
+    from ticketlab.analysis import overlap
+    from ticketlab.masks import Mask
+
+    sizes, keep_a, keep_b = {"l1.weight": 600, "l2.weight": 300}, {"l1.weight": 120, "l2.weight": 150}, \
+        {"l1.weight": 240, "l2.weight": 30}
+
+    def draw(keep: dict[str, int], gen: torch.Generator) -> Mask:
+        tensors = {}
+        for name, n in sizes.items():
+            flat = torch.zeros(n, dtype=torch.bool)
+            flat[torch.randperm(n, generator=gen)[: keep[name]]] = True
+            tensors[name] = flat
+        return Mask(tensors)
+
+    gen = torch.Generator().manual_seed(0)
+    expected = overlap(draw(keep_a, gen), draw(keep_b, gen))
+    ious, shared = [], []
+    for _ in range(10_000):
+        measured = overlap(draw(keep_a, gen), draw(keep_b, gen))
+        ious.append(measured["iou"])
+        shared.append(measured["shared"])
+    both = 120 * 240 / 600 + 150 * 30 / 300  # 48 + 15 = 63 expected in both
+    assert expected["chance_iou"] == pytest.approx(both / (120 + 240 + 150 + 30 - both))
+    assert expected["chance_shared"] == pytest.approx(both / (120 + 150))
+    assert abs(sum(ious) / len(ious) - expected["chance_iou"]) < 0.005
+    assert abs(sum(shared) / len(shared) - expected["chance_shared"]) < 0.005

@@ -191,9 +191,12 @@ def cmd_analyze(args: argparse.Namespace) -> None:
     if args.analysis == "overlap":
         names = list(masks)
         pairs = overlap_matrix(masks)
-        print("IoU of kept weights (row / column), shared = fraction of the row's kept weights kept by the column")
+        print("IoU of kept weights / shared = fraction of the row's kept weights kept by the column (chance: two "
+              "random masks with the same per-layer keep counts)")
         for a in names:
-            print(f"{a:<28} " + "  ".join(f"{pairs[a, b]['iou']:.3f}/{pairs[a, b]['shared']:.3f}" for b in names))
+            print(f"{a:<28} " + "  ".join(f"{pairs[a, b]['iou']:.3f}/{pairs[a, b]['shared']:.3f} "
+                                          f"(chance {pairs[a, b]['chance_iou']:.3f}/{pairs[a, b]['chance_shared']:.3f})"
+                                          for b in names))
         if args.plot:
             plot_overlap(pairs, names, "IoU of kept weights (%)", Path(args.plot))
     elif args.analysis == "layers":

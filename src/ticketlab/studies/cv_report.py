@@ -36,9 +36,12 @@ def overlap_row(overlaps: dict[tuple[str, str], dict[str, Any]], groups: dict[st
     else:
         verdict = "reproduced" if max(cross) < min(same) else "contradicted" if min(cross) > max(same) else \
             "inconclusive"
+    chance = [overlaps[a, b]["chance_iou"] for (g1, n1), (g2, n2) in itertools.combinations(groups.items(), 2)
+              for a in n1 for b in n2]
     text = lambda v: f"{100 * statistics.fmean(v):.1f} % ({100 * min(v):.1f}–{100 * max(v):.1f})" if v else "–"  # noqa: E731
     return ["tickets of different pre-trainings differ (mask overlap)", "< 6.55 % shared after 5 rounds",
-            f"IoU across objectives {text(cross)}; same objective, other seed {text(same)}", "–", verdict]
+            f"IoU across objectives {text(cross)}; same objective, other seed {text(same)}; two random masks with "
+            f"the same per-layer keep counts {text(chance)}", "–", verdict]
 
 
 def plot_curves(downstream: dict[tuple[str, str, int], dict[str, Any]], path: Path) -> None:
@@ -183,12 +186,13 @@ def write_cv_report(out: Path, study: Any, pretraining_runs: dict[tuple[str, int
     lines += ["", "![transfer heatmap](transfer_heatmap.png)", ""]
 
     names = list(tickets)
-    kept = 1 - next(iter(tickets.values())).sparsity()
     plot_overlap(overlaps, names, f"IoU of kept weights (%) at round {k}", out / "overlap.png")
-    table = [[a, *[f"{100 * overlaps[(a, b)]['iou']:.1f}" for b in names]] for a in names]
+    table = [[a, *[f"{100 * overlaps[(a, b)]['iou']:.1f} ({100 * overlaps[(a, b)]['chance_iou']:.1f})"
+                   for b in names]] for a in names]
     lines += [f"## 4. Mask overlap at round {k}", "",
-              f"IoU of the kept weights (%). Two independent random masks keeping {pct(kept)} each would have IoU "
-              f"{pct(kept / (2 - kept))}.", "", markdown_table(["", *names], table), "", "![overlap](overlap.png)", ""]
+              "IoU of the kept weights (%), and in brackets the IoU two independent random masks with the same "
+              "per-layer keep counts have in expectation (chance).", "", markdown_table(["", *names], table), "",
+              "![overlap](overlap.png)", ""]
 
     variants = ["ticket", "complement", "random", "delta10"]
     chance = pct(summary["cells"][(sources[0], study.downstream[0].name, 0)]["chance_test"])
