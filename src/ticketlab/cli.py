@@ -19,6 +19,7 @@ from ticketlab.fileio import storage_error
 DEFAULT_RUNS_DIR = os.environ.get("TICKETLAB_RUNS_DIR", "runs")
 READ_ONLY = "ticketlab.commands_read"  # commands that only read files: no torch
 TRAINING = "ticketlab.commands"
+DEPLOY = "ticketlab.commands_deploy"  # export and bench
 
 SMOKE_HELP = "run end to end in seconds on CPU: tiny files in the same formats and a tiny model stand in for the " \
              "config's data and checkpoints (runs go to RUNS_DIR/smoke)"
@@ -110,13 +111,15 @@ def build_parser() -> argparse.ArgumentParser:
         p = add(name, func, text, config=True)
         p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
         p.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
-    export = add("export", "cmd_export", "write a ticket as a state dict, a compressed file or a save_pretrained folder")
+    export = add("export", "cmd_export", "write a ticket as a state dict, a compressed file or a save_pretrained folder",
+                 module=DEPLOY)
     export.add_argument("ticket", help="RUN[:ROUND] (default: the last round)")
     export.add_argument("--out", required=True, help="output folder")
     export.add_argument("--format", help="comma-separated: state_dict, compressed, hf, slim, nm, onnx "
                         "(default: state_dict,compressed)")
     export.add_argument("--rewound", action="store_true", help="θp ⊙ mask instead of the trained weights")
-    bench = add("bench", "cmd_bench", "parameters, FLOPs, file size, latency and throughput: dense vs the ticket")
+    bench = add("bench", "cmd_bench", "parameters, FLOPs, file size, latency and throughput: dense vs the ticket",
+                module=DEPLOY)
     bench.add_argument("ticket", help="RUN[:ROUND] (default: the last round)")
     bench.add_argument("--seconds", type=float, default=1.0, help="measuring time per timing")
     bench.add_argument("--threads", type=int, help="CPU threads for the timings (default: torch's)")

@@ -11,10 +11,7 @@ import sys
 from importlib import resources
 from pathlib import Path
 
-import torch
-
 from ticketlab.analysis import overlap_matrix, sensitivity_table, summarize_transfer
-from ticketlab.bench import bench_ticket
 from ticketlab.commands_read import runs_dir_of as _runs_dir
 from ticketlab.comparison import compare_structures
 from ticketlab.config import ConfigError, TaskConfig, from_dict, load_config, parse_config, read_yaml
@@ -22,7 +19,6 @@ from ticketlab.data import TASKS
 from ticketlab.engine import is_main_process, launcher_note
 from ticketlab.errors import TicketlabError
 from ticketlab.experiment import run_dir_for, run_experiment
-from ticketlab.export import export_ticket, ticket_model
 from ticketlab.figures import pct, plot_layer_sparsity, plot_overlap
 from ticketlab.fileio import read_json
 from ticketlab.masks import Mask
@@ -33,7 +29,6 @@ from ticketlab.pretrain import pretrain_run_for, run_pretraining
 from ticketlab.prunable import prunable_names
 from ticketlab.report import results_table
 from ticketlab.runfolders import load_run
-from ticketlab.sizes import breakdown_lines, size_breakdown
 from ticketlab.smoke import smoke_config
 from ticketlab.studies import STUDIES, run_study, study_config
 from ticketlab.studies.patch_tickets import SelectorConfig, run_selection
@@ -82,40 +77,6 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
     if cfg.pretrain is None:
         raise ConfigError(f"{args.config} has no 'pretrain' section (objective, task, train)")
     print(run_pretraining(pretrain_run_for(cfg), _runs_dir(args), cfg.deterministic, progress=not args.quiet))
-
-
-def cmd_export(args: argparse.Namespace) -> None:
-    run, k = parse_ref(args.ticket, _runs_dir(args))
-    k = RunPaths(run).finished_rounds()[-1] if k is None else k
-    formats = args.format.split(",") if args.format else ["state_dict", "compressed"]
-    rows = export_ticket(run, k, Path(args.out), formats, rewound=args.rewound)
-    print(f"ticket {run.name}:{k} ({'θp ⊙ m' if args.rewound else 'trained θ ⊙ m'}), outputs checked against ticketlab")
-    model, mask, _ = ticket_model(run, k, args.rewound)
-    print("\n".join(breakdown_lines(size_breakdown(model.state_dict(), mask))))
-    for row in rows:
-        print(f"{row['format']:<11} {row['bytes']:>12,} bytes  (dense {row['dense_bytes']:,}: "
-              f"{row['dense_bytes'] / row['bytes']:.2f}× smaller)  max |Δ output| {row['max_abs_diff']:.1e}  "
-              f"{row['path']}")
-
-
-def cmd_bench(args: argparse.Namespace) -> None:
-    run, k = parse_ref(args.ticket, _runs_dir(args))
-    k = RunPaths(run).finished_rounds()[-1] if k is None else k
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ConfigError(f"--threads must be at least 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
-    rows = bench_ticket(run, k, args.seconds, args.runtime)
-    print(f"{run.name}:{k} ({rows[0]['weights']}), {args.runtime}, {torch.get_num_threads()} thread(s); median ± "
-          "IQR of 7 interleaved rounds after a warm-up")
-    for r in rows:
-        speedup = "(runs densely)" if r["runs_densely"] and r["variant"] != "dense" else ""
-        print(f"{r['variant']:<28} {r['device']:<4} params {r['nonzero_params']:>10,}/{r['params']:,}  "
-              f"FLOPs(b1) {r['flops_b1']:>12,}  file {r['file_bytes']:>11,} B  latency(b1) "
-              f"{r['latency_b1']['median_ms']:.2f} ± {r['latency_b1']['iqr_ms']:.2f} ms  "
-              f"throughput(b32) {r['throughput_b32']:.0f}/s  speed-up(b32) ×{r['speedup_b32']:.2f} {speedup}".rstrip())
-    model, mask, _ = ticket_model(run, k, rewound=rows[0]["weights"].startswith("θp"))
-    print("\n".join(breakdown_lines(size_breakdown(model.state_dict(), mask))))
 
 
 def cmd_prunable(args: argparse.Namespace) -> None:
