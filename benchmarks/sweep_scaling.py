@@ -98,7 +98,8 @@ def main() -> None:
     print(f"scheduling overhead per run  {overhead:7.2f} s (goal < 0.5)   "
           f"= (ray − start/stop − serial / {workers}) / runs")
     print(f"  of which: jobs' own time in workers {work_ray:.1f} s vs {work_local:.1f} s serial "
-          f"({(work_ray - work_local) / len(points):+.2f} s per run: each worker's first run sets up once more); "
+          f"({(work_ray - work_local) / len(points):+.2f} s per run: trainings side by side on the cores run slower than "
+          f"one alone, and each worker's first run sets up once more); "
           f"idle workers {(ray_wall - start - work_ray / workers) / len(points):+.2f} s per run")
     same = len(prints["local"] | prints["ray"]) == 1
     print(f"results identical to serial (mask sha256, metrics): {'yes' if same else 'NO'}")
