@@ -17,7 +17,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from ticketlab.comparison import interleaved_latency
+from ticketlab.bench import interleaved
 from ticketlab.config import parse_config
 from ticketlab.experiment import run_experiment
 from ticketlab.export import example_inputs, export_ticket, ticket_model
@@ -66,16 +66,15 @@ def report(name: str, run: Path, formats: list[str], seconds: float, out: Path) 
     small = slim(ticket, mask) if structured else ticket
     one = example_inputs(ticket)[:1]
     batch = one.expand(32, *one.shape[1:]).contiguous()
-    (dense_t, dense_iqr), (small_t, small_iqr) = interleaved_latency([ticket, small], seconds)
+    torch_times = interleaved([ticket, small], batch, "cpu", seconds)
     paths = [out / "masked.onnx", out / "small.onnx"]
     export_onnx(ticket, example_inputs(ticket), paths[0])
     export_onnx(small, example_inputs(ticket), paths[1])
-    (dense_o, dense_oiqr), (small_o, small_oiqr) = ort_latency(paths, batch, seconds)
     label = "slim ticket" if structured else "ticket (dense storage)"
     print(f"\nlatency at batch 32 (median ± IQR, ms)   dense compute      {label:<22} speed-up")
-    for runtime, (a, qa, b, qb) in (("PyTorch", (dense_t, dense_iqr, small_t, small_iqr)),
-                                    ("ONNX Runtime", (dense_o, dense_oiqr, small_o, small_oiqr))):
-        print(f"{runtime:<40}{a:7.2f} ± {qa:5.2f}    {b:7.2f} ± {qb:5.2f}          ×{a / b:.2f}")
+    for runtime, (a, b) in (("PyTorch", torch_times), ("ONNX Runtime", ort_latency(paths, batch, seconds))):
+        print(f"{runtime:<40}{a['median_ms']:7.2f} ± {a['iqr_ms']:5.2f}    {b['median_ms']:7.2f} ± "
+              f"{b['iqr_ms']:5.2f}          ×{a['median_ms'] / b['median_ms']:.2f}")
 
 
 def main() -> None:

@@ -129,6 +129,7 @@ def test_a_vit_hf_export_carries_a_pooler_so_plain_transformers_misses_nothing(t
 def test_bench_interleaves_its_variants_and_excludes_the_warm_up(monkeypatch):
     """A fake clock: each call of model i costs i + 1 'seconds'; the warm-up call costs 1000 and must not count."""
     import ticketlab.bench as bench
+    import ticketlab.timing as timing
 
     clock, order = {"now": 0.0}, []
 
@@ -143,7 +144,7 @@ def test_bench_interleaves_its_variants_and_excludes_the_warm_up(monkeypatch):
             clock["now"] += 1000.0 if self.calls == 1 else self.i + 1.0
             return x
 
-    monkeypatch.setattr(bench.time, "perf_counter", lambda: clock["now"])
+    monkeypatch.setattr(timing.time, "perf_counter", lambda: clock["now"])
     timings = bench.interleaved([Fake(0), Fake(1)], torch.zeros(1), "cpu", seconds=5 * 0.001, rounds=5)
     assert [t["median_ms"] for t in timings] == [1000.0, 2000.0] and all(t["iqr_ms"] == 0 for t in timings)
     assert order[:2] == [0, 1] and order[2:] == [0, 1] * 5  # warm-ups, then 5 rounds alternating

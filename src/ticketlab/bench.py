@@ -11,9 +11,7 @@ round can be benched: where a round's trained weights were not kept, θp ⊙ m (
 
 from __future__ import annotations
 
-import statistics
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +26,7 @@ from ticketlab.models.base import TicketModel
 from ticketlab.onnx_export import export_onnx, ort_latency
 from ticketlab.pruning.base import PRUNING_METHODS
 from ticketlab.surgery import slim
+from ticketlab.timing import interleaved as interleaved_calls
 
 RUNTIMES = ("torch", "onnxruntime")
 ROUNDS = 7  # interleaved repetitions per timing
@@ -50,29 +49,12 @@ def timing(model: torch.nn.Module, x: torch.Tensor, device: str, seconds: float)
 
 def interleaved(models: list[torch.nn.Module], x: torch.Tensor, device: str, seconds: float,
                 rounds: int = ROUNDS) -> list[dict[str, float]]:
-    """Median and IQR (ms per call) of each model on ``x``: one warm-up call each (not timed), then ``rounds``
-    rounds in which every model is timed for ``seconds / rounds`` in turn."""
+    """Median and IQR (ms per call) of each model on ``x`` (``timing.interleaved``: warm-up, then rounds)."""
     models = [m.to(device).eval() for m in models]
     x = x.to(device)
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    samples: list[list[float]] = [[] for _ in models]
     with torch.no_grad():
-        for model in models:
-            model(x)
-        for _ in range(rounds):
-            for i, model in enumerate(models):
-                calls, started = 0, time.perf_counter()
-                while calls < 1 or time.perf_counter() - started < seconds / rounds:
-                    model(x)
-                    calls += 1
-                sync()
-                samples[i].append(1000 * (time.perf_counter() - started) / calls)
-    out = []
-    for values in samples:
-        ordered = sorted(values)
-        q = len(ordered) // 4
-        out.append({"median_ms": statistics.median(ordered), "iqr_ms": ordered[-1 - q] - ordered[q]})
-    return out
+        return interleaved_calls([lambda m=m: m(x) for m in models], seconds, rounds,
+                                 sync=torch.cuda.synchronize if device == "cuda" else lambda: None)
 
 
 def _ticket(run_dir: Path, k: int) -> tuple[TicketModel, Mask, dict[str, Any], bool]:
@@ -104,8 +86,6 @@ def bench_ticket(run_dir: Path, k: int, seconds: float = 1.0, runtime: str = "to
                 export_onnx(model, example_inputs(ticket), path)
             timed = {"cpu (onnxruntime)": list(zip(ort_latency(paths, one, seconds), ort_latency(paths, batch, seconds),
                                                    strict=True))}
-            timed = {d: [({"median_ms": a[0], "iqr_ms": a[1]}, {"median_ms": b[0], "iqr_ms": b[1]}) for a, b in t]
-                     for d, t in timed.items()}
         else:
             devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
             timed = {d: list(zip(interleaved(list(models.values()), one, d, seconds),
@@ -120,14 +100,15 @@ def bench_ticket(run_dir: Path, k: int, seconds: float = 1.0, runtime: str = "to
         variants.append(("ticket (structures removed)", "ticket (structures removed)",
                          sum(int(torch.count_nonzero(p)) for p in small.parameters()), files["slim"]["bytes"]))
     index = {name: i for i, name in enumerate(models)}
+    counts = {name: (sum(p.numel() for p in m.cpu().parameters()), flops(m, one)) for name, m in models.items()}
     rows = []
     for device, results in timed.items():
         base = results[index["dense"]][1]["median_ms"]
         for label, computation, nonzero, size in variants:
             b1, b32 = results[index[computation]]
-            model = models[computation].cpu()
-            rows.append({"variant": label, "device": device, "params": sum(p.numel() for p in model.parameters()),
-                         "nonzero_params": nonzero, "flops_b1": flops(model, one), "file_bytes": size,
+            params, flop_count = counts[computation]
+            rows.append({"variant": label, "device": device, "params": params,
+                         "nonzero_params": nonzero, "flops_b1": flop_count, "file_bytes": size,
                          "latency_b1": b1, "throughput_b32": 32 / (b32["median_ms"] / 1000),
                          "speedup_b32": base / b32["median_ms"], "runs_densely": computation == "dense",
                          "weights": "θp ⊙ m (round's trained weights not kept)" if rewound else "trained θ ⊙ m"})

@@ -47,6 +47,14 @@ class Summary:
             out.append(f"skipped {len(self.skipped)} job(s) that wait for failed ones: {shown}")
         return out
 
+    def record(self, job_id: str, outcome: dict[str, Any]) -> None:
+        """A job's outcome (``_remote_job``'s, on any executor): its folder and time, or its one-line error."""
+        if "result" in outcome:
+            self.results[job_id] = outcome["result"]
+            self.job_seconds[job_id] = outcome["seconds"]
+        else:
+            self.failed[job_id] = outcome["error"]
+
     def raise_if_unfinished(self, what: str) -> None:
         """The one rule for a graph that did not finish: a one-line error (how many of ``what``, the first
         failures); finished jobs are kept, so re-running the same command resumes."""
@@ -94,12 +102,7 @@ def run_local(jobs: list[Job], runs_dir: Path, progress: bool = True) -> Summary
                 view.update(summary, 0, 1)
                 continue
             view.update(summary, 1)
-            outcome = _remote_job(job, str(runs_dir), index=True)  # the same error rule as on Ray
-            if "result" in outcome:
-                summary.results[job.id] = outcome["result"]
-                summary.job_seconds[job.id] = outcome["seconds"]
-            else:
-                summary.failed[job.id] = outcome["error"]
+            summary.record(job.id, _remote_job(job, str(runs_dir), index=True))  # the same error rule as on Ray
             view.update(summary, 0, 1)
     finally:
         view.close()
@@ -112,7 +115,7 @@ def _remote_job(job: Job, runs_dir: str, index: bool = False) -> dict[str, Any]:
     A crash (an out-of-memory error, a bug) fails its job only: the summary names it, the graph goes on."""
     started = time.perf_counter()
     try:
-        return {"result": execute_job(job, runs_dir, progress=False, index=index), "pid": os.getpid(),
+        return {"result": execute_job(job, runs_dir, progress=False, index=index),
                 "seconds": time.perf_counter() - started}
     except TicketlabError as exc:
         return {"error": _one_line(exc)}
@@ -193,11 +196,7 @@ def run_ray(jobs: list[Job], runs_dir: Path, progress: bool = True, address: str
                 died = type(exc).__name__ in ("WorkerCrashedError", "NodeDiedError", "OutOfMemoryError")
                 outcome = {"error": f"the worker running it died {RAY_RETRIES + 1} times ({type(exc).__name__})" if died
                            else f"Ray could not run it: {one_line(exc)[:200]}"}
-            if "result" in outcome:
-                summary.results[job_id] = outcome["result"]
-                summary.job_seconds[job_id] = outcome.get("seconds", 0.0)
-            else:
-                summary.failed[job_id] = outcome["error"]
+            summary.record(job_id, outcome)
             folder = runs_dir / job_id
             if by_id[job_id].kind == "find" and folder.is_dir():
                 store.index_folder(folder)  # the driver is the only writer of the index

@@ -2,7 +2,7 @@
 checked on the spot: ONNX Runtime's outputs must equal the PyTorch ticket's within 1e-4 at batch 1 and 3 (the
 batch axis is dynamic), or the file is removed and the export refused. Weights are stored inside the one file.
 
-ONNX Runtime latency (``bench --runtime onnxruntime``) is timed here too, dense vs ticket in interleaved rounds.
+ONNX Runtime latency (``bench --runtime onnxruntime``) is timed here too (``timing.interleaved``).
 """
 
 from __future__ import annotations
@@ -11,8 +11,6 @@ import contextlib
 import logging
 import os
 import re
-import statistics
-import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +19,7 @@ from typing import Any
 import torch
 
 from ticketlab.errors import TicketlabError
+from ticketlab.timing import interleaved
 
 TOLERANCE = 1e-4
 INSTALL = "pip install 'ticketlab[onnx]' (onnx, onnxscript, onnxruntime)"
@@ -108,24 +107,7 @@ def export_onnx(model: torch.nn.Module, x: torch.Tensor, path: Path) -> float:
         tmp.unlink(missing_ok=True)
 
 
-def ort_latency(paths: list[Path], x: torch.Tensor, seconds: float, rounds: int = 7) -> list[tuple[float, float]]:
-    """(median, interquartile range) in ms per call of each ONNX file on ``x``, in interleaved rounds so that a
-    drift of the machine's speed hits every model alike."""
+def ort_latency(paths: list[Path], x: torch.Tensor, seconds: float, rounds: int = 7) -> list[dict[str, float]]:
+    """Median and IQR (ms per call) of each ONNX file on ``x`` in ONNX Runtime (``timing.interleaved``)."""
     sessions = [session(p) for p in paths]
-    for sess in sessions:
-        run_session(sess, x)  # warm-up
-    samples: list[list[float]] = [[] for _ in sessions]
-    budget = seconds / rounds
-    for _ in range(rounds):
-        for i, sess in enumerate(sessions):
-            calls, started = 0, time.perf_counter()
-            while calls < 1 or time.perf_counter() - started < budget:
-                run_session(sess, x)
-                calls += 1
-            samples[i].append(1000 * (time.perf_counter() - started) / calls)
-    out = []
-    for values in samples:
-        ordered = sorted(values)
-        q = len(ordered) // 4
-        out.append((statistics.median(ordered), ordered[-1 - q] - ordered[q]))
-    return out
+    return interleaved([lambda s=s: run_session(s, x) for s in sessions], seconds, rounds)
