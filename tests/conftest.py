@@ -39,6 +39,19 @@ def tiny_config(**overrides: object) -> dict:
     return cfg
 
 
+def digits_config_file(folder, epochs: int, rounds: int) -> str:
+    """A ResNet-20 IMP config on scikit-learn's digits (16 px) written to ``folder``: the multi-process tests'."""
+    import yaml
+
+    cfg = tiny_config(task={"name": "digits", "options": {"image_size": 16}},
+                      model={"name": "resnet20", "options": {"width": 8}},
+                      train={"optimizer": "sgd", "lr": 0.1, "epochs": epochs, "batch_size": 64},
+                      prune={"rounds": rounds}, baselines=[])
+    path = folder / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return str(path)
+
+
 @pytest.fixture
 def tiny() -> dict:
     return tiny_config()

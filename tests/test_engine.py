@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 
-from tests.conftest import TINY_SCENES, tiny_config
+from tests.conftest import TINY_SCENES, digits_config_file, tiny_config
 from ticketlab import cli
 from ticketlab.augment import cifar_crop_flip
 from ticketlab.config import EngineConfig, TrainConfig, config_hash, parse_config
@@ -128,12 +128,7 @@ def test_two_processes_with_gloo_match_one_process(tmp_path):
     from ticketlab.runfolders import load_run
     from ticketlab.tensorfiles import load_tensors
 
-    cfg = tiny_config(task={"name": "digits", "options": {"image_size": 16}},
-                      model={"name": "resnet20", "options": {"width": 8}},
-                      train={"optimizer": "sgd", "lr": 0.1, "epochs": 6, "batch_size": 64}, prune={"rounds": 2},
-                      baselines=[])
-    path = tmp_path / "c.yaml"
-    path.write_text(yaml.safe_dump(cfg))
+    path = digits_config_file(tmp_path, epochs=6, rounds=2)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     single = subprocess.run([sys.executable, "-m", "ticketlab", "find", str(path), "-q", "--runs-dir",
                              str(tmp_path / "one")], capture_output=True, text=True, env=env, timeout=600)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import tiny_config
+from tests.conftest import digits_config_file
 from ticketlab.results import read_result
 
 pytestmark = pytest.mark.slow
@@ -36,12 +36,7 @@ def written_once(folder: Path) -> None:
 
 
 def test_a_transfer_under_two_processes_is_written_once_and_matches_one_process(tmp_path):
-    cfg = tiny_config(task={"name": "digits", "options": {"image_size": 16}},
-                      model={"name": "resnet20", "options": {"width": 8}},
-                      train={"optimizer": "sgd", "lr": 0.1, "epochs": 2, "batch_size": 64}, prune={"rounds": 1},
-                      baselines=[])
-    path = tmp_path / "c.yaml"
-    path.write_text(yaml.safe_dump(cfg))
+    path = digits_config_file(tmp_path, epochs=2, rounds=1)
     run = Path(ticketlab(["find", str(path), "--runs-dir", str(tmp_path / "runs")], 1).stdout.strip().splitlines()[-1])
     scores = {}
     for processes in (1, 2):

@@ -38,6 +38,7 @@ from ticketlab.errors import ConfigError, TicketlabError
 from ticketlab.fileio import honour_umask, read_json
 from ticketlab.masks import Mask
 from ticketlab.models.base import TicketModel, build_model
+from ticketlab.models.hf import POOLER_OPTIONAL
 from ticketlab.onnx_export import export_onnx
 from ticketlab.paths import IMP, RunPaths
 from ticketlab.pruning.base import PRUNING_METHODS
@@ -240,7 +241,7 @@ def with_pooler(core: torch.nn.Module, source: str | None) -> torch.nn.Module:
     """The model as plain ``AutoModel.from_pretrained`` builds it: ticketlab builds BERT/ViT backbones without the
     pooler their features do not use, so the export adds one — the source checkpoint's when it has one, else a
     seeded fresh one (never pruned, unused by the ticket's outputs) — and no key is reported missing on load."""
-    if getattr(core, "pooler", True) is not None or "add_pooling_layer" not in type(core).__init__.__code__.co_varnames:
+    if getattr(core, "pooler", True) is not None or core.config.model_type not in POOLER_OPTIONAL:
         return core
     torch.manual_seed(0)
     full = type(core)(core.config)

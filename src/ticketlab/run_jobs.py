@@ -32,20 +32,20 @@ def find_job(payload: dict[str, Any], runs_dir: Path, progress: bool, index: boo
 def round_job(payload: dict[str, Any], runs_dir: Path, progress: bool, index: bool = True) -> str:
     """One unit of an IMP run: IMP round k or a baseline branch at round k (the run's ``find`` job indexes it)."""
     config = parse_config(payload["config"])
+    branch, k, data = payload["branch"], int(payload["round"]), to_dict(config)
     runs_dir = ensure_writable_dir(Path(runs_dir))
     run = open_run(config, runs_dir)
-    main = is_main_process()
-    if main and not run.paths.config.is_file():
+    store = NoIndex() if is_main_process() else None  # rank 0 writes the folder's status; the driver indexes
+    if store is not None and not run.paths.config.is_file():
         run.paths.root.mkdir(exist_ok=True)
-        write_json(run.paths.config, to_dict(config))
-    set_status(NoIndex() if main else None, run.paths, to_dict(config), "running")  # ls shows it, with this pid
+        write_json(run.paths.config, data)
+    set_status(store, run.paths, data, "running")  # ls shows it, with this pid
     try:
-        run_round(run, payload["branch"], int(payload["round"]), runs_dir, progress)
+        run_round(run, branch, k, runs_dir, progress)
     except Exception as exc:  # the run's folder says so (its find job, which would, never runs)
-        set_status(NoIndex() if main else None, run.paths, to_dict(config), "failed",
-                   f"{payload['branch']} round {payload['round']}: {type(exc).__name__}: {exc}"[:2000])
+        set_status(store, run.paths, data, "failed", f"{branch} round {k}: {type(exc).__name__}: {exc}"[:2000])
         raise
-    return str(run.paths.branch(payload["branch"], int(payload["round"])))
+    return str(run.paths.branch(branch, k))
 
 
 def round_job_id(run_id: str, branch: str, k: int) -> str:
@@ -59,18 +59,19 @@ def experiment_jobs(cfg: ExperimentConfig, runs_dir: Path, label: str = "") -> l
     resources = job_resources(cfg.engine.resources)
     before = [pretrain_job_for(cfg, runs_dir)] if cfg.pretrain is not None else []
     run_id = run_dir_for(cfg, runs_dir).name
+    payload = {"config": to_dict(cfg)}
     units: list[Job] = []
-    if cfg.baselines:
-        payload = {"config": to_dict(cfg)}
-        keys = run_unit_keys(cfg)
-        for branch, k in keys:
-            waits = [round_job_id(run_id, IMP, k - 1 if branch == IMP else k)] if (branch, k) != (IMP, 0) else []
-            units.append(Job(round_job_id(run_id, branch, k), "round", {**payload, "branch": branch, "round": k},
-                             after=tuple(waits or [j.id for j in before]), resources=resources,
-                             label=f"{label} {branch} round {k}".strip()))
+    for branch, k in run_unit_keys(cfg) if cfg.baselines else []:
+        if branch != IMP:  # a baseline reads IMP round k's mask (and round 0)
+            waits: tuple[str, ...] = (round_job_id(run_id, IMP, k),)
+        elif k > 0:  # IMP round k prunes round k-1's weights
+            waits = (round_job_id(run_id, IMP, k - 1),)
+        else:
+            waits = tuple(j.id for j in before)
+        units.append(Job(round_job_id(run_id, branch, k), "round", {**payload, "branch": branch, "round": k},
+                         after=waits, resources=resources, label=f"{label} {branch} round {k}".strip()))
     last_after = tuple(j.id for j in units) or tuple(j.id for j in before)
-    return [*before, *units, Job(run_id, "find", {"config": to_dict(cfg)}, after=last_after, resources=resources,
-                                 label=label)]
+    return [*before, *units, Job(run_id, "find", payload, after=last_after, resources=resources, label=label)]
 
 
 def merge_jobs(groups: list[list[Job]]) -> list[Job]:
