@@ -20,11 +20,10 @@ from torch.utils import benchmark
 from torch.utils.flop_counter import FlopCounterMode
 
 from ticketlab.errors import ConfigError, TicketlabError
-from ticketlab.export import STRUCTURED, example_inputs, export_ticket, ticket_model
+from ticketlab.export import example_inputs, export_ticket, structured_ticket, ticket_model
 from ticketlab.masks import Mask
 from ticketlab.models.base import TicketModel
 from ticketlab.onnx_export import export_onnx, ort_latency
-from ticketlab.pruning.base import PRUNING_METHODS
 from ticketlab.surgery import slim
 from ticketlab.timing import interleaved as interleaved_calls
 
@@ -72,7 +71,7 @@ def bench_ticket(run_dir: Path, k: int, seconds: float = 1.0, runtime: str = "to
     if runtime not in RUNTIMES:
         raise ConfigError(f"unknown --runtime {runtime!r}; use one of {', '.join(RUNTIMES)}")
     ticket, mask, info, rewound = _ticket(run_dir, k)
-    structured = PRUNING_METHODS.get(info["config"].prune.method).scope in STRUCTURED
+    structured = structured_ticket(info["config"])
     one = example_inputs(ticket)[:1]
     batch = one.expand(32, *one.shape[1:]).contiguous()
     models = {"dense": ticket, **({"ticket (structures removed)": slim(ticket, mask)} if structured else {})}

@@ -27,6 +27,9 @@ class BranchView(Protocol):
     def prune_method(self) -> str: ...
 
     @property
+    def prune_structure(self) -> str: ...
+
+    @property
     def rewind_point(self) -> str: ...
 
     def memo(self, key: str, compute: Callable[[], Any]) -> Any:

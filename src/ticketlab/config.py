@@ -20,7 +20,7 @@ from ticketlab.errors import ConfigError
 from ticketlab.models.base import MODELS, has_pretrained_weights
 from ticketlab.objectives.base import OBJECTIVES
 from ticketlab.prunable import PrunableConfig
-from ticketlab.pruning.base import PRUNING_METHODS
+from ticketlab.pruning.base import PRUNING_METHODS, check_structure
 from ticketlab.rewind import REWIND_POINTS
 from ticketlab.schedules import round_sparsities
 from ticketlab.schema import from_dict, parse_lenient, read_yaml
@@ -123,6 +123,7 @@ class PruneConfig:
     rewind_steps: int = 0  # for rewind "early": weights after this many fine-tuning steps
     weights: Literal["final", "best"] = "final"  # prune from the end-of-training weights (LTH) or the best-val ones
     prunable: PrunableConfig = field(default_factory=PrunableConfig)
+    structure: str = "none"  # channel_refill | regroup: the unstructured mask made structured each round
 
 
 @dataclass(frozen=True)
@@ -186,6 +187,11 @@ def validate(cfg: ExperimentConfig) -> None:
         problems += TASKS.problems(cfg.pretrain.task.name, cfg.pretrain.task.options, "pretrain.task.options")
         if cfg.model.checkpoint:
             problems.append("give either model.checkpoint or a pretrain section for θp, not both")
+    if cfg.prune.structure != "none":
+        try:
+            check_structure(cfg.prune.method, cfg.prune.structure)
+        except ConfigError as exc:
+            problems += exc.problems
     if cfg.prune.rewind == "early" and cfg.prune.rewind_steps <= 0:
         problems.append("prune.rewind 'early' needs prune.rewind_steps > 0 (fine-tuning steps before the snapshot)")
     try:

@@ -46,7 +46,12 @@ from ticketlab.runfolders import load_theta_p
 from ticketlab.surgery import fit_to_state, slim
 
 FORMATS = ("state_dict", "hf", "compressed", "slim", "nm", "onnx")
-STRUCTURED = ("channel", "head_ffn")  # pruning scopes whose groups ``slim`` removes physically
+STRUCTURED = ("channel", "coupled_channel", "head_ffn")  # pruning scopes whose groups ``slim`` removes physically
+
+
+def structured_ticket(config: Any) -> bool:
+    """Whether ``slim`` removes this run's pruned groups: a structured method, or a refilled unstructured one."""
+    return PRUNING_METHODS.get(config.prune.method).scope in STRUCTURED or config.prune.structure == "channel_refill"
 CNN_HEAD = {"head.weight": "fc.weight", "head.bias": "fc.bias"}  # torchvision's classifier names
 
 
@@ -144,14 +149,16 @@ def export_ticket(run_dir: Path, k: int, out: Path, formats: list[str], rewound:
         raise ConfigError(f"unknown export format {bad[0]!r}; formats: {', '.join(FORMATS)}")
     model, mask, info = ticket_model(run_dir, k, rewound)
     scope = PRUNING_METHODS.get(info["config"].prune.method).scope
-    if "slim" in formats and scope not in STRUCTURED:
-        raise ConfigError(f"format slim needs a structured ticket (channel_* or head_ffn_* methods); this run used "
+    structured = structured_ticket(info["config"])
+    if "slim" in formats and not structured:
+        raise ConfigError(f"format slim needs a structured ticket (channel_*, coupled_channel_*, head_ffn_* methods "
+                          "or prune.structure channel_refill); this run used "
                           f"{info['config'].prune.method!r}: export state_dict, compressed" +
                           (" or hf" if _hf_core(model) is not None else ""))
     if "nm" in formats and not scope.startswith("nm_"):
         raise ConfigError(f"format nm needs an N:M ticket (nm_* methods); this run used {info['config'].prune.method!r}")
     if "hf" in formats and _hf_core(model) is None:
-        supported = ["state_dict", "compressed", "onnx", *(["slim"] if scope in STRUCTURED else []),
+        supported = ["state_dict", "compressed", "onnx", *(["slim"] if structured else []),
                      *(["nm"] if scope.startswith("nm_") else [])]
         raise ConfigError(f"format hf needs a Hugging Face model family; {info['config'].model.name!r} supports "
                           f"{', '.join(supported)}")
@@ -188,7 +195,7 @@ def export_ticket(run_dir: Path, k: int, out: Path, formats: list[str], rewound:
             restored = load_compressed(path)
         elif fmt == "onnx":
             path = out / "ticket.onnx"
-            diff = export_onnx(slim(model, mask) if scope in STRUCTURED else model, x, path)
+            diff = export_onnx(slim(model, mask) if structured else model, x, path)
             rows.append({"format": fmt, "path": str(path), "bytes": _size(path),
                          "dense_bytes": dense_path.stat().st_size, "max_abs_diff": diff})
             continue

@@ -20,10 +20,12 @@ from ticketlab.models import hf as _hf  # noqa: F401
 from ticketlab.models import resnet as _resnet  # noqa: F401
 from ticketlab.objectives import contrastive as _contrastive  # noqa: F401
 from ticketlab.objectives import patches as _patch_objectives  # noqa: F401
+from ticketlab.pruning import coupled_channel as _coupled_channel  # noqa: F401
 from ticketlab.pruning import heads as _heads  # noqa: F401
 from ticketlab.pruning import magnitude as _magnitude  # noqa: F401
 from ticketlab.pruning import nm as _nm  # noqa: F401
 from ticketlab.pruning import random as _random  # noqa: F401
+from ticketlab.pruning import refill as _refill  # noqa: F401
 from ticketlab.pruning import structured as _structured  # noqa: F401
 from ticketlab.studies import cv_pretraining as _cv_study  # noqa: F401
 from ticketlab.studies import patch_tickets as _patch_study  # noqa: F401

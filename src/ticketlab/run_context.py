@@ -51,6 +51,10 @@ class RunContext:
         return self.config.prune.method
 
     @property
+    def prune_structure(self) -> str:
+        return self.config.prune.structure
+
+    @property
     def rewind_point(self) -> str:
         return self.config.prune.rewind
 

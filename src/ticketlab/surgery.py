@@ -1,11 +1,13 @@
 """Physical removal of a structured ticket's pruned groups: a smaller model that computes the same function.
 
-CNN channel tickets (``channel_*``): each inner convolution's dead output channels, the matching BatchNorm
-entries and the next convolution's input channels are sliced away (the block's own dependency: conv → BN →
-ReLU → next conv). Transformer head/FFN tickets (``head_ffn_*``): the dead heads' rows of Q, K, V and columns
-of the output projection, the dead neurons' rows of the first FFN linear and columns of the second. The
-attention implementations of ``transformers`` infer the head count from the sliced widths (``view(..., -1,
-head_dim)``), so nothing else changes. FLOPs and parameters really drop on any hardware.
+CNN channel tickets (``channel_*``, ``coupled_channel_*``, refilled tickets): every channel group of
+Torch-Pruning's dependency graph whose weights are all masked is removed by Torch-Pruning itself — the writers'
+rows, the BatchNorm entries and the readers' columns together, residual streams included (a dead channel that
+the task head reads after pooling is a constant, folded into the head's bias first). Transformer head/FFN
+tickets (``head_ffn_*``): the dead heads' rows of Q, K, V and columns of the output projection, the dead
+neurons' rows of the first FFN linear and columns of the second. The attention implementations of
+``transformers`` infer the head count from the sliced widths (``view(..., -1, head_dim)``), so nothing else
+changes. FLOPs and parameters really drop on any hardware.
 """
 
 from __future__ import annotations
@@ -17,8 +19,8 @@ from torch import nn
 
 from ticketlab.errors import ConfigError
 from ticketlab.masks import Mask
+from ticketlab.pruning.coupled import ChannelGroup, coupled_groups, dependency_graph, example_input
 from ticketlab.pruning.heads import transformer_blocks
-from ticketlab.pruning.structured import inner_convs, next_conv
 
 
 def _module(root: nn.Module, path: str) -> nn.Module:
@@ -54,40 +56,54 @@ def _slim_transformer(out: nn.Module, mask: Mask) -> None:
         _set(out, path, _sliced_linear(_module(out, path), None, keep))
 
 
+def _fold_constant_columns(out: nn.Module, groups: list[tuple[ChannelGroup, torch.Tensor]]) -> None:
+    """A dead channel read by the head after global pooling is a constant: add its contribution to the head's
+    bias, so that removing the head's columns changes nothing."""
+    folded = [(s, dead) for group, dead in groups for s in group.folded if bool(dead[s.channel].any())]
+    if not folded:
+        return
+    inputs: dict[str, torch.Tensor] = {}
+    hooks = [out.get_submodule(s.name.removesuffix(".weight")).register_forward_pre_hook(
+        lambda _m, args, name=s.name: inputs.__setitem__(name, args[0].detach())) for s, _ in folded]
+    try:
+        out(example_input(out))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    for s, dead in folded:
+        linear = out.get_submodule(s.name.removesuffix(".weight"))
+        positions = s.index[dead[s.channel]]
+        seen = inputs[s.name][:, positions]
+        if not torch.allclose(seen, seen[:1].expand_as(seen), atol=1e-5) or linear.bias is None:
+            raise ConfigError(f"cannot remove channels read by {s.name}: their values are not constant (or the layer "
+                              "has no bias to fold them into); prune the group's other readers too")
+        linear.bias += linear.weight[:, positions] @ seen[0]
+
+
+def _slim_cnn(out: nn.Module, mask: Mask) -> None:
+    """Remove every channel group whose weights are all masked, through Torch-Pruning's dependency graph (the
+    group's writers, BatchNorm entries and readers together)."""
+    graph = dependency_graph(out)
+    names = set(mask.names())
+    dead = [(g, g.removable(mask.tensors)) for g in coupled_groups(out, graph) if g.maskable(names)]
+    dead = [(g, d) for g, d in dead if bool(d.any()) and not bool(d.all())]
+    _fold_constant_columns(out, dead)
+    for group, channels in dead:
+        root = out.get_submodule(group.root)
+        pruner = graph.get_pruner_of_module(root)
+        idxs = torch.nonzero(channels).flatten().tolist()
+        graph.get_pruning_group(root, pruner.prune_out_channels, idxs).prune(record_history=False)
+
+
 @torch.no_grad()
 def slim(model: nn.Module, mask: Mask) -> nn.Module:
-    """A copy of ``model`` (mask applied) with every pruned channel, head or FFN neuron removed."""
-    out = copy.deepcopy(model)
+    """A copy of ``model`` (mask applied) with every pruned channel group, head or FFN neuron removed."""
+    out = copy.deepcopy(model).eval()
     mask.apply_(out)
-    names = mask.names()
     if getattr(model, "family", "cnn") == "transformer":
         _slim_transformer(out, mask)
-        return out.eval()
-    for name in inner_convs(names):
-        alive = torch.nonzero(mask.tensors[name].flatten(1).any(1)).flatten()
-        conv_path = name.removesuffix(".weight")
-        next_path = next_conv(name, set(names)).removesuffix(".weight")
-        bn_path = conv_path.replace(".conv", ".bn")
-        conv, bn, following = _module(out, conv_path), _module(out, bn_path), _module(out, next_path)
-        if not isinstance(conv, nn.Conv2d) or not isinstance(bn, nn.BatchNorm2d) or not isinstance(following, nn.Conv2d):
-            raise ConfigError(f"cannot trace {conv_path} → {bn_path} → {next_path} (conv → BatchNorm → conv) for "
-                              "channel removal; structured export supports ticketlab's CIFAR/ImageNet ResNets")
-        small = nn.Conv2d(conv.in_channels, len(alive), conv.kernel_size, conv.stride, conv.padding,
-                          bias=conv.bias is not None)
-        small.weight.copy_(conv.weight[alive])
-        if conv.bias is not None:
-            small.bias.copy_(conv.bias[alive])
-        small_bn = nn.BatchNorm2d(len(alive), eps=bn.eps, momentum=bn.momentum)
-        for key in ("weight", "bias", "running_mean", "running_var"):
-            getattr(small_bn, key).copy_(getattr(bn, key)[alive])
-        reader = nn.Conv2d(len(alive), following.out_channels, following.kernel_size, following.stride,
-                           following.padding, bias=following.bias is not None)
-        reader.weight.copy_(following.weight[:, alive])
-        if following.bias is not None:
-            reader.bias.copy_(following.bias)
-        _set(out, conv_path, small)
-        _set(out, bn_path, small_bn)
-        _set(out, next_path, reader)
+    else:
+        _slim_cnn(out, mask)
     return out.eval()
 
 

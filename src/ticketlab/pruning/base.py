@@ -27,6 +27,9 @@ class PruningMethod:
 
 
 PRUNING_METHODS: Registry[PruningMethod] = Registry("pruning method")
+# prune.structure: (unstructured mask of the round, current mask, sparsity, model) -> a structured mask
+Refinement = Callable[[Mask, Mask, float, Any], Mask]
+STRUCTURES: Registry[Refinement] = Registry("prune structure")
 
 
 def check_sparsity(sparsity: float) -> float:
@@ -89,6 +92,14 @@ def select_to_sparsity(
     raise ConfigError(f"unknown pruning scope {scope!r}; allowed: global, layerwise")
 
 
+def check_structure(method: str, structure: str) -> None:
+    """A structure refines the mask of an unstructured method; structured and N:M methods have their own."""
+    STRUCTURES.get(structure)
+    if PRUNING_METHODS.get(method).scope not in ("global", "layerwise"):
+        raise ConfigError(f"prune.structure {structure!r} refines an unstructured method's mask, but {method!r} is "
+                          "already structured (channels, heads or N:M); use global_magnitude or layerwise_magnitude")
+
+
 def prune(
     method: str,
     weights: Mapping[str, torch.Tensor],
@@ -96,11 +107,19 @@ def prune(
     sparsity: float,
     generator: torch.Generator | None = None,
     model: Any = None,
+    structure: str = "none",
 ) -> Mask:
-    """Pure pruning step: (trained weights, current mask, target sparsity) -> new mask."""
+    """Pure pruning step: (trained weights, current mask, target sparsity) -> new mask. ``structure`` (e.g.
+    ``channel_refill``) turns the unstructured mask of the round into a structured one (``pruning.refill``)."""
     spec = PRUNING_METHODS.get(method)
     generator = generator or torch.Generator().manual_seed(0)
     scores = spec.scorer({n: weights[n] for n in current.names()}, generator)
+    if structure != "none":
+        check_structure(method, structure)
+        if model is None:
+            raise ConfigError(f"prune.structure {structure!r} needs the model's structure; pass model=")
+        unstructured = select_to_sparsity(scores, current, sparsity, spec.scope)
+        return STRUCTURES.get(structure)(unstructured, current, sparsity, model)
     if spec.select is not None and spec.structure is not None:
         if model is None:
             raise ConfigError(f"pruning method {method!r} needs the model's structure; pass model=")

@@ -1,0 +1,91 @@
+"""Coupled channel tickets (``coupled_channel_magnitude`` / ``coupled_channel_random``): whole channel groups of
+Torch-Pruning's dependency graph (``pruning.coupled``) — residual streams included — pruned together.
+
+A channel's score is the mean of the method's weight scores (|w| or uniform noise) over every weight of its group
+(the writers' rows and the readers' columns). Channels go in order of their rank *within* their group, normalised
+by the group's size — every group loses the same fraction of its channels, as Torch-Pruning's local pruning does —
+so FLOPs fall about as fast as weights (a global ranking would strip the weight-heavy last stage and keep the
+FLOP-heavy first one). Within a group the lowest scores go first; each round removes channels until the prunable
+set reaches the round's target (overshooting by less than one channel's weights; the recorded sparsity is the
+mask's own). Every group keeps at least one channel. Groups the mask cannot prune exactly (see
+``pruning.coupled``) and weights outside any group stay dense.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+
+from ticketlab.errors import ConfigError
+from ticketlab.masks import Mask
+from ticketlab.pruning.base import PRUNING_METHODS, PruningMethod, check_sparsity, target_pruned_count
+from ticketlab.pruning.coupled import ChannelGroup, coupled_groups
+from ticketlab.pruning.magnitude import magnitude_scores
+from ticketlab.pruning.random import random_scores
+
+
+def channel_scores(group: ChannelGroup, scores: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """Mean |score| of each channel's weights over all of the group's slices."""
+    total = torch.zeros(group.channels, dtype=torch.float64)
+    count = torch.zeros(group.channels, dtype=torch.float64)
+    for s in group.slices:
+        values = scores[s.name].detach().abs().double()
+        values = values.index_select(s.dim, s.index).movedim(s.dim, 0).flatten(1)
+        total.index_add_(0, s.channel, values.sum(1))
+        count.index_add_(0, s.channel, torch.full((len(s.index),), float(values.shape[1]), dtype=torch.float64))
+    return total / count.clamp(min=1)
+
+
+def usable_groups(groups: list[ChannelGroup], current: Mask) -> list[ChannelGroup]:
+    names = set(current.names())
+    usable = [g for g in groups if g.maskable(names) and g.channels > 1]
+    if not usable:
+        raise ConfigError("coupled channel tickets found no channel group the mask can prune exactly among the "
+                          f"prunable weights (first: {current.names()[0] if current.names() else 'none'}); groups "
+                          "through LayerNorm/GroupNorm or non-prunable layers stay dense — use an unstructured method")
+    return usable
+
+
+def kill_order(usable: list[ChannelGroup], keep: dict[str, torch.Tensor],
+               channel_score: list[torch.Tensor]) -> list[tuple[int, int]]:
+    """(group, channel) in the order channels go: by rank within the group over the group's size, then score."""
+    queue = []
+    for index, (group, score) in enumerate(zip(usable, channel_score, strict=True)):
+        alive = group.alive(keep)
+        dead = int((~alive).sum())
+        live = torch.nonzero(alive).flatten().tolist()
+        ranked = sorted(live, key=lambda c: (float(score[c]), c))[: max(len(live) - 1, 0)]  # one channel stays
+        queue += [((dead + rank + 1) / group.channels, float(score[c]), index, c) for rank, c in enumerate(ranked)]
+    return [(index, c) for _, _, index, c in sorted(queue)]
+
+
+def remove_channels(usable: list[ChannelGroup], keep: dict[str, torch.Tensor], order: list[tuple[int, int]],
+                    need: int) -> int:
+    """Kill channels in ``order`` until ``need`` more weights are masked; returns what is still needed."""
+    for index, c in order:
+        if need <= 0:
+            break
+        need -= usable[index].kill(keep, torch.tensor([c]))
+    return need
+
+
+def coupled_select(scores: Mapping[str, torch.Tensor], current: Mask, sparsity: float,
+                   groups: list[ChannelGroup]) -> Mask:
+    check_sparsity(sparsity)
+    usable = usable_groups(groups, current)
+    keep = {n: t.clone() for n, t in current.tensors.items()}
+    order = kill_order(usable, keep, [channel_scores(g, scores) for g in usable])
+    need = target_pruned_count(sparsity, current.num_total()) - current.num_pruned()
+    if remove_channels(usable, keep, order, need) > 0:
+        most = Mask(keep).sparsity()
+        raise ConfigError(f"coupled channel tickets can prune at most {most:.1%} of these prunable weights (one "
+                          "channel per group stays; weights outside exact groups stay dense); lower the schedule's "
+                          "last sparsity")
+    return Mask(keep)
+
+
+PRUNING_METHODS.register("coupled_channel_magnitude")(PruningMethod(magnitude_scores, "coupled_channel",
+                                                                     coupled_select, structure=coupled_groups))
+PRUNING_METHODS.register("coupled_channel_random")(PruningMethod(random_scores, "coupled_channel", coupled_select,
+                                                                  structure=coupled_groups))

@@ -1,0 +1,89 @@
+"""Structured IMP (Chen et al., ICML 2022, "Coarsening the Granularity"): each round's unstructured mask is
+turned into one a dense kernel can run, then rewound and retrained as usual (``prune.structure``).
+
+``channel_refill`` (IMP-Refill): channels are ranked by how many of their weights the unstructured round kept
+(the paper's "remain" criterion); the best channels are re-filled whole, the rest dropped. Chen et al. refill
+each layer's output channels on their own; here the channels are the coupled groups of Torch-Pruning's graph
+(``pruning.coupled``), so a refilled ticket can be slimmed physically — residual streams included. Each group
+keeps channels in proportion to the share of its weights the unstructured round kept (IMP's own layer-wise
+allocation), scaled so that the mask reaches the round's sparsity (overshooting by less than one channel).
+Weights outside exact groups keep the previous round's mask.
+
+``regroup`` (IMP-Regroup): every prunable weight, viewed as [rows, columns], is cut into blocks of
+``REGROUP_ROWS`` consecutive rows; each block keeps the columns where the unstructured round kept the most of its
+weights, as many as make up the block's kept count — a dense [rows × columns] block on gathered inputs. Chen et
+al. find the row groups by hypergraph partitioning; fixed consecutive row blocks are a simplification that keeps
+masks nested across rounds. ticketlab ships no group-wise kernel, so a regrouped ticket runs densely here (its
+masks and sparsity are real; its speed needs such a kernel).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ticketlab.errors import ConfigError
+from ticketlab.masks import Mask
+from ticketlab.pruning.base import STRUCTURES, target_pruned_count
+from ticketlab.pruning.coupled import ChannelGroup, coupled_groups
+from ticketlab.pruning.coupled_channel import remove_channels, usable_groups
+
+REGROUP_ROWS = 8
+
+
+def _survivors(group: ChannelGroup, keep: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per channel: weights the unstructured round kept, and weights in total, over the group's slices."""
+    kept = torch.zeros(group.channels, dtype=torch.float64)
+    total = torch.zeros(group.channels, dtype=torch.float64)
+    for s in group.slices:
+        view = (keep[s.name] if s.dim == 0 else keep[s.name].transpose(0, 1))[s.index].flatten(1)
+        kept.index_add_(0, s.channel, view.sum(1).double())
+        total.index_add_(0, s.channel, torch.full((len(s.index),), float(view.shape[1]), dtype=torch.float64))
+    return kept, total
+
+
+def refill_order(usable: list[ChannelGroup], unstructured: Mask, current: Mask) -> list[tuple[int, int]]:
+    """(group, channel) in the order channels go: a group with density d keeps λ·d of its channels as λ falls."""
+    queue = []
+    for index, group in enumerate(usable):
+        kept, total = _survivors(group, unstructured.tensors)
+        density = float(kept.sum() / total.sum().clamp(min=1))
+        alive = group.alive(current.tensors)
+        live = sorted(torch.nonzero(alive).flatten().tolist(), key=lambda c: (float(kept[c]), c))
+        for rank, c in enumerate(live[:-1]):  # one channel stays
+            remaining = len(live) - rank - 1  # channels left once ``c`` goes
+            queue.append((-remaining / max(density * group.channels, 1e-12), float(kept[c]), index, c))
+    return [(index, c) for _, _, index, c in sorted(queue)]
+
+
+def channel_refill(unstructured: Mask, current: Mask, sparsity: float, model: Any) -> Mask:
+    usable = usable_groups(coupled_groups(model), current)
+    keep = {n: t.clone() for n, t in current.tensors.items()}
+    need = target_pruned_count(sparsity, current.num_total()) - current.num_pruned()
+    if remove_channels(usable, keep, refill_order(usable, unstructured, current), need) > 0:
+        raise ConfigError(f"refilled channel tickets can prune at most {Mask(keep).sparsity():.1%} of these prunable "
+                          "weights (one channel per group stays); lower the schedule's last sparsity")
+    return Mask(keep)
+
+
+def _regroup_tensor(kept: torch.Tensor, current: torch.Tensor, rows: int) -> torch.Tensor:
+    matrix, now = kept.flatten(1), current.flatten(1)
+    out = torch.zeros_like(now)
+    for start in range(0, matrix.shape[0], rows):
+        block = matrix[start:start + rows]
+        columns = int(round(float(block.sum()) / block.shape[0]))
+        if columns:
+            counts = block.sum(0).double() + now[start:start + rows].all(0).double() * 1e-3  # ties: still-dense
+            chosen = torch.argsort(counts, descending=True, stable=True)[:columns]
+            out[start:start + rows, chosen] = True
+    return (out & now).view_as(current)  # never regrow what an earlier round removed
+
+
+def regroup(unstructured: Mask, current: Mask, sparsity: float, model: Any) -> Mask:
+    return Mask({n: _regroup_tensor(unstructured.tensors[n], current.tensors[n], REGROUP_ROWS)
+                 for n in current.names()})
+
+
+STRUCTURES.register("channel_refill")(channel_refill)
+STRUCTURES.register("regroup")(regroup)
