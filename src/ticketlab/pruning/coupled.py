@@ -118,7 +118,11 @@ def dependency_graph(model: nn.Module):  # noqa: ANN201 - torch_pruning's Depend
 
 
 def coupled_groups(model: nn.Module, graph: Any = None) -> list[ChannelGroup]:
-    """Every channel group of ``model`` with its slices; ``maskable(names)`` says which ones a mask may prune."""
+    """Every channel group of ``model`` with its slices; ``maskable(names)`` says which ones a mask may prune.
+    Transformers are refused: their heads need the head count (``head_ffn_*`` groups them by module names)."""
+    if getattr(model, "family", "cnn") == "transformer":
+        raise ConfigError("coupled channel groups are for convolutional models; for transformers use head_ffn_magnitude "
+                          "or head_ffn_random (whole attention heads and FFN neurons)")
     graph = graph or dependency_graph(model)
     names = {module: path for path, module in model.named_modules()}
     head = getattr(model, "head", None)
