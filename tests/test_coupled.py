@@ -157,3 +157,25 @@ def test_structure_option_refuses_structured_methods_and_runs_an_imp_with_baseli
 
     rows = {r["format"]: r for r in export_ticket(run, 2, tmp_path / "out", ["state_dict", "slim"])}
     assert rows["slim"]["max_abs_diff"] < 1e-4 and rows["slim"]["bytes"] < 0.7 * rows["state_dict"]["bytes"]
+
+
+def test_a_slim_ticket_exports_as_a_program_that_plain_torch_loads(tmp_path):
+    from ticketlab.export import export_ticket
+
+    cfg = tiny_config(model={"name": "resnet20", "options": {"width": 8}},
+                      prune={"method": "coupled_channel_magnitude", "schedule": "explicit", "sparsities": [0.5]},
+                      baselines=[])
+    run = run_experiment(parse_config(cfg), tmp_path / "runs", progress=False)
+    rows = {r["format"]: r for r in export_ticket(run, 1, tmp_path / "out", ["slim", "pt2"])}
+    assert rows["pt2"]["max_abs_diff"] < 1e-4
+    program = torch.export.load(str(tmp_path / "out" / "ticket.pt2")).module()  # plain torch, no ticketlab code
+    from ticketlab.export import ticket_model
+
+    model, mask, _ = ticket_model(run, 1)
+    x = torch.randn(5, 3, 32, 32)
+    with torch.no_grad():
+        assert (program(x) - model(x)).abs().max() < 1e-4  # any batch size: the batch axis is dynamic
+    convs = [n for n, p in program.state_dict().items() if p.dim() == 4]
+    dense = build_model("resnet20", 6, {"width": 8})
+    assert sum(program.state_dict()[n].numel() for n in convs) < 0.7 * sum(
+        p.numel() for p in dense.parameters() if p.dim() == 4)  # the smaller architecture is what was exported

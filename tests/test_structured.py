@@ -179,7 +179,7 @@ def test_the_demo_comparison_of_unstructured_structured_and_two_four_tickets(tmp
     kinds = {r["kind"]: r for r in rows}
     assert kinds["2:4"]["sparsity"] == pytest.approx(0.5, abs=1e-6)
     assert kinds["unstructured"]["sparsity"] == pytest.approx(0.5, abs=1e-4)
-    assert 0.5 <= kinds["structured"]["sparsity"] < 0.52 and kinds["structured"]["method"] == "channel_magnitude"
+    assert 0.5 <= kinds["structured"]["sparsity"] < 0.52 and kinds["structured"]["method"] == "coupled_channel_magnitude"
     assert kinds["structured"]["params"] < 0.8 * kinds["dense"]["params"]  # channels really gone
     assert all(0 <= r["test_score"] <= 1 and r["latency_ms"] > 0 for r in rows)
     assert "| 2:4 | nm_2_4_magnitude | 50.00 % |" in table and "speed-up" in table

@@ -115,8 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
                  module=DEPLOY)
     export.add_argument("ticket", help="RUN[:ROUND] (default: the last round)")
     export.add_argument("--out", required=True, help="output folder")
-    export.add_argument("--format", help="comma-separated: state_dict, compressed, hf, slim, nm, onnx "
-                        "(default: state_dict,compressed)")
+    export.add_argument("--format", help="comma-separated: state_dict, compressed, hf, slim, nm, onnx, pt2 "
+                        "(torch.export program: plain torch loads it) (default: state_dict,compressed)")
     export.add_argument("--rewound", action="store_true", help="θp ⊙ mask instead of the trained weights")
     bench = add("bench", "cmd_bench", "parameters, FLOPs, file size, latency and throughput: dense vs the ticket",
                 module=DEPLOY)

@@ -31,7 +31,7 @@ KINDS = (("unstructured", "global_magnitude", 0.5), ("structured", None, 0.5), (
 
 
 def structured_method(model: TicketModel) -> str:
-    return "channel_magnitude" if model.family == "cnn" else "head_ffn_magnitude"
+    return "head_ffn_magnitude" if model.family == "transformer" else "coupled_channel_magnitude"
 
 
 def compare_structures(config: ExperimentConfig, runs_dir: Path, seconds: float = 3.0,
@@ -65,8 +65,8 @@ def compare_structures(config: ExperimentConfig, runs_dir: Path, seconds: float 
     note = ("One seed, one round straight to the target (one-shot magnitude, rewound to θp and retrained): a "
             "demonstration of the trade-off, not a result. Unstructured and 2:4 tickets run densely on CPU (same "
             "FLOPs as dense); latency is the median of interleaved rounds ± its interquartile range — differences "
-            "within it are noise. A channel ticket saves FLOPs only where it removes channels of early, "
-            "high-resolution stages.")
+            "within it are noise. A channel ticket prunes Torch-Pruning's coupled channel groups (residual streams "
+            "included) by the same fraction in every group, so its FLOPs fall about as fast as its weights.")
     return rows, f"{table}\n\n{note}\n"
 
 

@@ -40,12 +40,13 @@ from ticketlab.masks import Mask
 from ticketlab.models.base import TicketModel, build_model
 from ticketlab.models.hf import POOLER_OPTIONAL
 from ticketlab.onnx_export import export_onnx
+from ticketlab.program_export import export_program
 from ticketlab.paths import IMP, RunPaths
 from ticketlab.pruning.base import PRUNING_METHODS
 from ticketlab.runfolders import load_theta_p
 from ticketlab.surgery import fit_to_state, slim
 
-FORMATS = ("state_dict", "hf", "compressed", "slim", "nm", "onnx")
+FORMATS = ("state_dict", "hf", "compressed", "slim", "nm", "onnx", "pt2")
 STRUCTURED = ("channel", "coupled_channel", "head_ffn")  # pruning scopes whose groups ``slim`` removes physically
 
 
@@ -158,7 +159,7 @@ def export_ticket(run_dir: Path, k: int, out: Path, formats: list[str], rewound:
     if "nm" in formats and not scope.startswith("nm_"):
         raise ConfigError(f"format nm needs an N:M ticket (nm_* methods); this run used {info['config'].prune.method!r}")
     if "hf" in formats and _hf_core(model) is None:
-        supported = ["state_dict", "compressed", "onnx", *(["slim"] if structured else []),
+        supported = ["state_dict", "compressed", "onnx", "pt2", *(["slim"] if structured else []),
                      *(["nm"] if scope.startswith("nm_") else [])]
         raise ConfigError(f"format hf needs a Hugging Face model family; {info['config'].model.name!r} supports "
                           f"{', '.join(supported)}")
@@ -193,9 +194,10 @@ def export_ticket(run_dir: Path, k: int, out: Path, formats: list[str], rewound:
             path = out / "ticket.compressed.safetensors"
             save_compressed(path, keys, mask, key_of)
             restored = load_compressed(path)
-        elif fmt == "onnx":
-            path = out / "ticket.onnx"
-            diff = export_onnx(slim(model, mask) if structured else model, x, path)
+        elif fmt in ("onnx", "pt2"):
+            path = out / f"ticket.{fmt}"
+            write = export_onnx if fmt == "onnx" else export_program
+            diff = write(slim(model, mask) if structured else model, x, path)
             rows.append({"format": fmt, "path": str(path), "bytes": _size(path),
                          "dense_bytes": dense_path.stat().st_size, "max_abs_diff": diff})
             continue
