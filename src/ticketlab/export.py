@@ -40,8 +40,8 @@ from ticketlab.masks import Mask
 from ticketlab.models.base import TicketModel, build_model
 from ticketlab.models.hf import POOLER_OPTIONAL
 from ticketlab.onnx_export import export_onnx
-from ticketlab.program_export import export_program
 from ticketlab.paths import IMP, RunPaths
+from ticketlab.program_export import export_program
 from ticketlab.pruning.base import PRUNING_METHODS
 from ticketlab.runfolders import load_theta_p
 from ticketlab.surgery import fit_to_state, slim
