@@ -47,20 +47,21 @@ def catalog() -> dict[str, list[tuple[str, str]]]:
     from ticketlab.metrics import METRICS
     from ticketlab.models.base import HEADS, MODELS
     from ticketlab.objectives.base import OBJECTIVES
-    from ticketlab.pruning.base import PRUNING_METHODS
+    from ticketlab.pruning.base import PRUNING_METHODS, STRUCTURES
     from ticketlab.rewind import REWIND_POINTS
     from ticketlab.schedules import SCHEDULES
     from ticketlab.studies.base import STUDIES
 
     registries = {"models": MODELS, "heads": HEADS, "tasks": TASKS, "metrics": METRICS,
-                  "pruning methods": PRUNING_METHODS, "schedules": SCHEDULES, "rewind points": REWIND_POINTS,
+                  "pruning methods": PRUNING_METHODS, "prune structures": STRUCTURES, "schedules": SCHEDULES, "rewind points": REWIND_POINTS,
                   "objectives": OBJECTIVES, "baselines": BASELINES, "studies": STUDIES,
                   "job kinds": JOB_KINDS}
     return {title: [(name, _describe(obj)) for name, obj in registry.items()] for title, registry in registries.items()}
 
 
 SCOPES = {"global": "one threshold over all prunable weights", "layerwise": "the same fraction in every layer",
-          "channel": "whole output channels of inner convolutions", "head_ffn": "whole attention heads and FFN neurons"}
+          "channel": "whole output channels of inner convolutions", "head_ffn": "whole attention heads and FFN neurons",
+          "coupled_channel": "whole channel groups of Torch-Pruning's dependency graph, residual streams included"}
 MAX_DESCRIPTION = 150
 
 

@@ -58,6 +58,7 @@ def refill_order(usable: list[ChannelGroup], unstructured: Mask, current: Mask) 
 
 
 def channel_refill(unstructured: Mask, current: Mask, sparsity: float, model: Any) -> Mask:
+    """IMP-Refill: the channels where the unstructured round kept most weights are refilled whole, the rest go."""
     usable = usable_groups(coupled_groups(model), current)
     keep = {n: t.clone() for n, t in current.tensors.items()}
     need = target_pruned_count(sparsity, current.num_total()) - current.num_pruned()
@@ -81,6 +82,7 @@ def _regroup_tensor(kept: torch.Tensor, current: torch.Tensor, rows: int) -> tor
 
 
 def regroup(unstructured: Mask, current: Mask, sparsity: float, model: Any) -> Mask:
+    """IMP-Regroup: blocks of 8 rows keep the columns where the round kept most weights (dense blocks)."""
     return Mask({n: _regroup_tensor(unstructured.tensors[n], current.tensors[n], REGROUP_ROWS)
                  for n in current.names()})
 
