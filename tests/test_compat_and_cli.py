@@ -75,7 +75,8 @@ def test_list_is_generated_from_the_registries(capsys):
     assert cli.main(["list"]) == 0
     out = capsys.readouterr().out
     sections = {line.rstrip(":") for line in out.splitlines() if not line.startswith(" ")}
-    assert sections == {"models", "heads", "tasks", "metrics", "pruning methods", "schedules", "rewind points",
+    assert sections == {"models", "heads", "tasks", "metrics", "pruning methods", "prune structures", "schedules",
+                        "rewind points",
                         "objectives", "baselines", "studies", "job kinds"}
     listed = {line.split()[0] for line in out.splitlines() if line.startswith("  ")}
     assert set(MODELS.names()) | set(BASELINES.names()) | set(STUDIES.names()) <= listed

@@ -111,7 +111,7 @@ def test_exports_honour_the_umask_and_errors_list_every_format(channel_run, tmp_
     assert all(os.stat(r["path"]).st_mode & 0o777 == 0o644 for r in rows)  # safetensors alone writes 0600
     assert cli.main(["export", f"{channel_run}:1", "--out", str(tmp_path), "--format", "hf"]) == 2
     err = capsys.readouterr().err
-    assert "state_dict, compressed, onnx, slim" in err
+    assert "state_dict, compressed, onnx, pt2, slim" in err
 
 
 def test_a_vit_hf_export_carries_a_pooler_so_plain_transformers_misses_nothing(tmp_path):

@@ -123,7 +123,8 @@ class PruneConfig:
     rewind_steps: int = 0  # for rewind "early": weights after this many fine-tuning steps
     weights: Literal["final", "best"] = "final"  # prune from the end-of-training weights (LTH) or the best-val ones
     prunable: PrunableConfig = field(default_factory=PrunableConfig)
-    structure: str = "none"  # channel_refill | regroup: the unstructured mask made structured each round
+    # channel_refill | regroup: each round's unstructured mask made structured (repr=False: see EngineConfig.threads)
+    structure: str = field(default="none", repr=False)
 
 
 @dataclass(frozen=True)

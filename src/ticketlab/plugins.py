@@ -53,7 +53,8 @@ def catalog() -> dict[str, list[tuple[str, str]]]:
     from ticketlab.studies.base import STUDIES
 
     registries = {"models": MODELS, "heads": HEADS, "tasks": TASKS, "metrics": METRICS,
-                  "pruning methods": PRUNING_METHODS, "prune structures": STRUCTURES, "schedules": SCHEDULES, "rewind points": REWIND_POINTS,
+                  "pruning methods": PRUNING_METHODS, "prune structures": STRUCTURES,
+                  "schedules": SCHEDULES, "rewind points": REWIND_POINTS,
                   "objectives": OBJECTIVES, "baselines": BASELINES, "studies": STUDIES,
                   "job kinds": JOB_KINDS}
     return {title: [(name, _describe(obj)) for name, obj in registry.items()] for title, registry in registries.items()}
