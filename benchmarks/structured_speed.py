@@ -26,10 +26,12 @@ from ticketlab.pruning import prune
 from ticketlab.surgery import slim
 from ticketlab.timing import interleaved
 
-CNN_TICKETS = {  # label -> (method, structure)
-    "coupled channels (Torch-Pruning groups)": ("coupled_channel_magnitude", "none"),
-    "refill (layerwise IMP mask)": ("layerwise_magnitude", "channel_refill"),
-    "inner channels only (old channel_*)": ("channel_magnitude", "none"),
+CNN_TICKETS = {  # label -> (method, structure, channel multiple)
+    "coupled channels (Torch-Pruning groups)": ("coupled_channel_magnitude", "none", 1),
+    "coupled channels, widths ×8": ("coupled_channel_magnitude", "none", 8),
+    "refill (layerwise IMP mask)": ("layerwise_magnitude", "channel_refill", 1),
+    "refill, widths ×8": ("layerwise_magnitude", "channel_refill", 8),
+    "inner channels only (old channel_*)": ("channel_magnitude", "none", 1),
 }
 VIT = {"config": {"hidden_size": 192, "num_hidden_layers": 6, "num_attention_heads": 3, "intermediate_size": 768,
                   "image_size": 32, "patch_size": 4}}
@@ -57,11 +59,11 @@ def candidates(name: str, width: int | None, x: torch.Tensor) -> list[tuple[str,
     dense_flops = flops(dense, x)
     names = prunable_names(dense, PrunableConfig(prune_stem=width is not None))
     params = {n: p.detach() for n, p in dense.named_parameters()}
-    tickets = CNN_TICKETS if width else {"heads and FFN neurons (head_ffn)": ("head_ffn_magnitude", "none")}
+    tickets = CNN_TICKETS if width else {"heads and FFN neurons (head_ffn)": ("head_ffn_magnitude", "none", 1)}
     rows = [("dense", 0.0, dense)]
-    for label, (method, structure) in tickets.items():
-        def make(s: float, method: str = method, structure: str = structure) -> torch.nn.Module:
-            mask = prune(method, params, Mask.ones(dense, names), s, None, dense, structure)
+    for label, (method, structure, multiple) in tickets.items():
+        def make(s: float, method: str = method, structure: str = structure, multiple: int = multiple) -> torch.nn.Module:
+            mask = prune(method, params, Mask.ones(dense, names), s, None, dense, structure, multiple)
             small = slim(dense, mask)
             with torch.no_grad():
                 assert (small(x) - mask.apply_(build_model(name if width else "vit", 10, options, seed=0).eval())(x)
@@ -119,10 +121,10 @@ def accuracy(seeds: int, epochs: int, width: int) -> None:
     names = prunable_names(dense, PrunableConfig(prune_stem=True))
     params = {n: p.detach() for n, p in dense.named_parameters()}
     target, _ = half_flops(lambda s: slim(dense, prune("coupled_channel_magnitude", params, Mask.ones(dense, names), s,
-                                                       None, dense)), flops(dense, x), x)
+                                                       None, dense, "none", 8)), flops(dense, x), x)
     sparsities = [round(target * f, 4) for f in (0.4, 0.7, 1.0)]
-    variants = {"unstructured IMP": ("global_magnitude", "none"), "coupled channels": ("coupled_channel_magnitude",
-                "none"), "refill": ("layerwise_magnitude", "channel_refill")}
+    variants = {"unstructured IMP": ("global_magnitude", "none"), "coupled channels, widths ×8":
+                ("coupled_channel_magnitude", "none"), "refill, widths ×8": ("layerwise_magnitude", "channel_refill")}
     scores: dict[str, list[float]] = {"dense": []}
     with tempfile.TemporaryDirectory() as tmp:
         for seed in range(seeds):
@@ -131,6 +133,7 @@ def accuracy(seeds: int, epochs: int, width: int) -> None:
                        "task": {"name": "digits", "options": {"image_size": 16}},
                        "train": {"optimizer": "sgd", "lr": 0.1, "epochs": epochs, "batch_size": 64},
                        "prune": {"method": method, "structure": structure, "schedule": "explicit",
+                                 "channel_multiple": 1 if method == "global_magnitude" else 8,
                                  "sparsities": sparsities, "rewind": "init", "prunable": {"prune_stem": True}},
                        "baselines": []}
                 run = RunPaths(run_experiment(parse_config(cfg), Path(tmp), progress=False))

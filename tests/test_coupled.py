@@ -179,3 +179,23 @@ def test_a_slim_ticket_exports_as_a_program_that_plain_torch_loads(tmp_path):
     dense = build_model("resnet20", 6, {"width": 8})
     assert sum(program.state_dict()[n].numel() for n in convs) < 0.7 * sum(
         p.numel() for p in dense.parameters() if p.dim() == 4)  # the smaller architecture is what was exported
+
+
+def test_channel_multiple_keeps_every_wide_group_at_a_multiple_of_it():
+    model = trained_like(build_model("resnet20", 3, {"width": 16}, seed=0))
+    names = prunable_names(model, PrunableConfig(prune_stem=True))
+    params = {n: p.detach() for n, p in model.named_parameters()}
+    groups = [g for g in coupled_groups(model) if g.maskable(set(names))]
+    for method, structure in (("coupled_channel_magnitude", "none"), ("layerwise_magnitude", "channel_refill")):
+        first = prune(method, params, Mask.ones(model, names), 0.3, None, model, structure, 8)
+        mask = prune(method, params, first, 0.5, None, model, structure, 8)
+        assert 0.5 <= mask.sparsity() < 0.6 and all(not torch.any(mask.tensors[n] & ~first.tensors[n]) for n in names)
+        widths = [int(g.alive(mask.tensors).sum()) for g in groups if g.channels >= 16]
+        assert widths and all(w % 8 == 0 and w >= 8 for w in widths), widths
+        assert any(w < g.channels for w, g in zip(widths, [g for g in groups if g.channels >= 16], strict=True))
+        x = torch.randn(2, 3, 32, 32)
+        with torch.no_grad():
+            masked = mask.apply_(trained_like(build_model("resnet20", 3, {"width": 16}, seed=0)))
+            assert (slim(model, mask)(x) - masked(x)).abs().max() < 1e-5
+    with pytest.raises(ConfigError, match="channel_multiple applies to coupled_channel"):
+        parse_config(tiny_config(prune={"method": "global_magnitude", "channel_multiple": 8}))

@@ -30,6 +30,9 @@ class BranchView(Protocol):
     def prune_structure(self) -> str: ...
 
     @property
+    def channel_multiple(self) -> int: ...
+
+    @property
     def rewind_point(self) -> str: ...
 
     def memo(self, key: str, compute: Callable[[], Any]) -> Any:

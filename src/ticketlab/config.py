@@ -20,7 +20,7 @@ from ticketlab.errors import ConfigError
 from ticketlab.models.base import MODELS, has_pretrained_weights
 from ticketlab.objectives.base import OBJECTIVES
 from ticketlab.prunable import PrunableConfig
-from ticketlab.pruning.base import PRUNING_METHODS, check_structure
+from ticketlab.pruning.base import PRUNING_METHODS, check_multiple, check_structure
 from ticketlab.rewind import REWIND_POINTS
 from ticketlab.schedules import round_sparsities
 from ticketlab.schema import from_dict, parse_lenient, read_yaml
@@ -125,6 +125,7 @@ class PruneConfig:
     prunable: PrunableConfig = field(default_factory=PrunableConfig)
     # channel_refill | regroup: each round's unstructured mask made structured (repr=False: see EngineConfig.threads)
     structure: str = field(default="none", repr=False)
+    channel_multiple: int = field(default=1, repr=False)  # channel tickets keep widths that are multiples of it
 
 
 @dataclass(frozen=True)
@@ -191,6 +192,11 @@ def validate(cfg: ExperimentConfig) -> None:
     if cfg.prune.structure != "none":
         try:
             check_structure(cfg.prune.method, cfg.prune.structure)
+        except ConfigError as exc:
+            problems += exc.problems
+    if cfg.prune.channel_multiple != 1 and cfg.prune.method in PRUNING_METHODS:
+        try:
+            check_multiple(cfg.prune.method, cfg.prune.structure, cfg.prune.channel_multiple)
         except ConfigError as exc:
             problems += exc.problems
     if cfg.prune.rewind == "early" and cfg.prune.rewind_steps <= 0:

@@ -252,7 +252,7 @@ def run_round(run: RunContext, branch: str, k: int, runs_dir: Path, progress: bo
         previous, weights = run.imp_mask(k - 1), run.pruning_weights(k - 1)
         generator = torch.Generator().manual_seed(derive_seed(config.seed, "imp_prune", k))
         mask = prune(config.prune.method, weights, previous, run.sparsity(k), generator, run.structure(),
-                     config.prune.structure)
+                     config.prune.structure, config.prune.channel_multiple)
         start = rewound_state(run)
     metrics = train_branch(run, IMP, k, mask, start, progress)
     if k >= 2 and config.keep == "needed" and is_main_process():  # round k-1's weights are no longer needed

@@ -55,6 +55,10 @@ class RunContext:
         return self.config.prune.structure
 
     @property
+    def channel_multiple(self) -> int:
+        return self.config.prune.channel_multiple
+
+    @property
     def rewind_point(self) -> str:
         return self.config.prune.rewind
 

@@ -23,7 +23,7 @@ Start = tuple[Mask, dict[str, torch.Tensor]]
 def one_shot_magnitude(run: BranchView, k: int) -> Start:
     """OMP: prune the dense task-trained weights straight to round k's sparsity, then rewind."""
     mask = prune(run.prune_method, run.pruning_weights(0), run.dense_mask(), run.sparsity(k), None,
-                 run.structure(), run.prune_structure)
+                 run.structure(), run.prune_structure, run.channel_multiple)
     return mask, rewound_state(run)
 
 
@@ -33,7 +33,7 @@ def random_pruning(run: BranchView, k: int) -> Start:
     scope = PRUNING_METHODS.get(run.prune_method).scope
     generator = torch.Generator().manual_seed(derive_seed(run.seed, "random_prune", k))
     mask = prune(f"{scope}_random", run.pretrained_state(), run.dense_mask(), run.sparsity(k), generator,
-                 run.structure(), run.prune_structure)
+                 run.structure(), run.prune_structure, run.channel_multiple)
     return mask, rewound_state(run)
 
 

@@ -100,6 +100,14 @@ def check_structure(method: str, structure: str) -> None:
                           "already structured (channels, heads or N:M); use global_magnitude or layerwise_magnitude")
 
 
+def check_multiple(method: str, structure: str, multiple: int) -> None:
+    if not isinstance(multiple, int) or multiple < 1:
+        raise ConfigError(f"prune.channel_multiple must be a whole number >= 1, got {multiple!r}")
+    if multiple != 1 and PRUNING_METHODS.get(method).scope != "coupled_channel" and structure != "channel_refill":
+        raise ConfigError(f"prune.channel_multiple applies to coupled_channel_* methods and prune.structure "
+                          f"channel_refill; {method!r} with structure {structure!r} has no channel counts to round")
+
+
 def prune(
     method: str,
     weights: Mapping[str, torch.Tensor],
@@ -108,22 +116,26 @@ def prune(
     generator: torch.Generator | None = None,
     model: Any = None,
     structure: str = "none",
+    multiple: int = 1,
 ) -> Mask:
     """Pure pruning step: (trained weights, current mask, target sparsity) -> new mask. ``structure`` (e.g.
-    ``channel_refill``) turns the unstructured mask of the round into a structured one (``pruning.refill``)."""
+    ``channel_refill``) turns the unstructured mask of the round into a structured one (``pruning.refill``);
+    ``multiple`` keeps channel counts multiples of it (coupled channel and refilled tickets)."""
     spec = PRUNING_METHODS.get(method)
     generator = generator or torch.Generator().manual_seed(0)
     scores = spec.scorer({n: weights[n] for n in current.names()}, generator)
+    check_multiple(method, structure, multiple)
     if structure != "none":
         check_structure(method, structure)
         if model is None:
             raise ConfigError(f"prune.structure {structure!r} needs the model's structure; pass model=")
         unstructured = select_to_sparsity(scores, current, sparsity, spec.scope)
-        return STRUCTURES.get(structure)(unstructured, current, sparsity, model)
+        return STRUCTURES.get(structure)(unstructured, current, sparsity, model, multiple)
     if spec.select is not None and spec.structure is not None:
         if model is None:
             raise ConfigError(f"pruning method {method!r} needs the model's structure; pass model=")
-        return spec.select(scores, current, sparsity, spec.structure(model))
+        extra = {"multiple": multiple} if multiple != 1 else {}
+        return spec.select(scores, current, sparsity, spec.structure(model), **extra)
     if spec.select is not None:
         return spec.select(scores, current, sparsity)
     return select_to_sparsity(scores, current, sparsity, spec.scope)

@@ -27,7 +27,7 @@ from ticketlab.errors import ConfigError
 from ticketlab.masks import Mask
 from ticketlab.pruning.base import STRUCTURES, target_pruned_count
 from ticketlab.pruning.coupled import ChannelGroup, coupled_groups
-from ticketlab.pruning.coupled_channel import remove_channels, usable_groups
+from ticketlab.pruning.coupled_channel import Chunk, group_chunks, remove_channels, usable_groups
 
 REGROUP_ROWS = 8
 
@@ -43,26 +43,23 @@ def _survivors(group: ChannelGroup, keep: dict[str, torch.Tensor]) -> tuple[torc
     return kept, total
 
 
-def refill_order(usable: list[ChannelGroup], unstructured: Mask, current: Mask) -> list[tuple[int, int]]:
-    """(group, channel) in the order channels go: a group with density d keeps λ·d of its channels as λ falls."""
-    queue = []
+def refill_order(usable: list[ChannelGroup], unstructured: Mask, current: Mask, multiple: int = 1) -> list[Chunk]:
+    """Runs of channels in the order they go: a group with density d keeps λ·d of its channels as λ falls."""
+    queue: list[Chunk] = []
     for index, group in enumerate(usable):
         kept, total = _survivors(group, unstructured.tensors)
-        density = float(kept.sum() / total.sum().clamp(min=1))
-        alive = group.alive(current.tensors)
-        live = sorted(torch.nonzero(alive).flatten().tolist(), key=lambda c: (float(kept[c]), c))
-        for rank, c in enumerate(live[:-1]):  # one channel stays
-            remaining = len(live) - rank - 1  # channels left once ``c`` goes
-            queue.append((-remaining / max(density * group.channels, 1e-12), float(kept[c]), index, c))
-    return [(index, c) for _, _, index, c in sorted(queue)]
+        density = max(float(kept.sum() / total.sum().clamp(min=1)), 1e-12)
+        queue += group_chunks(index, group, group.alive(current.tensors), lambda c, k=kept: (float(k[c]), c),
+                              lambda left, d=density, n=group.channels: -left / (d * n), multiple)
+    return sorted(queue, key=lambda chunk: (chunk[0], chunk[1]))
 
 
-def channel_refill(unstructured: Mask, current: Mask, sparsity: float, model: Any) -> Mask:
+def channel_refill(unstructured: Mask, current: Mask, sparsity: float, model: Any, multiple: int = 1) -> Mask:
     """IMP-Refill: the channels where the unstructured round kept most weights are refilled whole, the rest go."""
     usable = usable_groups(coupled_groups(model), current)
     keep = {n: t.clone() for n, t in current.tensors.items()}
     need = target_pruned_count(sparsity, current.num_total()) - current.num_pruned()
-    if remove_channels(usable, keep, refill_order(usable, unstructured, current), need) > 0:
+    if remove_channels(usable, keep, refill_order(usable, unstructured, current, multiple), need) > 0:
         raise ConfigError(f"refilled channel tickets can prune at most {Mask(keep).sparsity():.1%} of these prunable "
                           "weights (one channel per group stays); lower the schedule's last sparsity")
     return Mask(keep)
@@ -81,7 +78,7 @@ def _regroup_tensor(kept: torch.Tensor, current: torch.Tensor, rows: int) -> tor
     return (out & now).view_as(current)  # never regrow what an earlier round removed
 
 
-def regroup(unstructured: Mask, current: Mask, sparsity: float, model: Any) -> Mask:
+def regroup(unstructured: Mask, current: Mask, sparsity: float, model: Any, multiple: int = 1) -> Mask:
     """IMP-Regroup: blocks of 8 rows keep the columns where the round kept most weights (dense blocks)."""
     return Mask({n: _regroup_tensor(unstructured.tensors[n], current.tensors[n], REGROUP_ROWS)
                  for n in current.names()})
