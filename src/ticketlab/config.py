@@ -113,6 +113,25 @@ class PretrainConfig:
 
 
 @dataclass(frozen=True)
+class EarlyBirdConfig:
+    """Early-bird rounds (You et al., ICLR 2020): every ``every`` optimizer steps the round draws the mask it would
+    prune to; it stops once consecutive draws differ in fewer than ``epsilon`` of the prunable weights (normalised
+    Hamming distance) for ``window`` draws in a row."""
+
+    epsilon: float = 0.1
+    window: int = 3
+    every: int = 10
+
+    def __post_init__(self) -> None:
+        problems = [f"prune.early_bird.epsilon must lie in (0, 1), got {self.epsilon!r}"] \
+            if not 0 < self.epsilon < 1 else []
+        problems += [f"prune.early_bird.window must be >= 1, got {self.window!r}"] if self.window < 1 else []
+        problems += [f"prune.early_bird.every must be >= 1 step, got {self.every!r}"] if self.every < 1 else []
+        if problems:
+            raise ConfigError.many(problems)
+
+
+@dataclass(frozen=True)
 class PruneConfig:
     method: str = "global_magnitude"
     schedule: Literal["remaining", "original", "explicit"] = "remaining"
@@ -126,6 +145,10 @@ class PruneConfig:
     # channel_refill | regroup: each round's unstructured mask made structured (repr=False: see EngineConfig.threads)
     structure: str = field(default="none", repr=False)
     channel_multiple: int = field(default=1, repr=False)  # channel tickets keep widths that are multiples of it
+    # cheaper IMP (``ticketlab.mask_search``): rounds that stop once their mask is found, fully trained where reported
+    early_bird: EarlyBirdConfig | None = field(default=None, repr=False)
+    round_budget: float = field(default=1.0, repr=False)  # fraction of a round's steps spent finding the next mask
+    report_rounds: Any = field(default="all", repr=False)  # all | last | [k, ...]: rounds trained fully for scores
 
 
 @dataclass(frozen=True)

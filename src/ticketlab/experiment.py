@@ -33,10 +33,11 @@ from ticketlab.fileio import (
     write_json,
 )
 from ticketlab.locks import run_lock
+from ticketlab.mask_search import check_search, plot_search, reported, round_search, search_kind, searches, with_compute
 from ticketlab.masks import Mask
 from ticketlab.models.base import model_input_defaults
 from ticketlab.objectives.base import OBJECTIVES
-from ticketlab.paths import EARLY, FINAL_WEIGHTS, IMP, MASK, METRICS, WEIGHTS, RunPaths
+from ticketlab.paths import EARLY, FINAL_WEIGHTS, IMP, MASK, METRICS, NEXT_MASK, WEIGHTS, RunPaths
 from ticketlab.paths import run_dir as run_dir_of
 from ticketlab.pretrain import pretrain_run_for, run_pretraining
 from ticketlab.progress import log_line, progress_bar
@@ -107,17 +108,36 @@ def train_branch(run: RunContext, branch: str, k: int, mask: Mask, start: dict[s
             raise ConfigError(f"prune.rewind_steps={run.config.prune.rewind_steps} exceeds the {steps} steps of "
                               "dense training; lower it")
         snapshot = SnapshotAtStep(run.config.prune.rewind_steps)
-    objective = OBJECTIVES.build(run.config.objective, **run.config.objective_options)
     heads = run.pretrained_heads()
+    last = len(run.sparsities) - 1
+    search = round_search(run, k, mask) if branch == IMP and searches(run.config.prune, k, last) else None
+
+    def fit(net: torch.nn.Module, checkpoint: Path, callbacks: list[Any], what: str) -> TrainResult:
+        return train_model(net, run.task, run.config.train, seed=run.config.seed, mask=mask,
+                           objective=OBJECTIVES.build(run.config.objective, **run.config.objective_options),
+                           callbacks=callbacks, deterministic=run.config.deterministic,
+                           progress=f"{branch} round {k} ({mask.sparsity():.1%}){what}" if progress else None,
+                           engine=run.config.engine, checkpoint=checkpoint,
+                           objective_state=heads[1] if heads is not None and heads[1] else None)
 
     def train(checkpoint: Path) -> tuple[TrainResult, dict[str, Any]]:
-        result = train_model(model, run.task, run.config.train, seed=run.config.seed, mask=mask, objective=objective,
-                             callbacks=[snapshot] if snapshot else [], deterministic=run.config.deterministic,
-                             progress=f"{branch} round {k} ({mask.sparsity():.1%})" if progress else None,
-                             engine=run.config.engine, checkpoint=checkpoint,
-                             objective_state=heads[1] if heads is not None and heads[1] else None)
+        result = fit(model, checkpoint, [c for c in (snapshot, search) if c], ", mask search" if search else "")
+        parts, extra = [result.metrics], {}
+        if search is not None:
+            full = reported(run.config.prune, k, last)
+            extra = {"search": {**search.summary(search_kind(run.config.prune)), "steps": result.metrics["steps"]},
+                     "fully_trained": full or not result.metrics["stopped_early"]}
+            if full and result.metrics["stopped_early"]:  # the reported score: a full training of this mask
+                fresh = run.fresh_model()
+                fresh.load_state_dict(start)
+                second = checkpoint.with_name(checkpoint.name.replace(".checkpoint", ".full.checkpoint"))
+                result = fit(fresh, second, [], ", full training")
+                second.unlink(missing_ok=True)
+                parts.append(result.metrics)
         metrics = {"format": 2, "round": k, "branch": branch, "target_sparsity": run.sparsity(k),
-                   "sparsity": mask.sparsity(), "model_sparsity": mask.model_sparsity(model), **result.metrics}
+                   "sparsity": mask.sparsity(), "model_sparsity": mask.model_sparsity(model), **result.metrics,
+                   **extra}
+        with_compute(metrics, *parts)
         if branch != IMP:
             metrics["label"] = branch_label(branch)  # reports show it without loading the plug-ins
         if not same_on_every_rank(mask.digest()):
@@ -136,6 +156,10 @@ def train_branch(run: RunContext, branch: str, k: int, mask: Mask, start: dict[s
                 save_tensors(tmp / FINAL_WEIGHTS, result.final_state, {"round": k, "of": "the last epoch"})
         if snapshot is not None:
             save_tensors(tmp / EARLY, snapshot.state, {"step": run.config.prune.rewind_steps})
+        if search is not None and search.mask is not None:
+            search.mask.save(tmp / NEXT_MASK, {"branch": branch, "round": k + 1, "found_at_step": search.stopped_at,
+                                               "method": run.config.prune.method, "run": run.dir.name})
+            plot_search(search.curve, run.config.prune, tmp / "mask_search.png")
         write_json(tmp / METRICS, metrics)
         write_history(tmp, result.history)
 
@@ -166,6 +190,8 @@ def open_run(config: ExperimentConfig, runs_dir: Path) -> RunContext:
                                                                                   config.model.options))
     run = RunContext(config, paths.root, task)
     check_schedule(run)
+    check_search(config.prune, math.ceil(len(task.train) / config.train.batch_size) * config.train.epochs,
+                 len(run.sparsities) - 1)
     Engine(config.engine).check_batch(config.train.batch_size)
     return run
 
@@ -249,11 +275,16 @@ def run_round(run: RunContext, branch: str, k: int, runs_dir: Path, progress: bo
         prepare_theta_p(run, runs_dir, progress)
         mask, start = run.dense_mask(), run.pretrained_state()
     else:
-        previous, weights = run.imp_mask(k - 1), run.pruning_weights(k - 1)
-        generator = torch.Generator().manual_seed(derive_seed(config.seed, "imp_prune", k))
-        mask = prune(config.prune.method, weights, previous, run.sparsity(k), generator, run.structure(),
-                     config.prune.structure, config.prune.channel_multiple)
-        start = rewound_state(run)
+        found = run.paths.branch(IMP, k - 1) / NEXT_MASK  # the mask a cheaper round found while training
+        if found.is_file():
+            mask = Mask.load(found)
+        else:
+            previous, weights = run.imp_mask(k - 1), run.pruning_weights(k - 1)
+            generator = torch.Generator().manual_seed(derive_seed(config.seed, "imp_prune", k))
+            mask = prune(config.prune.method, weights, previous, run.sparsity(k), generator, run.structure(),
+                         config.prune.structure, config.prune.channel_multiple)
+        # learning-rate rewinding (Renda et al.) keeps the trained weights and restarts only the schedule
+        start = run.pruning_weights(k - 1) if config.prune.rewind == "lr" else rewound_state(run)
     metrics = train_branch(run, IMP, k, mask, start, progress)
     if k >= 2 and config.keep == "needed" and is_main_process():  # round k-1's weights are no longer needed
         files = (run.paths.weights(k - 1), run.paths.final_weights(k - 1))

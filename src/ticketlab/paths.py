@@ -34,6 +34,7 @@ MASK = "mask.safetensors"
 WEIGHTS = "weights.safetensors"  # the best-validation weights (reported, exported)
 FINAL_WEIGHTS = "final_weights.safetensors"  # the end-of-training weights IMP prunes from (prune.weights: final)
 EARLY = "rewind_early.safetensors"
+NEXT_MASK = "next_mask.safetensors"  # the next round's mask, found during a cheaper round (``mask_search``)
 PRETRAINED_BACKBONE = "backbone.safetensors"
 PRETRAINED_HEADS = "heads.safetensors"  # beside the backbone: the task head (head.*) and objective parts (objective.*)
 TICKETS = "tickets.safetensors"

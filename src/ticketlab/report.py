@@ -18,15 +18,17 @@ def results_table(run: dict[str, Any]) -> str:
     branches = list(run["baselines"])
     by_branch = {b: {r["round"]: r for r in rows} for b, rows in run["baselines"].items()}
     stored = {b: next((r["metrics"].get("label") for r in rows), None) for b, rows in run["baselines"].items()}
-    head = ["round", "sparsity (prunable)", "sparsity (model)", "IMP", *[branch_label(b, stored[b]) for b in branches]]
+    head = ["round", "sparsity (prunable)", "sparsity (model)", "IMP", *[branch_label(b, stored[b]) for b in branches],
+            "IMP optimizer steps"]
     rows = []
     for row in run["rounds"]:
         k, m = row["round"], row["metrics"]
-        cells = [str(k), f"{m['sparsity']:.2%}", f"{m['model_sparsity']:.2%}", _score(m)]
+        cells = [str(k), f"{m['sparsity']:.2%}", f"{m['model_sparsity']:.2%}",
+                 _score(m) if fully_trained(m) else f"mask search only ({m['steps']} steps)"]
         for b in branches:
             other = by_branch[b].get(k)
             cells.append(_score(other["metrics"]) if other else ("(dense)" if k == 0 else "—"))
-        rows.append(cells)
+        rows.append([*cells, f"{unit_compute(m)[0]:,}"])
     lines = [markdown_table(head, rows)]
     if run["rounds"]:
         dense = run["rounds"][0]["metrics"]
@@ -37,10 +39,35 @@ def results_table(run: dict[str, Any]) -> str:
                       "† = at chance (within 2 binomial standard errors of it)"]
             if at_chance(result.test, dense["chance_test"], dense["n_test"]):
                 lines += ["the dense model is at chance: every comparison with it is inconclusive"]
+        lines += [compute_line(run)]
         if dense.get("device") is not None:
             lines += [f"trained on {dense['device']}, {dense.get('precision', '?')}, {dense.get('world_size', 1)} "
                       f"process(es), {dense.get('threads', 'unrecorded')} CPU thread(s) per process"]
     return "\n".join(lines)
+
+
+def fully_trained(metrics: dict[str, Any]) -> bool:
+    """False for an intermediate round of cheaper IMP that only searched for the next mask (``mask_search``)."""
+    return metrics.get("fully_trained", True)
+
+
+def unit_compute(metrics: dict[str, Any]) -> tuple[int, int, float]:
+    """(optimizer steps, samples, seconds) of one unit; units written before compute was recorded: their steps."""
+    c = metrics.get("compute") or {"optimizer_steps": metrics.get("steps", 0), "samples": metrics.get("samples_seen", 0),
+                                     "seconds": metrics.get("train_seconds", 0.0)}
+    return int(c["optimizer_steps"]), int(c["samples"]), float(c["seconds"])
+
+
+def compute_line(run: dict[str, Any]) -> str:
+    """What the run cost, IMP and baselines, beside what full IMP (every round a full training) would cost."""
+    imp = [unit_compute(r["metrics"]) for r in run["rounds"]]
+    other = [unit_compute(r["metrics"]) for rows in run["baselines"].values() for r in rows]
+    steps, seconds = sum(c[0] for c in imp), sum(c[2] for c in imp)
+    full = imp[0][0] * len(imp) if imp else 0
+    shown = [str(r["round"]) for r in run["rounds"] if fully_trained(r["metrics"])]
+    return (f"compute: IMP {steps:,} optimizer steps ({sum(c[1] for c in imp):,} samples, {seconds:.0f} s) — full IMP "
+            f"of these rounds: {full:,} steps ({steps / max(full, 1):.2f}×); baselines {sum(c[0] for c in other):,} "
+            f"steps ({sum(c[2] for c in other):.0f} s); rounds fully trained: {', '.join(shown)}")
 
 
 def _score(metrics: dict[str, Any]) -> str:
@@ -56,7 +83,8 @@ def ticket_summary(rounds: list[dict[str, Any]], dense: float, relaxed: float = 
     if at_chance(score(first) if first else dense, first.get("chance_test"), first.get("n_test")):
         return "matching / relaxed sparsity: inconclusive (the dense model is at chance)"
     dense_val = score(first, "val") if first else dense
-    curve = [(r["sparsity"], score(r["metrics"], "val")) for r in rounds if r["round"] > 0]
+    curve = [(r["sparsity"], score(r["metrics"], "val")) for r in rounds
+             if r["round"] > 0 and fully_trained(r["metrics"])]
     test_at = {r["sparsity"]: score(r["metrics"]) for r in rounds}
 
     def shown(s: float | None) -> str:
@@ -73,7 +101,7 @@ def plot_sparsity_accuracy(run: dict[str, Any], path: Path) -> Path:
     series = {IMP: run["rounds"], **run["baselines"]}
     markers = {IMP: "o", "omp": "s", "random_prune": "v", "random_reinit": "x", "reversed": "d"}
     for branch, rows in series.items():
-        rows = [r for r in rows if r["round"] > 0]
+        rows = [r for r in rows if r["round"] > 0 and fully_trained(r["metrics"])]
         if rows:
             ax.plot([100 * r["sparsity"] for r in rows], [100 * score(r["metrics"]) for r in rows],
                     marker=markers.get(branch, "."), label=branch_label(branch),

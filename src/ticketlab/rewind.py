@@ -44,6 +44,13 @@ def trained(run: BranchView) -> dict[str, torch.Tensor]:
     return run.imp_weights(0)
 
 
+@REWIND_POINTS.register("lr")
+def learning_rate(run: BranchView) -> dict[str, torch.Tensor]:
+    """Learning-rate rewinding (Renda et al., ICLR 2020): IMP round k starts from round k-1's trained weights
+    with the schedule restarted (the runner passes those); a baseline starts from the dense trained weights."""
+    return run.imp_weights(0)
+
+
 def rewound_state(run: BranchView) -> dict[str, torch.Tensor]:
     """The start weights of the run's configured rewind point."""
     return REWIND_POINTS.get(run.rewind_point)(run)

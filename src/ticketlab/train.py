@@ -185,14 +185,21 @@ def train_model(
             "scaler": run.accelerator.scaler.state_dict() if run.accelerator.scaler is not None else None,
             "augment_state": train_step.generator.get_state(), "torch_rng": torch.get_rng_state(),
             "step": train_step.step, "reference": train_step.reference, "position": pos, "best": best,
-            "history": history, "callbacks": [c.state_dict() for c in callbacks]})
+            "history": history, "callbacks": [c.state_dict() for c in callbacks], "samples": samples})
 
     started, every = time.perf_counter(), run.cfg.checkpoint_every
     bar = progress_bar(total=total_steps * recipe.batch_size, initial=train_step.step * recipe.batch_size,
                        desc=progress or "train", disable=progress is None or not run.is_main, leave=False,
                        unit="sample", unit_scale=True)
     model.train()
+    samples = saved.get("samples", 0) if saved is not None else 0
+
+    def stopping() -> bool:  # a callback (``mask_search.MaskSearch``) found what the round was for
+        return any(getattr(c, "stop", False) for c in callbacks)
+
     for epoch in range(pos["epoch"], recipe.epochs):
+        if stopping():
+            break
         generator.set_state(pos["order_state"])
         order = torch.randperm(len(task.train), generator=generator)
         epoch_started, first = time.perf_counter(), pos["batch"]  # resumed mid-epoch: skip the trained batches
@@ -205,8 +212,11 @@ def train_model(
             pos["batches"] += 1
             pos["batch"] = b + 1
             bar.update(min(recipe.batch_size, len(order) - start))
+            samples += min(recipe.batch_size, len(order) - start)
             for callback in callbacks:
                 callback.on_step_end(train_step.step, model)
+            if stopping():
+                break
             if every and train_step.step % every == 0 and pos["batch"] * recipe.batch_size < len(order):
                 settle()
                 save()
@@ -241,6 +251,8 @@ def train_model(
         "final_train_loss": history[-1]["train_loss"],
         "epochs": recipe.epochs,
         "steps": train_step.step,
+        "samples_seen": samples,
+        "stopped_early": stopping(),
         "seed": seed,
         "objective": objective.name,
         "chance_test": chance_score(task.metric, task.test.y),
