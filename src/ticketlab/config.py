@@ -90,6 +90,8 @@ class EngineConfig:
     # that repr would rename every existing study folder (the run hash itself skips default values anyway)
     threads: int = field(default=0, repr=False)  # CPU threads per process; 0 = auto: OMP_NUM_THREADS, else all cores
     resources: dict[str, float] = field(default_factory=dict, metadata=NOT_HASHED, repr=False)  # per executor job
+    # the training split held on the device and batched there (same batches, so not hashed)
+    data_on_device: bool = field(default=False, metadata=NOT_HASHED, repr=False)
 
     def __post_init__(self) -> None:
         _check_ranges(self, "engine", positive=("grad_accumulation",),

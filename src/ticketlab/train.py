@@ -22,7 +22,7 @@ from torch import nn
 
 from ticketlab.config import EngineConfig, TrainConfig, to_dict
 from ticketlab.data.base import Task
-from ticketlab.data.loader import epoch_loader
+from ticketlab.data.loader import device_batches, epoch_loader, on_device
 from ticketlab.engine import Engine
 from ticketlab.errors import CorruptFileError, TicketlabError
 from ticketlab.fileio import storage_error, tmp_path
@@ -193,6 +193,7 @@ def train_model(
                        unit="sample", unit_scale=True)
     model.train()
     samples = saved.get("samples", 0) if saved is not None else 0
+    held = on_device(task.train, run.device) if run.cfg.data_on_device else None
 
     def stopping() -> bool:  # a callback (``mask_search.MaskSearch``) found what the round was for
         return any(getattr(c, "stop", False) for c in callbacks)
@@ -203,8 +204,9 @@ def train_model(
         generator.set_state(pos["order_state"])
         order = torch.randperm(len(task.train), generator=generator)
         epoch_started, first = time.perf_counter(), pos["batch"]  # resumed mid-epoch: skip the trained batches
-        batches = epoch_loader(task.train, order, recipe.batch_size, run.rank, run.world_size, first,
-                               run.cfg.workers, run.device.type == "cuda")
+        batches = device_batches(held, order, recipe.batch_size, run.rank, run.world_size, first) if held else \
+            epoch_loader(task.train, order, recipe.batch_size, run.rank, run.world_size, first, run.cfg.workers,
+                         run.device.type == "cuda")
         for b, (inputs, labels) in enumerate(batches, start=first):
             start = b * recipe.batch_size
             settled = train_step(inputs, labels)

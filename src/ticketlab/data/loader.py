@@ -9,6 +9,7 @@ file (an image folder) or row by row (a memory-mapped Hugging Face dataset), so 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ticketlab.data.base import Split, images_to_tensor
-from ticketlab.errors import DataError, TicketlabError
+from ticketlab.errors import ConfigError, DataError, TicketlabError
 
 
 class LazyImages:
@@ -123,3 +124,34 @@ def epoch_loader(split: Split, order: torch.Tensor, batch_size: int, rank: int, 
     except TicketlabError as exc:  # re-raised from a worker with its traceback: keep the one-line message
         last = str(exc).strip().splitlines()[-1]
         raise type(exc)(last.split(": ", 1)[-1]) from None
+
+
+def free_bytes(device: torch.device) -> int:
+    """Free memory where the data would go: the accelerator's, or the machine's available RAM for the CPU."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+
+
+def on_device(split: Split, device: torch.device) -> Split:
+    """``engine.data_on_device``: the split's tensors moved once to ``device``, so that a round on an accelerator
+    is not bounded by the loader (batches are indexed there; augmentation already runs batched on the device).
+    Refused, with the size and the free memory, when it would not fit (more than 80 % of what is free)."""
+    tensors = [*split.input_tensors().values(), split.y, *([split.patches] if split.patches is not None else [])]
+    if not all(isinstance(t, torch.Tensor) for t in tensors):
+        raise ConfigError("engine.data_on_device needs a dataset held in memory as tensors; this one decodes files "
+                          "per batch — turn engine.data_on_device off")
+    size, free = sum(t.numel() * t.element_size() for t in tensors), free_bytes(device)
+    if size > 0.8 * free:
+        raise ConfigError(f"engine.data_on_device: the training split needs {size / 2**30:.2f} GiB but {device} has "
+                          f"{free / 2**30:.2f} GiB free; turn engine.data_on_device off")
+    x = {k: v.to(device) for k, v in split.x.items()} if isinstance(split.x, dict) else split.x.to(device)
+    return Split(x, split.y.to(device), None if split.patches is None else split.patches.to(device))
+
+
+def device_batches(split: Split, order: torch.Tensor, batch_size: int, rank: int, world: int,
+                   start: int) -> Iterator[tuple[Any, torch.Tensor]]:
+    """The same batches as :func:`epoch_loader`, indexed in a split already on the device."""
+    for indices in EpochBatches(order, batch_size, rank, world, start):
+        index = torch.as_tensor(indices, device=split.y.device)
+        yield split.inputs(index), split.y[index]
