@@ -47,3 +47,22 @@ def test_batched_crop_and_flip_are_uniform_and_deterministic_per_seed():
     counts = torch.bincount(dy, minlength=2 * pad + 1).double()
     assert counts.numel() == 2 * pad + 1 and (counts - n / (2 * pad + 1)).abs().max() < 4 * (n / 9) ** 0.5
     assert abs(flipped.double().mean() - 0.5) < 0.05
+
+
+def test_channels_last_and_compile_keep_masks_and_metrics(tmp_path, monkeypatch):
+    def run(engine: dict, name: str) -> list[dict]:
+        cfg = tiny_config(train={"optimizer": "sgd", "lr": 0.05, "epochs": 1, "batch_size": 16},
+                          prune={"rounds": 1}, baselines=[], engine=engine)
+        folder = run_experiment(parse_config(cfg), tmp_path / name, progress=False)
+        return [json.loads((folder / f"rounds/round_00{k}/metrics.json").read_text()) for k in (0, 1)]
+
+    plain = run({}, "plain")
+    for rows in (run({"channels_last": True}, "cl"),):
+        for a, b in zip(plain, rows, strict=True):
+            assert a["sparsity"] == b["sparsity"] and a["steps"] == b["steps"]
+            assert abs(a["score"]["test"] - b["score"]["test"]) < 0.1  # same training up to kernel rounding
+    import torch._dynamo
+
+    monkeypatch.setattr(torch._dynamo, "is_dynamo_supported", lambda: False)
+    with pytest.raises(ConfigError, match="torch.compile is unavailable"):
+        run({"compile": True}, "compiled")

@@ -146,6 +146,11 @@ class Engine:
         if self.cfg.channels_last:
             model.to(memory_format=torch.channels_last)
         if self.cfg.compile:
+            from torch import _dynamo
+
+            if not _dynamo.is_dynamo_supported():
+                raise ConfigError(f"engine.compile: torch.compile is unavailable with torch {torch.__version__} on "
+                                  "this Python; set engine.compile: false")
             model.backbone.forward = torch.compile(model.backbone.forward)
         return self.accelerator.prepare_model(model) if wrap and self.world_size > 1 else model
 
