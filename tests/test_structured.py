@@ -153,7 +153,10 @@ def test_structured_exports_are_smaller_and_reload_with_plain_torch(tmp_path):
                       prune={"method": "head_ffn_magnitude", "schedule": "explicit", "sparsities": [0.5]},
                       baselines=["random_prune"])
     run = run_experiment(parse_config(cfg), tmp_path / "runs", progress=False)
-    rows = {r["format"]: r for r in export_ticket(run, 1, tmp_path / "out", ["state_dict", "slim"])}
+    rows = {r["format"]: r for r in export_ticket(run, 1, tmp_path / "out", ["state_dict", "slim", "pt2"])}
+    program = torch.export.load(str(tmp_path / "out" / "ticket.pt2")).module()  # plain torch loads the slim ViT
+    sliced = [v.shape[0] for k, v in program.state_dict().items() if k.endswith("fc1.weight")]
+    assert rows["pt2"]["max_abs_diff"] < 1e-4 and sliced and min(sliced) < 64
     pruned = Mask.load(run / "rounds/round_001/mask.safetensors").num_pruned()
     assert rows["state_dict"]["bytes"] - rows["slim"]["bytes"] >= 0.95 * 4 * pruned  # the pruned fp32 weights are gone
     assert rows["slim"]["max_abs_diff"] < 1e-4
