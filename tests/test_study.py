@@ -2,6 +2,7 @@
 
 import copy
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -70,6 +71,9 @@ def test_study_writes_report_figures_and_summary(study_out):
         assert heading in report
     for figure in ("curves.png", "transfer_heatmap.png", "overlap.png", "layer_sparsity.png"):
         assert_figure(out / figure)
+    compute = re.search(r"compute of every training behind this report: (\d+) units, ([\d,]+) optimizer steps",
+                        report)
+    assert compute and int(compute[1]) > 3 * SEEDS and int(compute[2].replace(",", "")) > 0
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["universal"]) == set(LABELS) == {"supervised", "simclr", "moco"}
     assert len(summary["pairs"]) == 3 * TARGETS

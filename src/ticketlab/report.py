@@ -8,6 +8,7 @@ from typing import Any
 from ticketlab.analysis import at_chance, highest_sparsity
 from ticketlab.baselines.base import branch_label
 from ticketlab.figures import markdown_table, pct, pyplot
+from ticketlab.fileio import read_json
 from ticketlab.paths import IMP, RunPaths
 from ticketlab.results import read_result, score
 from ticketlab.runfolders import load_run
@@ -68,6 +69,15 @@ def compute_line(run: dict[str, Any]) -> str:
     return (f"compute: IMP {steps:,} optimizer steps ({sum(c[1] for c in imp):,} samples, {seconds:.0f} s) — full IMP "
             f"of these rounds: {full:,} steps ({steps / max(full, 1):.2f}×); baselines {sum(c[0] for c in other):,} "
             f"steps ({sum(c[2] for c in other):.0f} s); rounds fully trained: {', '.join(shown)}")
+
+
+def folders_compute(folders: list[Path]) -> str:
+    """One line: the compute of every unit (a ``metrics.json`` with steps) under ``folders`` — a study's total."""
+    files = sorted({p for folder in folders for p in Path(folder).rglob("metrics.json")})
+    units = [m for m in (read_json(p) for p in files) if isinstance(m, dict) and ("steps" in m or "compute" in m)]
+    steps, samples, seconds = (sum(c[i] for c in map(unit_compute, units)) for i in range(3))
+    return (f"compute of every training behind this report: {len(units)} units, {steps:,} optimizer steps, "
+            f"{samples:,} samples, {seconds / 3600:.2f} h (units reused from earlier runs included)")
 
 
 def _score(metrics: dict[str, Any]) -> str:

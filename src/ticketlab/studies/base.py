@@ -51,13 +51,20 @@ def run_study(name: str, cfg: Any, runs_dir: str | Path = "runs", progress: bool
     """Check and run (or resume) study ``name``; return its folder (with ``report.md``). A study with a job graph
     runs it on ``executor`` first; a failed job stops the study before its report, naming every failure."""
     from ticketlab.executors import run_graph
+    from ticketlab.report import folders_compute
 
     study = STUDIES.get(name)
     study.check(cfg)
+    jobs = study.jobs(cfg, Path(runs_dir)) if study.jobs is not None else []
     if study.jobs is not None:
-        run_graph(study.jobs(cfg, Path(runs_dir)), Path(runs_dir), executor, progress,
-                  address).raise_if_unfinished("study trainings")
+        run_graph(jobs, Path(runs_dir), executor, progress, address).raise_if_unfinished("study trainings")
     elif executor != "local":
         raise ConfigError(f"study {name} has no job graph yet: it runs with --executor local only")
-    return study.run(cfg, Path(runs_dir), progress)
+    out = study.run(cfg, Path(runs_dir), progress)
+    folders = sorted({Path(runs_dir) / job.id.split(":")[0] for job in jobs})
+    report = out / "report.md"
+    if folders and report.is_file():
+        text = report.read_text(encoding="utf-8").rstrip()
+        report.write_text(text + "\n\n" + folders_compute(folders) + "\n", encoding="utf-8")
+    return out
 
