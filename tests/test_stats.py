@@ -71,3 +71,44 @@ def test_gap_rule_on_hand_built_intervals():
     assert gap_verdict(Interval(0.03, None, None, 1)) == "inconclusive"
     assert gap_verdict(Interval(0.03, 0.01, 0.05, 3), usable=False) == "inconclusive"
     assert interval_text(Interval(0.03, 0.01, 0.05, 3), signed=True) == "+3.00 [+1.00, +5.00]"
+
+
+def test_equivalence_rule_for_sparsity_claims_on_worked_intervals():
+    from ticketlab.stats import sparsity_claim
+
+    def gaps(*rows):  # noqa: ANN002, ANN202
+        return [(s, Interval((lo + hi) / 2, lo, hi, 3)) for s, lo, hi in rows]
+
+    # every lower end ≥ −1 pt up to 0.5: reproduced at δ = 1 pt, although two means are below 0
+    ok = gaps((0.2, -0.008, 0.004), (0.36, -0.009, 0.001), (0.5, -0.005, 0.002))
+    assert sparsity_claim(ok, 0.5, margin=0.01).verdict == "reproduced"
+    assert sparsity_claim(ok, 0.5, margin=0.0).verdict == "inconclusive"  # straddles 0 without a margin
+    # an interval straddling −δ at 0.36 makes the claim at 0.5 inconclusive, not reproduced
+    straddle = gaps((0.2, -0.005, 0.004), (0.36, -0.02, 0.003), (0.5, -0.005, 0.002))
+    assert sparsity_claim(straddle, 0.5, margin=0.01).verdict == "inconclusive"
+    # wholly below −δ at a sparsity ≤ s*: contradicted (judged up to s*: the same gap above s* does not count)
+    below = gaps((0.2, -0.005, 0.004), (0.36, -0.05, -0.02), (0.5, -0.005, 0.002))
+    assert sparsity_claim(below, 0.5, margin=0.01).verdict == "contradicted"
+    assert sparsity_claim(below, 0.2, margin=0.01).verdict == "reproduced"
+    # a claim above the highest sparsity run is not tested, never a verdict
+    result = sparsity_claim(ok, 0.9141, margin=0.01)
+    assert result.verdict == "not tested" and result.tested == 0.5
+
+
+def test_drop_rule_holm_power_and_convergence_on_worked_numbers():
+    from ticketlab.stats import converged, drop_claim, holm, minimum_detectable_effect, seeds_needed, spread
+
+    assert drop_claim(Interval(0.01, 0.005, 0.015, 3), 0.0188) == "reproduced"  # upper end 1.5 ≤ 1.88
+    assert drop_claim(Interval(-0.0263, -0.0904, 0.0378, 3), 0.0188) == "inconclusive"  # straddles d
+    assert drop_claim(Interval(0.05, 0.03, 0.07, 3), 0.0188) == "contradicted"
+    # Holm, m = 4: sorted p 0.001 (≤ .0125), 0.01 (≤ .0167), 0.03 (> .025) stops; 0.02 is never reached
+    assert holm([0.03, 0.001, 0.2, 0.01]) == [False, True, False, True]
+    assert holm([0.04, 0.04]) == [False, False] and holm([0.02, 0.04]) == [True, True]
+    # sd 0.01 over 3 seeds: half-width t(.975, 2) · 0.01 / √3 = 0.024841
+    gap = Interval(0.0, -0.024841, 0.024841, 3)
+    assert spread(gap) == pytest.approx(0.01, rel=1e-4)
+    assert minimum_detectable_effect(gap) == pytest.approx((4.302653 + 1.060660) * 0.01 / 3 ** 0.5, rel=1e-4)
+    n = seeds_needed(gap, 0.01)  # (t(.975, n−1) + t(.8, n−1)) · 0.01 / √n ≤ 0.01 first holds at n = 10
+    assert n == 10 and seeds_needed(Interval(-0.01, -0.02, 0.0, 3), 0.01) is None  # a mean on the margin
+    assert converged([0.5, 0.7, 0.8, 0.81, 0.805, 0.81, 0.812, 0.811])  # +0.2 pt in the last quarter
+    assert not converged([0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95])  # still climbing by 5 pts

@@ -104,24 +104,103 @@ class SparsityClaim:
     verdict: str
 
 
-def sparsity_claim(gaps: Sequence[tuple[float, Interval]], claimed: float, usable: bool = True) -> SparsityClaim:
-    """The written rule for "a matching (relaxed) ticket exists at sparsity s*". ``gaps``: per sparsity run, the
-    paired interval over seeds of (sparse − reference) *validation* scores, reference = dense (matching) or
-    p · dense (relaxed). Judged at t = min(s*, highest sparsity run) over the sparsities ≤ t (the lowest one when
-    none is): contradicted when any of their intervals lies wholly below 0; reproduced when every mean gap is ≥ 0;
-    otherwise — or without a usable dense reference (not clearly above chance) — inconclusive."""
+def sparsity_claim(gaps: Sequence[tuple[float, Interval]], claimed: float, usable: bool = True,
+                   margin: float = 0.0) -> SparsityClaim:
+    """The written rule for "a matching (relaxed) ticket exists at sparsity s*", an equivalence (non-inferiority)
+    test with margin δ = ``margin``. ``gaps``: per sparsity run, the paired 95 % interval over seeds of (sparse −
+    reference) *validation* scores, reference = dense (matching) or p · dense (relaxed). Over every sparsity ≤ s*
+    that was run: reproduced when every interval's lower end is ≥ −δ; contradicted when some interval's upper end
+    is < −δ; otherwise — or without a usable dense reference — inconclusive. A claim above the highest sparsity
+    run is "not tested" (never a verdict)."""
+    if margin < 0:
+        raise ValueError(f"a claim's margin must be >= 0, got {margin}")
     curve = sorted(gaps, key=lambda item: item[0])  # Intervals do not order: sort by sparsity only
     if not curve:
         return SparsityClaim(claimed, claimed, None, "inconclusive")
     tested = min(claimed, curve[-1][0])
-    judged = [g for s, g in curve if s <= tested + 1e-9] or [curve[0][1]]
     measured = matching_sparsity([(s, g.mean) for s, g in curve], 0.0)
+    if claimed > curve[-1][0] + 1e-9:
+        return SparsityClaim(claimed, tested, measured, "not tested")
+    judged = [g for s, g in curve if s <= tested + 1e-9]
     if not usable:
         return SparsityClaim(claimed, tested, measured, "inconclusive")
-    if any(g.high is not None and g.high < 0 for g in judged):
+    if any(g.high is not None and g.high < -margin for g in judged):
         verdict_ = "contradicted"
-    elif all(g.mean >= 0 for g in judged) and all(g.low is not None for g in judged):
+    elif all(g.low is not None and g.low >= -margin for g in judged):
         verdict_ = "reproduced"
     else:
         verdict_ = "inconclusive"
     return SparsityClaim(claimed, tested, measured, verdict_)
+
+
+def _t(q: float, df: int) -> float:
+    from scipy.stats import t
+
+    return float(t.ppf(q, df))
+
+
+def spread(interval: Interval) -> float | None:
+    """The standard deviation over seeds behind a Student-t 95 % interval (None without one)."""
+    if interval.low is None or interval.high is None or interval.n < 2:
+        return None
+    return (interval.high - interval.low) / 2 * math.sqrt(interval.n) / _t(0.975, interval.n - 1)
+
+
+def minimum_detectable_effect(interval: Interval, power: float = 0.8) -> float | None:
+    """The smallest true gap a 95 % interval over this many seeds, at this spread, detects with ``power``."""
+    sd = spread(interval)
+    if sd is None:
+        return None
+    n = interval.n
+    return (_t(0.975, n - 1) + _t(power, n - 1)) * sd / math.sqrt(n)
+
+
+def seeds_needed(interval: Interval, margin: float, power: float = 0.8, most: int = 1000) -> int | None:
+    """Seeds for the interval to clear −``margin`` (either way) with ``power``, if the true gap is the observed mean
+    and the spread the observed one; None without an interval, or when more than ``most`` would be needed."""
+    sd, distance = spread(interval), abs(interval.mean + margin)
+    if sd is None:
+        return None
+    for n in range(2, most + 1):
+        if (_t(0.975, n - 1) + _t(power, n - 1)) * sd / math.sqrt(n) <= distance:
+            return n
+    return None
+
+
+def holm(pvalues: Sequence[float], alpha: float = 0.05) -> list[bool]:
+    """Holm's step-down rule: which hypotheses of one family are rejected at family-wise error ``alpha`` (in the
+    input order). The smallest p is compared with alpha/m, the next with alpha/(m−1), … until one fails."""
+    order = sorted(range(len(pvalues)), key=lambda i: pvalues[i])
+    rejected = [False] * len(pvalues)
+    for rank, i in enumerate(order):
+        if pvalues[i] > alpha / (len(pvalues) - rank):
+            break
+        rejected[i] = True
+    return rejected
+
+
+def paired_p(a: Sequence[float], b: Sequence[float]) -> float | None:
+    """Two-sided p-value of the paired t-test of a − b (None with fewer than 2 pairs or no spread)."""
+    from scipy.stats import ttest_rel
+
+    if len(a) < 2:
+        return None
+    p = float(ttest_rel(list(a), list(b)).pvalue)
+    return None if math.isnan(p) else p
+
+
+def drop_claim(drop: Interval, most: float) -> str:
+    """The rule for "the average drop is at most d": reproduced when the interval's upper end is ≤ d, contradicted
+    when its lower end is > d, otherwise inconclusive."""
+    if drop.low is None or drop.high is None:
+        return "inconclusive"
+    return "reproduced" if drop.high <= most else "contradicted" if drop.low > most else "inconclusive"
+
+
+def converged(val_curve: Sequence[float], tolerance: float = 0.01) -> bool:
+    """Whether a training converged: validation did not improve by more than ``tolerance`` over the last quarter of
+    its epochs (best of the last quarter vs best before it; fewer than 4 epochs: judged on the last epoch)."""
+    if len(val_curve) < 2:
+        return False
+    cut = max(1, len(val_curve) - max(1, len(val_curve) // 4))
+    return max(val_curve[cut:]) - max(val_curve[:cut]) <= tolerance

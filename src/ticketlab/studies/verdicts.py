@@ -8,14 +8,28 @@ from typing import Any
 from ticketlab.analysis import at_chance, paired_gaps
 from ticketlab.figures import pct
 from ticketlab.results import score
-from ticketlab.stats import clearly_above, gap_verdict, interval_text, mean_ci, paired_ci, sparsity_claim
+from ticketlab.stats import (
+    Interval,
+    clearly_above,
+    gap_verdict,
+    interval_text,
+    mean_ci,
+    minimum_detectable_effect,
+    paired_ci,
+    seeds_needed,
+    sparsity_claim,
+)
+
+MATCHING_MARGIN = 0.01  # a matching ticket may be at most 1 pt below dense (the equivalence margin)
 
 RULES = [  # the written rules every study report quotes above its verdict table
-    "**Sparsity claims** (\"a matching ticket exists at s*\"): per sparsity run, the paired 95 % t-interval over "
-    "seeds of (sparse − dense) *validation* score. Judged at t = min(s*, the highest sparsity run): contradicted "
-    "when the interval at some sparsity ≤ t lies wholly below 0; reproduced when every mean gap up to t is ≥ 0; "
-    "otherwise inconclusive. Inconclusive too when the dense reference is not clearly above chance (interval's "
-    "lower end ≤ the majority-class rate).",
+    "**Sparsity claims** (\"a matching ticket exists at s*\"), an equivalence (non-inferiority) test: per sparsity "
+    "run, the paired 95 % t-interval over seeds of (sparse − dense) *validation* score; margin δ = 1 pt for "
+    "matching, and for relaxed the gap is taken against 99 % of dense (δ = 1 % of dense). Reproduced when the "
+    "interval's lower end is ≥ −δ at s* and at every sparsity below it that was run; contradicted when some "
+    "interval's upper end is < −δ there; otherwise inconclusive, with the seeds a decision would need (power 0.8). "
+    "A claim above the highest sparsity run is \"not tested\". Inconclusive too when the dense reference is not "
+    "clearly above chance (interval's lower end ≤ the majority-class rate).",
     "**Comparisons** (\"A beats B\"): the paired 95 % t-interval over seeds of (A − B) test score: above 0 → "
     "reproduced, below 0 → contradicted, straddling 0 → inconclusive (also when A is not above chance).",
 ]
@@ -53,15 +67,29 @@ def claim_row(what: str, claimed: float | None, cells: dict[tuple[str, str, int]
     dense = cells[(source, target, 0)]
     kind = "matching" if relaxed is None else f"relaxed ({relaxed:.0%})"
     gaps = paired_gaps(cells, source, target, 1.0 if relaxed is None else relaxed)
-    result = sparsity_claim(gaps, claimed, usable(dense))
+    margin = MATCHING_MARGIN if relaxed is None else 0.0
+    result = sparsity_claim(gaps, claimed, usable(dense), margin)
     at = next((c for (s, t, k), c in cells.items() if (s, t) == (source, target) and k > 0
                and abs(c["sparsity"] - (result.measured or -1)) < 1e-9), None)
     measured = (f"{kind} (validation) up to {pct(result.measured)}; test there {interval_text(at['ci'])} vs dense "
                 f"{interval_text(dense['ci'])}" if at else f"no sparsity matches; dense {interval_text(dense['ci'])}")
     gap_at_t = next((g for s, g in reversed(gaps) if s <= result.tested + 1e-9), gaps[0][1] if gaps else None)
-    return [what, f"{kind} at {pct(claimed)} (judged at {pct(result.tested)})", measured,
+    judged = (f"judged at {pct(result.tested)}" if result.verdict != "not tested"
+              else f"highest sparsity run {pct(result.tested)}")
+    return [what, f"{kind} at {pct(claimed)} ({judged})", measured,
             f"{interval_text(gap_at_t, signed=True)} pts at {pct(result.tested)}; chance "
-            f"{pct(dense.get('chance_test'))}", result.verdict]
+            f"{pct(dense.get('chance_test'))}{decision_distance(gap_at_t, margin, result.verdict)}", result.verdict]
+
+
+def decision_distance(gap: Interval | None, margin: float, verdict: str) -> str:
+    """What an inconclusive row lacks: its minimum detectable effect and the seeds a decision at δ would need."""
+    if verdict != "inconclusive" or gap is None:
+        return ""
+    mde, needed = minimum_detectable_effect(gap), seeds_needed(gap, margin)
+    if mde is None:
+        return "; one seed: no interval"
+    seeds = f"≥ {needed} seeds" if needed else "more than 1,000 seeds (the gap sits on the margin)"
+    return f"; detectable with these seeds: {100 * mde:.1f} pts; deciding at δ = {100 * margin:.1f} pts needs {seeds}"
 
 
 def comparison_row(what: str, a: dict[int, float], b: dict[int, float], chance: float | None) -> list[str]:

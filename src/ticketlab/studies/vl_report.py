@@ -13,7 +13,7 @@ from ticketlab.baselines.base import branch_label
 from ticketlab.figures import markdown_table, pct, pyplot
 from ticketlab.paths import REPORT
 from ticketlab.results import score as test_score
-from ticketlab.stats import Interval, interval_text, mean_ci, sparsity_claim
+from ticketlab.stats import Interval, drop_claim, interval_text, mean_ci, sparsity_claim
 from ticketlab.studies.verdicts import RULES, claim_row, comparison_row, run_cells, usable
 
 # Gan et al. (AAAI 2022), UNITER-B: relaxed (99 %) ticket sparsity per task, and the universal pre-training ticket's
@@ -23,8 +23,8 @@ PAPER_RELAXED = {"vl_vqa": 0.7, "vl_gqa": 0.7, "vl_vcr": 0.5, "vl_nlvr2": 0.6, "
 PAPER_UNIVERSAL_DROP = {0.5: 1.00, 0.6: 1.88, 0.7: 3.90, 0.8: 6.80}
 DROP_RULE = ("**Universal ticket** (\"the pre-training mask loses at most d points on average over the tasks at "
              "sparsity s\"): per seed, the mean over the tasks whose dense model is usable of (dense − sparse) test "
-             "score; its 95 % t-interval over seeds. Reproduced when the mean drop ≤ d; contradicted when the whole "
-             "interval lies above d; otherwise inconclusive.")
+             "score; its 95 % t-interval over seeds. Reproduced when the interval's upper end is ≤ d; contradicted "
+             "when its lower end is > d; otherwise inconclusive.")
 
 
 def task_summary(runs: dict[tuple[str, int], dict[str, Any]], relaxed: float) -> dict[str, dict[str, Any]]:
@@ -74,11 +74,7 @@ def universal_table(transfers: list[dict[str, Any]], kind: str = "standard",
 
 
 def drop_row(sparsity: float, claimed: float, drop: Interval | None) -> list[str]:
-    if drop is None or drop.low is None:
-        verdict = "inconclusive"
-    else:
-        verdict = "reproduced" if 100 * drop.mean <= claimed else "contradicted" if 100 * drop.low > claimed \
-            else "inconclusive"
+    verdict = "inconclusive" if drop is None else drop_claim(drop, claimed / 100)
     return [f"universal pre-training ticket at {pct(sparsity)}", f"average drop ≤ {claimed:.2f} pts",
             f"{interval_text(drop)} pts", "–", verdict]
 
