@@ -140,3 +140,31 @@ def test_bad_study_configs(tmp_path):
     path.write_text(yaml.safe_dump(bad))
     with pytest.raises(ConfigError, match="unknown pre-training objective 'byol'"):
         load_study("cv_pretraining", path)
+
+
+def test_verdicts_are_rederived_from_verdicts_json_alone(study_out, capsys, tmp_path):
+    import shutil
+
+    root, _ = study_out
+    out = next((root / "runs").glob("study-*"))
+    copy_dir = tmp_path / "report"  # only the report and its verdicts.json: no runs folder needed
+    copy_dir.mkdir()
+    for name in ("report.md", "verdicts.json"):
+        shutil.copy(out / name, copy_dir / name)
+    assert cli.main(["verdicts", str(copy_dir)]) == 0
+    printed = capsys.readouterr().out
+    assert "all match the report" in printed
+    data = json.loads((copy_dir / "verdicts.json").read_text())
+    recorded = [r for r in data["rows"] if r["rule"] in ("sparsity", "comparison")]
+    assert recorded and all(isinstance(v, float) for r in recorded if r["rule"] == "comparison" for v in r["a"].values())
+    row = next(r for r in data["rows"] if r["rule"] == "comparison" and r["verdict"] != "reproduced")
+    row["usable"] = True  # hand-edited: A usable and far above B on every seed
+    for seed in row["a"]:
+        row["a"][seed] = row["b"][seed] + 0.3 + 1e-6 * int(seed)
+    (copy_dir / "verdicts.json").write_text(json.dumps(data))
+    assert cli.main(["verdicts", str(copy_dir)]) == 2
+    err = capsys.readouterr().err
+    assert row["claim"] in err and "differ" in err and len(err.strip().splitlines()) == 1
+    (copy_dir / "verdicts.json").unlink()
+    assert cli.main(["verdicts", str(copy_dir)]) == 2
+    assert "has no verdicts.json" in capsys.readouterr().err

@@ -45,13 +45,16 @@ def test_universal_table_reports_scores_and_average_drops_with_intervals():
 
 
 def test_universal_drop_rule():
-    from ticketlab.stats import Interval
     from ticketlab.studies.vl_report import drop_row
 
-    assert drop_row(0.6, 1.88, Interval(0.015, 0.005, 0.025, 3))[-1] == "reproduced"  # 1.5 ≤ 1.88 points
-    assert drop_row(0.6, 1.88, Interval(0.05, 0.03, 0.07, 3))[-1] == "contradicted"  # whole interval above
-    assert drop_row(0.6, 1.88, Interval(0.025, 0.01, 0.04, 3))[-1] == "inconclusive"
-    assert drop_row(0.6, 1.88, Interval(0.01, None, None, 1))[-1] == "inconclusive"
+    # per-seed drops (fractions): the interval's upper end decides "reproduced", its lower end "contradicted"
+    assert drop_row(0.6, 1.88, [0.010, 0.011, 0.012])[-1] == "reproduced"  # [0.85, 1.35] pts ≤ 1.88
+    assert drop_row(0.6, 1.88, [0.05, 0.051, 0.052])[-1] == "contradicted"  # whole interval above 1.88
+    assert drop_row(0.6, 1.88, [0.005, 0.015, 0.025])[-1] == "inconclusive"  # mean 1.5 ≤ 1.88 but straddles
+    assert drop_row(0.6, 1.88, [0.01])[-1] == "inconclusive"  # one seed: no interval
+    record = drop_row(0.6, 1.88, [0.005, 0.015, 0.025]).record
+    assert record["rule"] == "drop" and record["drops"] == [0.005, 0.015, 0.025]
+    assert record["most"] == pytest.approx(0.0188)
 
 
 def tiny_study(**overrides: object) -> VLStudyConfig:

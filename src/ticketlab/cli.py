@@ -125,6 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--threads", type=int, help="CPU threads for the timings (default: torch's)")
     bench.add_argument("--runtime", default="torch", choices=["torch", "onnxruntime"],
                        help="time the ticket in PyTorch (default) or its ONNX export in ONNX Runtime")
+    add("verdicts", "cmd_verdicts", "recompute a study report's verdicts from its verdicts.json alone",
+        module=READ_ONLY).add_argument("folder", help="a study report folder (holding report.md and verdicts.json)")
     add("verify", "cmd_verify", "check every file of a run (or all runs) against its checksums",
         module=READ_ONLY).add_argument(
         "run", nargs="?", help="run folder or run id (default: every run)")

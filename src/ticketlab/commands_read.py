@@ -58,6 +58,18 @@ def cmd_show(args: argparse.Namespace) -> None:
     print(json.dumps(run, indent=2) if args.json else results_table(run))
 
 
+def cmd_verdicts(args: argparse.Namespace) -> None:
+    """Recompute every verdict of a study report from its ``verdicts.json`` alone; differences are an error."""
+    from ticketlab.studies.verdict_file import check_verdicts
+
+    rows, problems = check_verdicts(Path(args.folder))
+    for claim, verdict in rows:
+        print(f"{verdict:<13} {claim}")
+    if problems:
+        raise TicketlabError(f"{len(problems)} verdict(s) differ from the recorded numbers: {'; '.join(problems)}")
+    print(f"{len(rows)} verdicts re-derived from {Path(args.folder) / 'verdicts.json'}; all match the report")
+
+
 def cmd_verify(args: argparse.Namespace) -> None:
     """Check every finished folder of a run (or of every run) against its manifest and checksums."""
     runs_dir = runs_dir_of(args)

@@ -18,6 +18,7 @@ from ticketlab.paths import IMP, REPORT
 from ticketlab.results import score
 from ticketlab.runfolders import load_run
 from ticketlab.stats import interval_text, sparsity_claim
+from ticketlab.studies.verdict_file import apply_holm, write_verdicts
 from ticketlab.studies.verdicts import RULES, claim_row, comparison_row, run_cells, usable
 
 OVERLAP_RULE = (
@@ -124,6 +125,7 @@ def write_cv_report(out: Path, study: Any, pretraining_runs: dict[tuple[str, int
                                            summary["cells"][(source, study.downstream[0].name, 0)]["chance_test"]))
     groups = {label: [name for name in tickets if name.startswith(f"{label} (pre-training")] for label in sources}
     verdicts.append(overlap_row(overlaps, groups))
+    write_verdicts(out, apply_holm(verdicts))
 
     lines = [f"# CV pre-training ticket study ({out.name})", "",
              f"Model `{study.model.name}` {study.model.options}; pruning {study.prune.method}, {n} rounds "

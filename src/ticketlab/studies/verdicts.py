@@ -19,6 +19,7 @@ from ticketlab.stats import (
     seeds_needed,
     sparsity_claim,
 )
+from ticketlab.studies.verdict_file import VerdictRow, comparison_record, sparsity_record  # noqa: E402
 
 MATCHING_MARGIN = 0.01  # a matching ticket may be at most 1 pt below dense (the equivalence margin)
 
@@ -31,7 +32,11 @@ RULES = [  # the written rules every study report quotes above its verdict table
     "A claim above the highest sparsity run is \"not tested\". Inconclusive too when the dense reference is not "
     "clearly above chance (interval's lower end ≤ the majority-class rate).",
     "**Comparisons** (\"A beats B\"): the paired 95 % t-interval over seeds of (A − B) test score: above 0 → "
-    "reproduced, below 0 → contradicted, straddling 0 → inconclusive (also when A is not above chance).",
+    "reproduced, below 0 → contradicted, straddling 0 → inconclusive (also when A is not above chance). The "
+    "comparisons of one table are one family: a decision stands only if the paired t-test also rejects under "
+    "Holm's step-down rule at family-wise 5 % (the row names its raw decision when Holm overrules it).",
+    "Every row's per-seed numbers are in `verdicts.json`; `ticketlab verdicts <this folder>` recomputes the table "
+    "from that file alone.",
 ]
 
 
@@ -63,7 +68,7 @@ def claim_row(what: str, claimed: float | None, cells: dict[tuple[str, str, int]
               target: str, relaxed: float | None = None) -> list[str]:
     """A verdict row for "a matching ticket (relaxed: ≥ ``relaxed`` × dense) exists at ``claimed`` sparsity"."""
     if claimed is None:
-        return [what, "(no claim given)", "–", "–", "–"]
+        return VerdictRow([what, "(no claim given)", "–", "–", "–"])
     dense = cells[(source, target, 0)]
     kind = "matching" if relaxed is None else f"relaxed ({relaxed:.0%})"
     gaps = paired_gaps(cells, source, target, 1.0 if relaxed is None else relaxed)
@@ -76,9 +81,12 @@ def claim_row(what: str, claimed: float | None, cells: dict[tuple[str, str, int]
     gap_at_t = next((g for s, g in reversed(gaps) if s <= result.tested + 1e-9), gaps[0][1] if gaps else None)
     judged = (f"judged at {pct(result.tested)}" if result.verdict != "not tested"
               else f"highest sparsity run {pct(result.tested)}")
-    return [what, f"{kind} at {pct(claimed)} ({judged})", measured,
-            f"{interval_text(gap_at_t, signed=True)} pts at {pct(result.tested)}; chance "
-            f"{pct(dense.get('chance_test'))}{decision_distance(gap_at_t, margin, result.verdict)}", result.verdict]
+    record = sparsity_record(cells, source, target, 1.0 if relaxed is None else relaxed, claimed, margin,
+                             usable(dense))
+    return VerdictRow([what, f"{kind} at {pct(claimed)} ({judged})", measured,
+                       f"{interval_text(gap_at_t, signed=True)} pts at {pct(result.tested)}; chance "
+                       f"{pct(dense.get('chance_test'))}{decision_distance(gap_at_t, margin, result.verdict)}",
+                       result.verdict], record)
 
 
 def decision_distance(gap: Interval | None, margin: float, verdict: str) -> str:
@@ -95,10 +103,10 @@ def decision_distance(gap: Interval | None, margin: float, verdict: str) -> str:
 def comparison_row(what: str, a: dict[int, float], b: dict[int, float], chance: float | None) -> list[str]:
     """A verdict row for "A beats B", paired by seed (``a``, ``b``: seed → test score)."""
     if not a or not b:
-        return [what, "A > B", "no runs to compare", "–", "inconclusive"]
+        return VerdictRow([what, "A > B", "no runs to compare", "–", "inconclusive"])
     seeds = sorted(set(a) & set(b))
     gap = paired_ci([a[s] for s in seeds], [b[s] for s in seeds]) if seeds else None
     ok = chance is None or (len(seeds) > 1 and clearly_above(mean_ci([a[s] for s in seeds]), chance))
     scores = f"A {interval_text(mean_ci(list(a.values())))} vs B {interval_text(mean_ci(list(b.values())))}"
-    return [what, "A > B", scores,
-            f"{interval_text(gap, signed=True)} pts; chance {pct(chance)}", gap_verdict(gap, ok)]
+    return VerdictRow([what, "A > B", scores, f"{interval_text(gap, signed=True)} pts; chance {pct(chance)}",
+                       gap_verdict(gap, ok)], comparison_record(a, b, ok))

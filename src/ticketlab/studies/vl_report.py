@@ -13,7 +13,8 @@ from ticketlab.baselines.base import branch_label
 from ticketlab.figures import markdown_table, pct, pyplot
 from ticketlab.paths import REPORT
 from ticketlab.results import score as test_score
-from ticketlab.stats import Interval, drop_claim, interval_text, mean_ci, sparsity_claim
+from ticketlab.stats import drop_claim, interval_text, mean_ci, sparsity_claim
+from ticketlab.studies.verdict_file import VerdictRow, apply_holm, write_verdicts
 from ticketlab.studies.verdicts import RULES, claim_row, comparison_row, run_cells, usable
 
 # Gan et al. (AAAI 2022), UNITER-B: relaxed (99 %) ticket sparsity per task, and the universal pre-training ticket's
@@ -68,15 +69,17 @@ def universal_table(transfers: list[dict[str, Any]], kind: str = "standard",
                  for t in tasks if any((tt, kk) == (t, k) for (tt, kk, _) in score)}
         table.append({"round": k, "sparsity": next(r["sparsity"] for (_, kk, _), r in score.items() if kk == k),
                       "scores": cells, "drop": statistics.fmean(drops) if drops else float("nan"),
-                      "drop_ci": mean_ci(drops) if drops else None,
+                      "drop_ci": mean_ci(drops) if drops else None, "drops": drops,
                       "relative_drop": statistics.fmean(relative) if relative else float("nan")})
     return tasks, table
 
 
-def drop_row(sparsity: float, claimed: float, drop: Interval | None) -> list[str]:
+def drop_row(sparsity: float, claimed: float, drops: list[float]) -> list[str]:
+    drop = mean_ci(drops) if drops else None
     verdict = "inconclusive" if drop is None else drop_claim(drop, claimed / 100)
-    return [f"universal pre-training ticket at {pct(sparsity)}", f"average drop ≤ {claimed:.2f} pts",
-            f"{interval_text(drop)} pts", "–", verdict]
+    return VerdictRow([f"universal pre-training ticket at {pct(sparsity)}", f"average drop ≤ {claimed:.2f} pts",
+                       f"{interval_text(drop)} pts", "–", verdict],
+                      {"rule": "drop", "drops": list(drops), "most": claimed / 100})
 
 
 def _seeded(rows: list[dict[str, Any]], **match: Any) -> dict[int, float]:
@@ -102,7 +105,7 @@ def verdict_rows(study: Any, summary: dict[str, dict[str, Any]], transfers: list
     for row in table:
         claimed = PAPER_UNIVERSAL_DROP.get(round(row["sparsity"], 2))
         if claimed is not None:
-            rows.append(drop_row(row["sparsity"], claimed, row["drop_ci"]))
+            rows.append(drop_row(row["sparsity"], claimed, row["drops"]))
     for task in dict.fromkeys(r["target"] for r in transfers if r["kind"] == "adversarial"):
         for k in sorted({r["round"] for r in transfers if r["kind"] == "adversarial" and r["target"] == task}):
             adv = _seeded(transfers, kind="adversarial", target=task, round=k)
@@ -174,6 +177,8 @@ def plot_adversarial(transfers: list[dict[str, Any]], path: Path) -> None:
 def write_vl_report(out: Path, study: Any, pretraining: dict[int, dict[str, Any]],
                     runs: dict[tuple[str, int], dict[str, Any]], transfers: list[dict[str, Any]]) -> Path:
     summary = task_summary(runs, study.relaxed)
+    verdicts = apply_holm(verdict_rows(study, summary, transfers, runs))
+    write_verdicts(out, verdicts)
     lines = [f"# V+L ticket study ({out.name})", "",
              f"Model `{study.model.name}` {study.model.options}; IMP {study.prune.method}, schedule "
              f"{study.prune.schedule} (rate {study.prune.rate}, {study.prune.rounds} rounds), rewind to θp; seeds "
@@ -181,8 +186,7 @@ def write_vl_report(out: Path, study: Any, pretraining: dict[int, dict[str, Any]
              f"Relaxed = ≥ {study.relaxed:.0%} of dense. Scores are test accuracy, or mean R@1 (both directions) for "
              "retrieval (chance 1 / gallery size). Intervals: Student-t 95 % over seeds.", "",
              "## Verdicts", "", *[f"- {rule}" for rule in [*RULES, DROP_RULE]], "",
-             markdown_table(["claim", "paper", "measured (95 % CI)", "gap / context", "verdict"],
-                            verdict_rows(study, summary, transfers, runs)), ""]
+             markdown_table(["claim", "paper", "measured (95 % CI)", "gap / context", "verdict"], verdicts), ""]
 
     pre = run_cells("pretraining", pretraining)
     lines += ["## 1. Pre-training tickets (task-agnostic IMP on MLM + ITM + MRM)", "",

@@ -1,0 +1,130 @@
+"""Verdicts a reader can re-check: every verdict row of a study report carries the per-seed numbers its rule uses
+(``VerdictRow.record``); the report folder keeps them in ``verdicts.json``, and ``ticketlab verdicts DIR``
+recomputes every verdict from that file alone and compares it with the report.
+
+Comparisons ("A beats B") of one table form one family: their verdicts are Holm-adjusted (family-wise 5 %); a
+row whose raw interval decides but whose Holm test does not reads "inconclusive" and says so.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from ticketlab.errors import CorruptFileError, TicketlabError
+from ticketlab.fileio import read_json, write_json
+from ticketlab.stats import drop_claim, gap_verdict, holm, mean_ci, paired_ci, paired_p, sparsity_claim
+
+VERSION = 1
+FILE = "verdicts.json"
+HOLM_NOTE = "; raw interval decides ({raw}), not significant after Holm over the {m} comparisons of this table"
+
+
+class VerdictRow(list):
+    """A verdict table row (claim, paper, measured, context, verdict) with the inputs its rule recomputes from."""
+
+    def __init__(self, cells: list[str], record: dict[str, Any] | None = None) -> None:
+        super().__init__(cells)
+        self.record = record
+
+
+def _seeded(values: dict[Any, float]) -> dict[str, float]:
+    return {str(k): float(v) for k, v in values.items()}
+
+
+def recompute(record: dict[str, Any]) -> str | None:
+    """The raw verdict of one recorded row (before Holm), or None for rows whose rule is not recorded."""
+    rule = record.get("rule")
+    if rule == "sparsity":
+        gaps = []
+        for point in record["gaps"]:
+            seeds = sorted(set(point["sparse"]) & set(point["reference"]))
+            if seeds:
+                gaps.append((point["sparsity"], paired_ci([point["sparse"][s] for s in seeds],
+                                                          [point["reference"][s] for s in seeds])))
+        return sparsity_claim(gaps, record["claimed"], record["usable"], record["margin"]).verdict
+    if rule == "comparison":
+        seeds = sorted(set(record["a"]) & set(record["b"]))
+        gap = paired_ci([record["a"][s] for s in seeds], [record["b"][s] for s in seeds]) if seeds else None
+        return gap_verdict(gap, record["usable"])
+    if rule == "drop":
+        return drop_claim(mean_ci(record["drops"]), record["most"]) if record["drops"] else "inconclusive"
+    return None
+
+
+def comparison_p(record: dict[str, Any]) -> float | None:
+    seeds = sorted(set(record["a"]) & set(record["b"]))
+    return paired_p([record["a"][s] for s in seeds], [record["b"][s] for s in seeds]) if record["usable"] else None
+
+
+def final_verdicts(records: list[dict[str, Any] | None], stored: list[str]) -> list[str]:
+    """Every row's verdict: recomputed where recorded (Holm over the table's comparisons), else as stored."""
+    raw = [recompute(r) if r else None for r in records]
+    family = [i for i, r in enumerate(records) if r and r.get("rule") == "comparison"]
+    pvalues = [comparison_p(records[i]) for i in family]
+    rejected = holm([1.0 if p is None else p for p in pvalues]) if family else []
+    out = [v if v is not None else s for v, s in zip(raw, stored, strict=True)]
+    for i, keep in zip(family, rejected, strict=True):
+        if out[i] in ("reproduced", "contradicted") and not keep:
+            out[i] = "inconclusive"
+    return out
+
+
+def apply_holm(rows: list[list[str]]) -> list[list[str]]:
+    """The table's comparison verdicts, Holm-adjusted in place (the raw decision is named where they differ)."""
+    records = [getattr(row, "record", None) for row in rows]
+    adjusted = final_verdicts(records, [row[-1] for row in rows])
+    m = sum(1 for r in records if r and r.get("rule") == "comparison")
+    for row, verdict in zip(rows, adjusted, strict=True):
+        if verdict != row[-1]:
+            row[-2] += HOLM_NOTE.format(raw=row[-1], m=m)
+            row[-1] = verdict
+    return rows
+
+
+def write_verdicts(out: Path, rows: list[list[str]]) -> Path:
+    """``verdicts.json`` beside the report: each row's claim, verdict and recorded inputs."""
+    entries = [{"claim": row[0], "verdict": row[-1], **(getattr(row, "record", None) or {"rule": "not recorded"})}
+               for row in rows]
+    write_json(out / FILE, {"version": VERSION, "rows": entries})
+    return out / FILE
+
+
+def check_verdicts(folder: Path) -> tuple[list[tuple[str, str]], list[str]]:
+    """(claim, recomputed verdict) per row, and every problem: a row whose recomputed verdict differs from the one
+    in ``verdicts.json`` or in ``report.md``."""
+    path = Path(folder) / FILE
+    if not path.is_file():
+        raise TicketlabError(f"{folder} has no {FILE}; re-run the study with this version to write it")
+    try:
+        data = read_json(path)
+        rows = data["rows"]
+        records = [None if r.get("rule") == "not recorded" else r for r in rows]
+        verdicts = final_verdicts(records, [r["verdict"] for r in rows])
+    except (KeyError, TypeError, ValueError, json.JSONDecodeError) as exc:
+        raise CorruptFileError(f"{path} is not a verdicts file this version reads ({exc}); re-run the study") from None
+    report = (Path(folder) / "report.md").read_text(encoding="utf-8") if (Path(folder) / "report.md").is_file() else ""
+    problems = []
+    for row, verdict in zip(rows, verdicts, strict=True):
+        if verdict != row["verdict"]:
+            problems.append(f"{row['claim']!r}: the recorded numbers give {verdict}, the file says {row['verdict']}")
+        elif report and not any(line.startswith(f"| {row['claim']} |") and line.endswith(f"| {verdict} |")
+                                for line in report.splitlines()):
+            problems.append(f"{row['claim']!r}: report.md does not show the verdict {verdict}")
+    return [(r["claim"], v) for r, v in zip(rows, verdicts, strict=True)], problems
+
+
+def sparsity_record(cells: dict[tuple[str, str, int], dict[str, Any]], source: str, target: str, factor: float,
+                    claimed: float, margin: float, usable: bool) -> dict[str, Any]:
+    """The inputs of a sparsity claim: per sparse round, the per-seed validation scores and factor × dense."""
+    dense = cells[(source, target, 0)]["val"]
+    gaps = [{"sparsity": cell["sparsity"], "sparse": _seeded(cell["val"]),
+             "reference": _seeded({s: factor * v for s, v in dense.items()})}
+            for (s, t, k), cell in sorted(cells.items()) if (s, t) == (source, target) and k > 0]
+    return {"rule": "sparsity", "claimed": float(claimed), "margin": float(margin), "usable": bool(usable),
+            "gaps": gaps}
+
+
+def comparison_record(a: dict[Any, float], b: dict[Any, float], usable: bool) -> dict[str, Any]:
+    return {"rule": "comparison", "a": _seeded(a), "b": _seeded(b), "usable": bool(usable)}
