@@ -111,10 +111,12 @@ def torchvision_keys(arch: str) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize(("arch", "fmt"), [("resnet50", "torchvision"), ("resnet50", "moco_v2"),
-                                           ("resnet50", "simclr"), ("resnet18", "torchvision")])
+                                           ("resnet50", "simclr"), ("resnet18", "torchvision"),
+                                           ("resnet101", "torchvision"), ("resnet152", "moco_v2"),
+                                           ("resnet152", "simclr")])
 def test_imagenet_resnet_checkpoints_load_exactly(tmp_path, arch, fmt):
     source = torchvision_keys(arch)
-    width = source["layer4.0.conv1.weight"].shape[0] * (4 if arch == "resnet50" else 1)
+    width = source["layer4.0.conv1.weight"].shape[0] * (1 if arch == "resnet18" else 4)  # bottlenecks: 4x
     if fmt == "torchvision":  # torchvision's resnet50(): plain keys and a 1000-way fc
         state = {**source, "fc.weight": torch.randn(1000, width), "fc.bias": torch.randn(1000)}
     elif fmt == "moco_v2":  # main_moco.py: {"state_dict": {"module.encoder_q.*", "module.encoder_k.*", queue}}

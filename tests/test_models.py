@@ -12,7 +12,8 @@ TINY_VIT = {"config": {"hidden_size": 32, "num_hidden_layers": 2, "num_attention
                        "intermediate_size": 64, "image_size": 32, "patch_size": 8}}
 
 
-@pytest.mark.parametrize(("name", "expected_convs"), [("resnet20", 20), ("resnet18", 19), ("resnet50", 52)])
+@pytest.mark.parametrize(("name", "expected_convs"), [("resnet20", 20), ("resnet18", 19), ("resnet50", 52),
+                                                               ("resnet101", 103), ("resnet152", 154)])
 def test_cnn_prunable_set_is_every_conv_but_the_stem(name, expected_convs):
     model = build_model(name, 10, {"width": 4}, seed=0)
     names = prunable_names(model)

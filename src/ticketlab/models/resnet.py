@@ -128,3 +128,17 @@ def resnet18(width: int = 64, in_channels: int = 3, stem: str = "cifar", random_
 def resnet50(width: int = 64, in_channels: int = 3, stem: str = "cifar", random_init: bool = False) -> Backbone:
     """ResNet-50: the CIFAR layout of Chen et al. (CVPR 2021), or ``stem: imagenet`` (torchvision, MoCo, SimCLR)."""
     return _resnet(Bottleneck, [3, 4, 6, 3], width, 4, in_channels, stem)
+
+
+@MODELS.register("resnet101")
+@bounds(width=(1, 4096), in_channels=(1, 64))
+def resnet101(width: int = 64, in_channels: int = 3, stem: str = "cifar", random_init: bool = False) -> Backbone:
+    """ResNet-101 (bottlenecks 3-4-23-3): torchvision / MoCo / SimCLR checkpoints load with ``stem: imagenet``."""
+    return _resnet(Bottleneck, [3, 4, 23, 3], width, 4, in_channels, stem)
+
+
+@MODELS.register("resnet152")
+@bounds(width=(1, 4096), in_channels=(1, 64))
+def resnet152(width: int = 64, in_channels: int = 3, stem: str = "cifar", random_init: bool = False) -> Backbone:
+    """ResNet-152 (bottlenecks 3-8-36-3): Chen et al.'s "larger pre-trained models give better SimCLR tickets"."""
+    return _resnet(Bottleneck, [3, 8, 36, 3], width, 4, in_channels, stem)
