@@ -108,10 +108,8 @@ def test_refill_keeps_exactly_the_channels_with_most_surviving_weights():
     refilled = prune("global_magnitude", params, current, 0.3, None, model, "channel_refill")
     groups = [g for g in coupled_groups(model) if g.maskable(set(names)) and g.channels > 1]
     assert whole_channels(refilled, groups, names) and 0.3 <= refilled.sparsity() < 0.33
-    from ticketlab.pruning.refill import _survivors
-
     for group in groups:  # in every group the kept channels are the top ones by surviving-weight count
-        kept_count, _ = _survivors(group, unstructured.tensors)
+        kept_count, _ = group.per_channel(unstructured.tensors)
         alive = group.alive(refilled.tensors)
         if bool(alive.all()):
             continue

@@ -48,12 +48,12 @@ from ticketlab.surgery import fit_to_state, slim
 
 FORMATS = ("state_dict", "hf", "compressed", "slim", "nm", "onnx", "pt2")
 STRUCTURED = ("channel", "coupled_channel", "head_ffn")  # pruning scopes whose groups ``slim`` removes physically
+CNN_HEAD = {"head.weight": "fc.weight", "head.bias": "fc.bias"}  # torchvision's classifier names
 
 
 def structured_ticket(config: Any) -> bool:
     """Whether ``slim`` removes this run's pruned groups: a structured method, or a refilled unstructured one."""
     return PRUNING_METHODS.get(config.prune.method).scope in STRUCTURED or config.prune.structure == "channel_refill"
-CNN_HEAD = {"head.weight": "fc.weight", "head.bias": "fc.bias"}  # torchvision's classifier names
 
 
 def ticket_model(run_dir: Path, k: int, rewound: bool = False) -> tuple[TicketModel, Mask, dict[str, Any]]:

@@ -26,6 +26,7 @@ from torch import nn
 
 from ticketlab.errors import ConfigError
 from ticketlab.masks import Mask
+from ticketlab.results import compute
 from ticketlab.train import Callback
 
 
@@ -119,9 +120,10 @@ def budget_step(prune: Any, steps_per_round: int) -> int | None:
 
 def with_compute(metrics: dict[str, Any], *parts: dict[str, Any]) -> dict[str, Any]:
     """``metrics`` with the compute of every training that went into them (search + full training)."""
-    metrics["compute"] = {"optimizer_steps": sum(int(p.get("steps", 0)) for p in parts),
-                          "samples": sum(int(p.get("samples_seen", 0)) for p in parts),
-                          "seconds": round(sum(float(p.get("train_seconds", 0.0)) for p in parts), 2)}
+    each = [compute(p) for p in parts]
+    metrics["compute"] = {"optimizer_steps": sum(c["optimizer_steps"] for c in each),
+                          "samples": sum(c["samples"] for c in each),
+                          "seconds": round(sum(c["seconds"] for c in each), 2)}
     return metrics
 
 

@@ -10,7 +10,7 @@ from ticketlab.baselines.base import branch_label
 from ticketlab.figures import markdown_table, pct, pyplot
 from ticketlab.fileio import read_json
 from ticketlab.paths import IMP, RunPaths
-from ticketlab.results import read_result, score
+from ticketlab.results import compute, read_result, score
 from ticketlab.runfolders import load_run
 
 
@@ -54,8 +54,7 @@ def fully_trained(metrics: dict[str, Any]) -> bool:
 
 def unit_compute(metrics: dict[str, Any]) -> tuple[int, int, float]:
     """(optimizer steps, samples, seconds) of one unit; units written before compute was recorded: their steps."""
-    c = metrics.get("compute") or {"optimizer_steps": metrics.get("steps", 0), "samples": metrics.get("samples_seen", 0),
-                                     "seconds": metrics.get("train_seconds", 0.0)}
+    c = compute(metrics)
     return int(c["optimizer_steps"]), int(c["samples"]), float(c["seconds"])
 
 

@@ -74,3 +74,11 @@ def derived(record: Mapping[str, Any], **extras: Any) -> dict[str, Any]:
 
 def has_score(record: Mapping[str, Any], split: str) -> bool:
     return split in read_result(record).scores
+
+
+def compute(record: Mapping[str, Any]) -> dict[str, float]:
+    """A unit's compute ``{optimizer_steps, samples, seconds}``: as recorded, else from the trainer's own extras
+    (one training, or a unit written before compute was recorded)."""
+    return dict(record.get("compute") or {"optimizer_steps": int(record.get("steps", 0)),
+                                          "samples": int(record.get("samples_seen", 0)),
+                                          "seconds": float(record.get("train_seconds", 0.0))})

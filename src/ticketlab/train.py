@@ -204,17 +204,20 @@ def train_model(
         generator.set_state(pos["order_state"])
         order = torch.randperm(len(task.train), generator=generator)
         epoch_started, first = time.perf_counter(), pos["batch"]  # resumed mid-epoch: skip the trained batches
-        batches = device_batches(held, order, recipe.batch_size, run.rank, run.world_size, first) if held else \
-            epoch_loader(task.train, order, recipe.batch_size, run.rank, run.world_size, first, run.cfg.workers,
-                         run.device.type == "cuda")
+        if held is not None:
+            batches = device_batches(held, order, recipe.batch_size, run.rank, run.world_size, first)
+        else:
+            batches = epoch_loader(task.train, order, recipe.batch_size, run.rank, run.world_size, first,
+                                   run.cfg.workers, run.device.type == "cuda")
         for b, (inputs, labels) in enumerate(batches, start=first):
             start = b * recipe.batch_size
             settled = train_step(inputs, labels)
             pos["running"] += 0.0 if settled is None else settled
             pos["batches"] += 1
             pos["batch"] = b + 1
-            bar.update(min(recipe.batch_size, len(order) - start))
-            samples += min(recipe.batch_size, len(order) - start)
+            size = min(recipe.batch_size, len(order) - start)
+            bar.update(size)
+            samples += size
             for callback in callbacks:
                 callback.on_step_end(train_step.step, model)
             if stopping():

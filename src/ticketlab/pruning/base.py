@@ -122,11 +122,12 @@ def prune(
     ``channel_refill``) turns the unstructured mask of the round into a structured one (``pruning.refill``);
     ``multiple`` keeps channel counts multiples of it (coupled channel and refilled tickets)."""
     spec = PRUNING_METHODS.get(method)
-    generator = generator or torch.Generator().manual_seed(0)
-    scores = spec.scorer({n: weights[n] for n in current.names()}, generator)
     check_multiple(method, structure, multiple)
     if structure != "none":
         check_structure(method, structure)
+    generator = generator or torch.Generator().manual_seed(0)
+    scores = spec.scorer({n: weights[n] for n in current.names()}, generator)
+    if structure != "none":
         if model is None:
             raise ConfigError(f"prune.structure {structure!r} needs the model's structure; pass model=")
         unstructured = select_to_sparsity(scores, current, sparsity, spec.scope)

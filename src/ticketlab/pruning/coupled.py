@@ -18,6 +18,8 @@ So the masked model (what IMP trains and evaluates) computes exactly what the sl
 
 from __future__ import annotations
 
+import weakref
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +41,10 @@ class Slice:
     index: torch.Tensor
     channel: torch.Tensor
 
+    def rows(self, tensor: torch.Tensor) -> torch.Tensor:
+        """``tensor`` (a view) with the slice's dimension first, so ``rows(t)[index]`` are the slice's positions."""
+        return tensor if self.dim == 0 else tensor.transpose(0, 1)
+
 
 @dataclass(frozen=True)
 class ChannelGroup:
@@ -53,21 +59,31 @@ class ChannelGroup:
     def maskable(self, names: set[str]) -> bool:
         return self.exact and all(s.name in names for s in self.slices) and any(s.dim == 0 for s in self.slices)
 
+    def _touched(self, keep: dict[str, torch.Tensor], slices: list[Slice] | tuple[Slice, ...]) -> torch.Tensor:
+        """Channels with a kept weight in any of ``slices``."""
+        out = torch.zeros(self.channels, dtype=torch.bool)
+        for s in slices:
+            out[s.channel[s.rows(keep[s.name])[s.index].flatten(1).any(1)]] = True
+        return out
+
     def alive(self, keep: dict[str, torch.Tensor]) -> torch.Tensor:
         """Which channels still write anything (read on the group's output rows)."""
-        out = torch.zeros(self.channels, dtype=torch.bool)
-        for s in self.slices:
-            if s.dim == 0:
-                out[s.channel[keep[s.name][s.index].flatten(1).any(1)]] = True
-        return out
+        return self._touched(keep, [s for s in self.slices if s.dim == 0])
 
     def removable(self, keep: dict[str, torch.Tensor]) -> torch.Tensor:
         """Channels with no kept weight in any slice: removing them changes nothing the masked model computes."""
-        used = torch.zeros(self.channels, dtype=torch.bool)
+        return ~self._touched(keep, self.slices)
+
+    def per_channel(self, tensors: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per channel, over all of the group's slices: the sum of |values| of its weights (float64; a mask's kept
+        count) and how many weights it has."""
+        total = torch.zeros(self.channels, dtype=torch.float64)
+        count = torch.zeros(self.channels, dtype=torch.float64)
         for s in self.slices:
-            view = keep[s.name] if s.dim == 0 else keep[s.name].transpose(0, 1)
-            used[s.channel[view[s.index].flatten(1).any(1)]] = True
-        return ~used
+            values = s.rows(tensors[s.name].detach())[s.index].flatten(1).double().abs()
+            total.index_add_(0, s.channel, values.sum(1))
+            count.index_add_(0, s.channel, torch.full((len(s.index),), float(values.shape[1]), dtype=torch.float64))
+        return total, count
 
     def kill(self, keep: dict[str, torch.Tensor], channels: torch.Tensor) -> int:
         """Mask every slice position of ``channels`` in ``keep`` (in place); returns how many weights that masked."""
@@ -76,7 +92,7 @@ class ChannelGroup:
         masked = 0
         for s in self.slices:
             positions = s.index[dead[s.channel]]
-            view = keep[s.name] if s.dim == 0 else keep[s.name].transpose(0, 1)
+            view = s.rows(keep[s.name])
             masked += int(view[positions].sum())
             view[positions] = False
         return masked
@@ -96,9 +112,11 @@ def example_input(model: nn.Module) -> torch.Tensor:
     return torch.randn(2, first.in_channels, size, size, generator=torch.Generator().manual_seed(0))
 
 
-def _build_graph(model: nn.Module, example: torch.Tensor):  # noqa: ANN202 - torch_pruning's DependencyGraph
+def dependency_graph(model: nn.Module):  # noqa: ANN201 - torch_pruning's DependencyGraph
+    """Torch-Pruning's dependency graph of ``model``, traced on a seeded example batch."""
     import torch_pruning as tp
 
+    example = example_input(model)
     was_training = model.training
     model.eval()
     try:
@@ -110,11 +128,6 @@ def _build_graph(model: nn.Module, example: torch.Tensor):  # noqa: ANN202 - tor
                           "unstructured method or channel_* (inner convolutions only)") from None
     finally:
         model.train(was_training)
-
-
-def dependency_graph(model: nn.Module):  # noqa: ANN201 - torch_pruning's DependencyGraph
-    """Torch-Pruning's dependency graph of ``model``, traced on a seeded example batch."""
-    return _build_graph(model, example_input(model))
 
 
 def coupled_groups(model: nn.Module, graph: Any = None) -> list[ChannelGroup]:
@@ -147,3 +160,17 @@ def coupled_groups(model: nn.Module, graph: Any = None) -> list[ChannelGroup]:
         groups.append(ChannelGroup(names[root], int(graph.get_out_channels(root)), tuple(slices), tuple(folded),
                                    exact))
     return groups
+
+
+_GROUPS: weakref.WeakKeyDictionary[nn.Module, tuple[tuple[Any, ...], list[ChannelGroup]]] = weakref.WeakKeyDictionary()
+
+
+def groups_of(model: nn.Module) -> list[ChannelGroup]:
+    """``coupled_groups(model)``, traced once per architecture: IMP prunes every round, and an early-bird round
+    draws a mask every few steps, from the same model structure (re-traced if its parameter shapes change)."""
+    shapes = tuple((name, tuple(p.shape)) for name, p in model.named_parameters())
+    cached = _GROUPS.get(model)
+    if cached is None or cached[0] != shapes:
+        cached = (shapes, coupled_groups(model))
+        _GROUPS[model] = cached
+    return cached[1]

@@ -21,20 +21,14 @@ import torch
 from ticketlab.errors import ConfigError
 from ticketlab.masks import Mask
 from ticketlab.pruning.base import PRUNING_METHODS, PruningMethod, check_sparsity, target_pruned_count
-from ticketlab.pruning.coupled import ChannelGroup, coupled_groups
+from ticketlab.pruning.coupled import ChannelGroup, groups_of
 from ticketlab.pruning.magnitude import magnitude_scores
 from ticketlab.pruning.random import random_scores
 
 
 def channel_scores(group: ChannelGroup, scores: Mapping[str, torch.Tensor]) -> torch.Tensor:
     """Mean |score| of each channel's weights over all of the group's slices."""
-    total = torch.zeros(group.channels, dtype=torch.float64)
-    count = torch.zeros(group.channels, dtype=torch.float64)
-    for s in group.slices:
-        values = scores[s.name].detach().abs().double()
-        values = values.index_select(s.dim, s.index).movedim(s.dim, 0).flatten(1)
-        total.index_add_(0, s.channel, values.sum(1))
-        count.index_add_(0, s.channel, torch.full((len(s.index),), float(values.shape[1]), dtype=torch.float64))
+    total, count = group.per_channel(scores)
     return total / count.clamp(min=1)
 
 
@@ -103,6 +97,6 @@ def coupled_select(scores: Mapping[str, torch.Tensor], current: Mask, sparsity: 
 
 
 PRUNING_METHODS.register("coupled_channel_magnitude")(PruningMethod(magnitude_scores, "coupled_channel",
-                                                                     coupled_select, structure=coupled_groups))
+                                                                     coupled_select, structure=groups_of))
 PRUNING_METHODS.register("coupled_channel_random")(PruningMethod(random_scores, "coupled_channel", coupled_select,
-                                                                  structure=coupled_groups))
+                                                                  structure=groups_of))

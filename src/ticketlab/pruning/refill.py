@@ -26,28 +26,17 @@ import torch
 from ticketlab.errors import ConfigError
 from ticketlab.masks import Mask
 from ticketlab.pruning.base import STRUCTURES, target_pruned_count
-from ticketlab.pruning.coupled import ChannelGroup, coupled_groups
+from ticketlab.pruning.coupled import ChannelGroup, groups_of
 from ticketlab.pruning.coupled_channel import Chunk, group_chunks, remove_channels, usable_groups
 
 REGROUP_ROWS = 8
-
-
-def _survivors(group: ChannelGroup, keep: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per channel: weights the unstructured round kept, and weights in total, over the group's slices."""
-    kept = torch.zeros(group.channels, dtype=torch.float64)
-    total = torch.zeros(group.channels, dtype=torch.float64)
-    for s in group.slices:
-        view = (keep[s.name] if s.dim == 0 else keep[s.name].transpose(0, 1))[s.index].flatten(1)
-        kept.index_add_(0, s.channel, view.sum(1).double())
-        total.index_add_(0, s.channel, torch.full((len(s.index),), float(view.shape[1]), dtype=torch.float64))
-    return kept, total
 
 
 def refill_order(usable: list[ChannelGroup], unstructured: Mask, current: Mask, multiple: int = 1) -> list[Chunk]:
     """Runs of channels in the order they go: a group with density d keeps λ·d of its channels as λ falls."""
     queue: list[Chunk] = []
     for index, group in enumerate(usable):
-        kept, total = _survivors(group, unstructured.tensors)
+        kept, total = group.per_channel(unstructured.tensors)  # weights the unstructured round kept, of all
         density = max(float(kept.sum() / total.sum().clamp(min=1)), 1e-12)
         queue += group_chunks(index, group, group.alive(current.tensors), lambda c, k=kept: (float(k[c]), c),
                               lambda left, d=density, n=group.channels: -left / (d * n), multiple)
@@ -56,7 +45,7 @@ def refill_order(usable: list[ChannelGroup], unstructured: Mask, current: Mask, 
 
 def channel_refill(unstructured: Mask, current: Mask, sparsity: float, model: Any, multiple: int = 1) -> Mask:
     """IMP-Refill: the channels where the unstructured round kept most weights are refilled whole, the rest go."""
-    usable = usable_groups(coupled_groups(model), current)
+    usable = usable_groups(groups_of(model), current)
     keep = {n: t.clone() for n, t in current.tensors.items()}
     need = target_pruned_count(sparsity, current.num_total()) - current.num_pruned()
     if remove_channels(usable, keep, refill_order(usable, unstructured, current, multiple), need) > 0:

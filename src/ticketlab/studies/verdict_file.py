@@ -14,7 +14,7 @@ from typing import Any
 
 from ticketlab.errors import CorruptFileError, TicketlabError
 from ticketlab.fileio import read_json, write_json
-from ticketlab.stats import drop_claim, gap_verdict, holm, mean_ci, paired_ci, paired_p, sparsity_claim
+from ticketlab.stats import Interval, drop_claim, gap_verdict, holm, mean_ci, paired_ci, paired_p, sparsity_claim
 
 VERSION = 1
 FILE = "verdicts.json"
@@ -33,17 +33,22 @@ def _seeded(values: dict[Any, float]) -> dict[str, float]:
     return {str(k): float(v) for k, v in values.items()}
 
 
+def record_gaps(record: dict[str, Any]) -> list[tuple[float, Interval]]:
+    """Per sparsity of a sparsity-claim record, the paired interval of (sparse − reference) over shared seeds."""
+    gaps = []
+    for point in record["gaps"]:
+        seeds = sorted(set(point["sparse"]) & set(point["reference"]))
+        if seeds:
+            gaps.append((point["sparsity"], paired_ci([point["sparse"][s] for s in seeds],
+                                                      [point["reference"][s] for s in seeds])))
+    return gaps
+
+
 def recompute(record: dict[str, Any]) -> str | None:
     """The raw verdict of one recorded row (before Holm), or None for rows whose rule is not recorded."""
     rule = record.get("rule")
     if rule == "sparsity":
-        gaps = []
-        for point in record["gaps"]:
-            seeds = sorted(set(point["sparse"]) & set(point["reference"]))
-            if seeds:
-                gaps.append((point["sparsity"], paired_ci([point["sparse"][s] for s in seeds],
-                                                          [point["reference"][s] for s in seeds])))
-        return sparsity_claim(gaps, record["claimed"], record["usable"], record["margin"]).verdict
+        return sparsity_claim(record_gaps(record), record["claimed"], record["usable"], record["margin"]).verdict
     if rule == "comparison":
         seeds = sorted(set(record["a"]) & set(record["b"]))
         gap = paired_ci([record["a"][s] for s in seeds], [record["b"][s] for s in seeds]) if seeds else None

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ticketlab.analysis import at_chance, paired_gaps
+from ticketlab.analysis import at_chance
 from ticketlab.figures import pct
 from ticketlab.results import score
 from ticketlab.stats import (
@@ -19,7 +19,7 @@ from ticketlab.stats import (
     seeds_needed,
     sparsity_claim,
 )
-from ticketlab.studies.verdict_file import VerdictRow, comparison_record, sparsity_record  # noqa: E402
+from ticketlab.studies.verdict_file import VerdictRow, comparison_record, record_gaps, sparsity_record
 
 MATCHING_MARGIN = 0.01  # a matching ticket may be at most 1 pt below dense (the equivalence margin)
 
@@ -71,9 +71,12 @@ def claim_row(what: str, claimed: float | None, cells: dict[tuple[str, str, int]
         return VerdictRow([what, "(no claim given)", "–", "–", "–"])
     dense = cells[(source, target, 0)]
     kind = "matching" if relaxed is None else f"relaxed ({relaxed:.0%})"
-    gaps = paired_gaps(cells, source, target, 1.0 if relaxed is None else relaxed)
     margin = MATCHING_MARGIN if relaxed is None else 0.0
-    result = sparsity_claim(gaps, claimed, usable(dense), margin)
+    # the row is decided from its record, so ``ticketlab verdicts`` recomputes exactly what the report shows
+    record = sparsity_record(cells, source, target, 1.0 if relaxed is None else relaxed, claimed, margin,
+                             usable(dense))
+    gaps = record_gaps(record)
+    result = sparsity_claim(gaps, claimed, record["usable"], margin)
     at = next((c for (s, t, k), c in cells.items() if (s, t) == (source, target) and k > 0
                and abs(c["sparsity"] - (result.measured or -1)) < 1e-9), None)
     measured = (f"{kind} (validation) up to {pct(result.measured)}; test there {interval_text(at['ci'])} vs dense "
@@ -81,8 +84,6 @@ def claim_row(what: str, claimed: float | None, cells: dict[tuple[str, str, int]
     gap_at_t = next((g for s, g in reversed(gaps) if s <= result.tested + 1e-9), gaps[0][1] if gaps else None)
     judged = (f"judged at {pct(result.tested)}" if result.verdict != "not tested"
               else f"highest sparsity run {pct(result.tested)}")
-    record = sparsity_record(cells, source, target, 1.0 if relaxed is None else relaxed, claimed, margin,
-                             usable(dense))
     return VerdictRow([what, f"{kind} at {pct(claimed)} ({judged})", measured,
                        f"{interval_text(gap_at_t, signed=True)} pts at {pct(result.tested)}; chance "
                        f"{pct(dense.get('chance_test'))}{decision_distance(gap_at_t, margin, result.verdict)}",
