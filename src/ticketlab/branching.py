@@ -38,7 +38,8 @@ class BranchView(Protocol):
     def memo(self, key: str, compute: Callable[[], Any]) -> Any:
         """``compute()`` once per run (states are large; rounds reuse them)."""
 
-    def fresh_model(self, random_init: bool = False, init_seed: int | None = None) -> TicketModel: ...
+    def fresh_model(self, random_init: bool = False, init_seed: int | None = None,
+                    before_pretraining: bool = False) -> TicketModel: ...
 
     def pretrained_state(self) -> dict[str, torch.Tensor]: ...
 

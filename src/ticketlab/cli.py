@@ -23,6 +23,9 @@ DEPLOY = "ticketlab.commands_deploy"  # export and bench
 
 SMOKE_HELP = "run end to end in seconds on CPU: tiny files in the same formats and a tiny model stand in for the " \
              "config's data and checkpoints (runs go to RUNS_DIR/smoke)"
+DRY_RUN_HELP = "train nothing: check every data path and checkpoint the config names (one line per problem, exit " \
+               "status 2), then print the units of work and an estimate of device-hours from a short measured " \
+               "throughput (with --smoke: of the tiny stand-ins)"
 
 
 class Parser(argparse.ArgumentParser):
@@ -64,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
         p = add(name, func, text, config=True)
         p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
         p.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
+        p.add_argument("--dry-run", action="store_true", help=DRY_RUN_HELP)
         if name == "find":
             executor_options(p)
     add("demo", "cmd_demo", "the demo: pre-train a small CNN on scenes, IMP + baselines, table and plot").add_argument(
@@ -102,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("study", nargs="+", metavar="NAME CONFIG", help="study name and its config file")
     study.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     study.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
+    study.add_argument("--dry-run", action="store_true", help=DRY_RUN_HELP)
     executor_options(study)
     for name, func, text in (
         ("vl-study", "cmd_study_alias", "alias of: ticketlab study vl_tickets CONFIG"),
@@ -111,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
         p = add(name, func, text, config=True)
         p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
         p.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
+        p.add_argument("--dry-run", action="store_true", help=DRY_RUN_HELP)
     export = add("export", "cmd_export", "write a ticket as a state dict, a compressed file or a save_pretrained folder",
                  module=DEPLOY)
     export.add_argument("ticket", help="RUN[:ROUND] (default: the last round)")
@@ -138,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     executor_options(sweep)
     sweep.add_argument("-q", "--quiet", action="store_true", help="no progress")
     sweep.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
+    sweep.add_argument("--dry-run", action="store_true", help=DRY_RUN_HELP)
     listing = add("list", "cmd_list", "models, tasks, pruning methods, objectives, baselines, studies (the registries)",
                   module=READ_ONLY)
     listing.add_argument("kind", nargs="?", help="only this kind, e.g. models")

@@ -8,24 +8,26 @@ import argparse
 import dataclasses
 import json
 import sys
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 
 from ticketlab.analysis import overlap_matrix, sensitivity_table, summarize_transfer
 from ticketlab.commands_read import runs_dir_of as _runs_dir
 from ticketlab.comparison import compare_structures
-from ticketlab.config import ConfigError, TaskConfig, from_dict, load_config, parse_config, read_yaml
+from ticketlab.config import ConfigError, ExperimentConfig, TaskConfig, from_dict, load_config, parse_config, read_yaml
 from ticketlab.data import TASKS
 from ticketlab.engine import is_main_process, launcher_note
 from ticketlab.errors import TicketlabError
 from ticketlab.experiment import run_dir_for, run_experiment
 from ticketlab.figures import pct, plot_layer_sparsity, plot_overlap
 from ticketlab.fileio import read_json
+from ticketlab.jobs import Job
 from ticketlab.masks import Mask
 from ticketlab.models import build_model
 from ticketlab.objectives import OBJECTIVES
 from ticketlab.paths import IMP, RunPaths, is_run_dir, parse_ref
-from ticketlab.pretrain import pretrain_run_for, run_pretraining
+from ticketlab.pretrain import pretrain_job_for, pretrain_run_for, run_pretraining
 from ticketlab.prunable import prunable_names
 from ticketlab.report import results_table
 from ticketlab.runfolders import load_run
@@ -48,10 +50,22 @@ def _config_data(args: argparse.Namespace, path: str) -> dict:
     return smoke_config(data, _runs_dir(args) / "smoke-inputs") if getattr(args, "smoke", False) else data
 
 
+def _dry_run(args: argparse.Namespace, data: dict, jobs: Callable[[], list[Job]]) -> None:
+    """``--dry-run``: check the inputs, then print the units of work and an estimate; nothing trains."""
+    from ticketlab.dry_run import dry_run
+
+    dry_run(data, jobs, tiny=getattr(args, "smoke", False))
+
+
 def cmd_find(args: argparse.Namespace) -> None:
     if (note := launcher_note()) is not None:
         print(note, file=sys.stderr)
     source = Path(args.config)
+    if getattr(args, "dry_run", False):
+        from ticketlab.run_jobs import experiment_jobs
+
+        data = read_json(RunPaths(source).config) if is_run_dir(source) else _config_data(args, args.config)
+        return _dry_run(args, data, lambda: experiment_jobs(parse_config(data), _runs_dir(args)))
     if is_run_dir(source):  # an existing run folder: resume it where it lives
         config, runs_dir = parse_config(read_json(RunPaths(source).config)), source.parent
     else:
@@ -73,9 +87,17 @@ def cmd_find(args: argparse.Namespace) -> None:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> None:
-    cfg = parse_config(_config_data(args, args.config))
-    if cfg.pretrain is None:
-        raise ConfigError(f"{args.config} has no 'pretrain' section (objective, task, train)")
+    data = _config_data(args, args.config)
+
+    def with_pretraining() -> ExperimentConfig:
+        cfg = parse_config(data)
+        if cfg.pretrain is None:
+            raise ConfigError(f"{args.config} has no 'pretrain' section (objective, task, train)")
+        return cfg
+
+    if getattr(args, "dry_run", False):
+        return _dry_run(args, data, lambda: [pretrain_job_for(with_pretraining(), _runs_dir(args))])
+    cfg = with_pretraining()
     print(run_pretraining(pretrain_run_for(cfg), _runs_dir(args), cfg.deterministic, progress=not args.quiet))
 
 
@@ -194,7 +216,14 @@ def cmd_study(args: argparse.Namespace) -> None:
         name, config = args.study
     else:
         raise TicketlabError(f"usage: ticketlab study NAME CONFIG.yaml (studies: {', '.join(STUDIES.names())})")
-    out = run_study(name, study_config(name, _config_data(args, config)), _runs_dir(args), progress=not args.quiet,
+    data = _config_data(args, config)
+    if getattr(args, "dry_run", False):
+        def study_jobs() -> list[Job]:
+            cfg, study = study_config(name, data), STUDIES.get(name)
+            return study.jobs(cfg, _runs_dir(args)) if study.jobs is not None else []
+
+        return _dry_run(args, data, study_jobs)
+    out = run_study(name, study_config(name, data), _runs_dir(args), progress=not args.quiet,
                     executor=getattr(args, "executor", "local"), address=getattr(args, "address", None))
     if is_main_process():
         print(out / "report.md")
@@ -207,7 +236,11 @@ def cmd_study_alias(args: argparse.Namespace) -> None:
 
 
 def cmd_select(args: argparse.Namespace) -> None:
-    path = run_selection(from_dict(SelectorConfig, _config_data(args, args.config)), _runs_dir(args),
+    data = _config_data(args, args.config)
+    if getattr(args, "dry_run", False):  # one selector job, as a patch study would run it
+        return _dry_run(args, data, lambda: [Job("select", "select", {
+            "selector": dataclasses.asdict(from_dict(SelectorConfig, data))})])
+    path = run_selection(from_dict(SelectorConfig, data), _runs_dir(args),
                          progress=not args.quiet)
     print(f"tickets: {path}\npicture: {path.parent / 'tickets.png'}")
 
@@ -218,6 +251,8 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     from ticketlab.sweep import parse_seeds, parse_sets, sweep_id, sweep_jobs, sweep_points, write_summary, write_sweep
 
     base, sets, seeds = _config_data(args, args.config), parse_sets(args.set or []), parse_seeds(args.seeds)
+    if getattr(args, "dry_run", False):
+        return _dry_run(args, base, lambda: sweep_jobs(sweep_points(base, sets, seeds), _runs_dir(args)))
     points = sweep_points(base, sets, seeds)
     runs_dir = _runs_dir(args)
     jobs = sweep_jobs(points, runs_dir)

@@ -61,11 +61,28 @@ class TrainConfig:
     grad_clip: float = 0.0  # max gradient norm; 0 = off
     head_lr_mult: float = 1.0
     divergence_factor: float = 100.0  # stop when a step's loss exceeds this × its first-epoch value; 0 = off
-    augment: Literal["none", "cifar", "imagenet"] = "none"  # batched, seeded, on the training device
+    augment: Literal["none", "cifar", "imagenet", "deit"] = "none"  # batched, seeded, on the training device
+    # the DeiT recipe's options (``ticketlab.deit_recipe``): unset = DeiT's value under augment: deit, else off
+    randaugment: str | None = field(default=None, repr=False)  # timm string, e.g. rand-m9-mstd0.5-inc1; none = off
+    mixup_alpha: float | None = field(default=None, repr=False)  # Beta(α, α) of Mixup; 0 = off
+    cutmix_alpha: float | None = field(default=None, repr=False)  # Beta(α, α) of CutMix; 0 = off
+    mix_prob: float | None = field(default=None, repr=False)  # probability that a batch is mixed at all
+    mix_switch_prob: float | None = field(default=None, repr=False)  # CutMix instead of Mixup when both are on
+    label_smoothing: float | None = field(default=None, repr=False)
+    random_erasing: float | None = field(default=None, repr=False)  # probability of erasing a box of an image
 
     def __post_init__(self) -> None:
         _check_ranges(self, "train", positive=("lr", "epochs", "batch_size"),
                       non_negative=("weight_decay", "grad_clip", "warmup_steps", "divergence_factor"))
+        if any(getattr(self, name) is not None for name in DEIT_OPTIONS):  # torch-heavy import: only when used
+            from ticketlab.deit_recipe import option_problems
+
+            if problems := option_problems(self):
+                raise ConfigError.many(problems)
+
+
+DEIT_OPTIONS = ("randaugment", "mixup_alpha", "cutmix_alpha", "mix_prob", "mix_switch_prob", "label_smoothing",
+                "random_erasing")
 
 
 NOT_HASHED = {"hash": False}  # field metadata: a value that does not change results stays out of the run hash

@@ -83,8 +83,8 @@ def prepare_theta_p(run: RunContext, runs_dir: Path, progress: bool) -> None:
         report = load_backbone(model.backbone, cfg.model.checkpoint, cfg.model.allow_missing)
         log_line(f"θp from {cfg.model.checkpoint}: {report.summary()}")
         source = cfg.model.checkpoint
-    elif cfg.model.options.get("path"):
-        source = str(cfg.model.options["path"])
+    elif cfg.model.options.get("path") or cfg.model.options.get("checkpoint"):
+        source = str(cfg.model.options.get("checkpoint") or cfg.model.options["path"])
     state = model.state_dict()
     check_finite(state, f"θp (from {source})")
     if meta:

@@ -70,6 +70,9 @@ def chance_score(metric: str, labels: torch.Tensor) -> float | None:
     """The score of always predicting the most frequent label (None where that is not defined here)."""
     if not len(labels):
         return None
+    own = getattr(METRICS.get(metric), "chance", None) if metric in METRICS else None
+    if own is not None:  # a metric that defines its own chance level (dense_metrics: mAP, mIoU)
+        return own(labels)
     counts = torch.bincount(labels.flatten())
     majority = float(counts.max()) / len(labels)
     if metric == "accuracy":

@@ -9,15 +9,21 @@ A new plug-in is one new file plus one line here.
 
 import re
 
+from ticketlab import dense_metrics as _dense_metrics  # noqa: F401  (coco_map, miou)
 from ticketlab import run_jobs as _run_jobs  # noqa: F401  (the `find` and `round` job kinds)
 from ticketlab.baselines import builtin as _baselines  # noqa: F401
+from ticketlab.data import coco as _coco  # noqa: F401
 from ticketlab.data import digits as _digits  # noqa: F401
 from ticketlab.data import files as _files  # noqa: F401
 from ticketlab.data import scenes as _scenes  # noqa: F401
+from ticketlab.data import scenes_dense as _scenes_dense  # noqa: F401
 from ticketlab.data import standard as _standard  # noqa: F401
 from ticketlab.data import text as _text  # noqa: F401
+from ticketlab.data import voc_seg as _voc_seg  # noqa: F401
+from ticketlab.models import dense_heads as _dense_heads  # noqa: F401
 from ticketlab.models import hf as _hf  # noqa: F401
 from ticketlab.models import resnet as _resnet  # noqa: F401
+from ticketlab.models import swin as _swin  # noqa: F401
 from ticketlab.objectives import contrastive as _contrastive  # noqa: F401
 from ticketlab.objectives import patches as _patch_objectives  # noqa: F401
 from ticketlab.pruning import coupled_channel as _coupled_channel  # noqa: F401
@@ -37,6 +43,8 @@ from ticketlab.vl import metrics as _vl_metrics  # noqa: F401
 from ticketlab.vl import model as _vl_model  # noqa: F401
 from ticketlab.vl import pretraining as _vl_pretraining  # noqa: F401
 from ticketlab.vl import tasks as _vl_tasks  # noqa: F401
+from ticketlab.vl import uniter as _vl_uniter  # noqa: F401
+from ticketlab.vl import vqa_score as _vqa_score  # noqa: F401
 
 
 def catalog() -> dict[str, list[tuple[str, str]]]:

@@ -16,7 +16,7 @@ from ticketlab.config import ExperimentConfig
 from ticketlab.data.base import Task
 from ticketlab.errors import TicketlabError
 from ticketlab.masks import Mask
-from ticketlab.models.base import TicketModel, build_model
+from ticketlab.models.base import TicketModel, base_model_options, build_model
 from ticketlab.paths import IMP, RunPaths
 from ticketlab.pretrain import heads_for_run
 from ticketlab.prunable import prunable_names
@@ -69,10 +69,15 @@ class RunContext:
         return self._memo[key]
 
     # models and weights -----------------------------------------------------------------------
-    def fresh_model(self, random_init: bool = False, init_seed: int | None = None) -> TicketModel:
-        """The architecture with the run's seeded head; ``random_init`` draws its weights from ``init_seed``."""
+    def fresh_model(self, random_init: bool = False, init_seed: int | None = None,
+                    before_pretraining: bool = False) -> TicketModel:
+        """The architecture with the run's seeded head; ``random_init`` draws its weights from ``init_seed``;
+        ``before_pretraining`` loads the weights the model's checkpoint started from (UNITER: its BERT)."""
         seed = self.config.seed if init_seed is None else init_seed
-        return build_model(self.config.model.name, self.task.num_classes, self.config.model.options, seed=seed,
+        options = self.config.model.options
+        if before_pretraining:
+            options = base_model_options(self.config.model.name, options)
+        return build_model(self.config.model.name, self.task.num_classes, options, seed=seed,
                            head=self.task.head, head_seed=self.config.seed, random_init=random_init,
                            normalize=self.config.model.normalize)
 

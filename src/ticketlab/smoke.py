@@ -21,7 +21,7 @@ import torch
 from ticketlab.data.base import SMOKE_WRITERS, TASKS
 from ticketlab.models.base import MODELS, build_model
 
-HF_TYPES = {"vit": "vit", "bert": "bert", "hf_resnet": "resnet", "uniter": "bert", "hf": None}
+HF_TYPES = {"vit": "vit", "bert": "bert", "hf_resnet": "resnet", "uniter": "bert", "swin": "swin", "hf": None}
 TINY_HF = {
     "vit": {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64,
             "image_size": 32, "patch_size": 8},
@@ -29,6 +29,8 @@ TINY_HF = {
     "resnet": {"hidden_sizes": [8, 16], "depths": [1, 1], "embedding_size": 8},
 }
 TINY_HF["deit"] = TINY_HF["vit"]
+TINY_HF["swin"] = {"embed_dim": 16, "depths": [2, 2], "num_heads": [2, 4], "window_size": 4, "image_size": 32,
+                   "patch_size": 2}  # a 16x16 grid: each 8 px ticket patch of the tiny ViT is a 4x4 window
 TINY_HF["roberta"] = TINY_HF["distilbert"] = TINY_HF["bert"]
 
 
@@ -36,8 +38,37 @@ def smoke_config(data: dict[str, Any], folder: Path) -> dict[str, Any]:
     """A copy of config ``data`` with tiny stand-ins (written under ``folder``) for its data and checkpoints."""
     folder.mkdir(parents=True, exist_ok=True)
     out = copy.deepcopy(data)
+    for entry in out.get("pretrainings") or []:  # a CV study's θp from a released checkpoint
+        if isinstance(entry, dict) and entry.get("checkpoint"):
+            model = entry.get("model") or out.get("model") or {}
+            options = {**(model.get("options") or {}), "width": 4}
+            entry["checkpoint"] = _resnet_checkpoint(model.get("name", "resnet50"), options,
+                                                     Path(entry["checkpoint"]).name, folder)
+    _trim_study(out)
     _walk(out, folder, None)
     return out
+
+
+SMOKE_STUDY_TASKS = 2
+
+
+def _trim_study(study: dict[str, Any]) -> None:
+    """A study's first two target tasks only (every task's own format is smoked by its find preset); the claims
+    and task lists that name a dropped task follow."""
+    from ticketlab.config import TaskConfig
+    from ticketlab.studies.common import task_key
+
+    for key in ("tasks", "downstream"):
+        if isinstance(study.get(key), list) and len(study[key]) > SMOKE_STUDY_TASKS:
+            dropped = {task_key(TaskConfig(t.get("name", ""), t.get("options") or {}))
+                       for t in study[key][SMOKE_STUDY_TASKS:]} - {
+                task_key(TaskConfig(t.get("name", ""), t.get("options") or {})) for t in study[key][:SMOKE_STUDY_TASKS]}
+            study[key] = study[key][:SMOKE_STUDY_TASKS]
+            if isinstance(study.get("claims"), dict):
+                study["claims"] = {k: v for k, v in study["claims"].items() if k not in dropped}
+            for names in ("adversarial_tasks",):
+                if isinstance(study.get(names), list):
+                    study[names] = [n for n in study[names] if n not in dropped]
 
 
 def _walk(node: Any, folder: Path, key: str | None) -> None:
@@ -61,6 +92,10 @@ def _walk(node: Any, folder: Path, key: str | None) -> None:
             node[k] = v[:1]
         elif k in ("equal_budget_rates", "baseline_rounds"):
             node[k] = []
+        elif k == "analysis_round" and isinstance(v, int):
+            node[k] = min(v, 2)
+        elif k in ("transfer_rounds", "adversarial_rounds") and isinstance(v, list):
+            node[k] = sorted({min(int(r), 2) for r in v})  # the rounds smoke runs (0, the dense model, stays)
         elif k == "engine":
             node[k] = {**(v or {}), "device": "cpu", "precision": "fp32", "workers": 0, "compile": False}
         else:
@@ -72,7 +107,7 @@ def _smoke_task(node: dict[str, Any], folder: Path) -> None:
     options = dict(node.get("options") or {})
     name = node["name"]
     if name in SMOKE_WRITERS:
-        root = folder / "data" / name
+        root = folder / "data" / "_".join(str(p) for p in (name, options.get("family")) if p)  # one per V+L family
         root.mkdir(parents=True, exist_ok=True)
         options["path"] = SMOKE_WRITERS.get(name)(options, root)
         if "image_size" in options:
@@ -97,6 +132,15 @@ def _smoke_model(node: dict[str, Any], folder: Path) -> None:
         options.pop("config", None)
         if name == "uniter":
             options["num_layers"] = min(int(options.get("num_layers", 2)), 2)
+            options["image_feature_dim"] = 192
+    if name == "uniter" and options.get("checkpoint"):  # a released UNITER file: a tiny one in its key layout
+        from ticketlab.vl.uniter_checkpoint import write_tiny_uniter
+
+        options.update(write_tiny_uniter(folder / "checkpoints", Path(options["checkpoint"]).name))
+        options["num_layers"] = min(int(options.get("num_layers", 2)), 2)
+        if options.get("text_checkpoint"):  # the BERT it started from (mask-on-BERT baseline): same tiny sizes
+            options["text_checkpoint"] = _hf_folder("bert", folder)
+        if "image_feature_dim" in options:
             options["image_feature_dim"] = 192
     node["options"] = options
 

@@ -15,7 +15,8 @@ from torch import nn
 
 from ticketlab.augment import SUPERVISED_AUGMENTATIONS
 from ticketlab.config import TrainConfig
-from ticketlab.data.base import slice_inputs
+from ticketlab.data.base import Task, slice_inputs
+from ticketlab.deit_recipe import batch_recipe
 from ticketlab.engine import Engine
 from ticketlab.errors import DivergenceError, NonFiniteLossError
 from ticketlab.masks import Mask
@@ -80,7 +81,8 @@ class TrainStep:
 
     def __init__(self, model: nn.Module, recipe: TrainConfig, total_steps: int, *, mask: Mask | None = None,
                  objective: Objective | None = None, augment_generator: torch.Generator | None = None,
-                 config_key: str = "train", reference_steps: int = 10, engine: Engine | None = None) -> None:
+                 config_key: str = "train", reference_steps: int = 10, engine: Engine | None = None,
+                 task: Task | None = None) -> None:
         self.model, self.recipe, self.config_key = model, recipe, config_key
         self.engine = engine
         self.reference_steps, self.reference = reference_steps, []
@@ -95,6 +97,7 @@ class TrainStep:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, total_steps, recipe))
         self.generator = augment_generator or torch.Generator().manual_seed(0)
         self.augment = SUPERVISED_AUGMENTATIONS[recipe.augment]
+        self.batch_recipe = batch_recipe(recipe, model, self.objective, task, config_key)  # DeiT's; None when off
         self.accumulation = engine.cfg.grad_accumulation if engine else 1
         self.pending: tuple[torch.Tensor, Any] | None = None  # this step's loss, checked at the next step
         self.step = 0
@@ -106,6 +109,8 @@ class TrainStep:
             inputs, labels = self.engine.to_device(inputs), self.engine.to_device(labels)
         if self.augment is not None and isinstance(inputs, torch.Tensor) and inputs.dim() == 4:
             inputs = self.augment(inputs, self.generator)
+        if self.batch_recipe is not None and isinstance(inputs, torch.Tensor) and inputs.dim() == 4:
+            inputs, labels = self.batch_recipe(inputs, labels, self.generator)  # soft targets: cross-entropy takes them
         self.optimizer.zero_grad(set_to_none=True)
         losses = [self._backward(chunk, micro) for chunk, micro in self._micro_batches(inputs, labels)]
         loss = losses[0] if len(losses) == 1 else torch.stack(losses).mean()

@@ -83,7 +83,8 @@ def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
 def _fingerprint(task: Task, recipe: TrainConfig, seed: int, mask: Mask | None, objective: Objective,
                  engine: Engine) -> str:
     """What a checkpoint must match to be resumed into this training (else: a one-line error)."""
-    blob = json.dumps([task.name, len(task.train), to_dict(recipe), seed, mask.digest() if mask else None,
+    recipe_fields = {k: v for k, v in to_dict(recipe).items() if v is not None}  # options added later: unset = None
+    blob = json.dumps([task.name, len(task.train), recipe_fields, seed, mask.digest() if mask else None,
                        objective.name, engine.precision, engine.world_size, engine.cfg.grad_accumulation],
                       sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -148,7 +149,7 @@ def train_model(
     train_step = TrainStep(model, recipe, total_steps, mask=mask, objective=objective,
                            augment_generator=torch.Generator().manual_seed(derive_seed(seed, "augment")),
                            config_key=config_key,
-                           reference_steps=min(10, steps_per_epoch), engine=run)
+                           reference_steps=min(10, steps_per_epoch), engine=run, task=task)
     objective = train_step.objective
     if objective_state is not None:  # the objective's pre-trained parts (projector, key encoder, queue), rewound
         objective.load_state_dict(objective_state)

@@ -8,6 +8,7 @@ that mask's digest. Round 0 (the all-ones mask) is the dense reference: θp fine
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 import torch
 
 from ticketlab.analysis import PERTURBATIONS, perturb
-from ticketlab.config import TaskConfig, TrainConfig, config_hash, from_dict, parse_config, to_dict
+from ticketlab.config import ModelConfig, TaskConfig, TrainConfig, config_hash, from_dict, parse_config, to_dict
 from ticketlab.data.base import Task, build_task
 from ticketlab.errors import TicketlabError
 from ticketlab.fileio import is_writable, read_json, write_json
@@ -40,6 +41,10 @@ class TransferSpec:
     variant: str = "ticket"  # or a mask perturbation: complement, random, delta10
     objective: str = "supervised"  # the fine-tuning loss, e.g. villa (adversarial)
     objective_options: dict[str, Any] = field(default_factory=dict)
+    # the target's model when it differs from the source run's (e.g. the CIFAR stem for an ImageNet-stem ticket,
+    # as Chen et al. adapt ResNet-50): θp loads where shapes match; weights it cannot fill must be covered by this
+    # model's allow_missing (learnt anew; never pruned, so the ticket's mask still fits)
+    model: ModelConfig | None = None
 
 
 @dataclass
@@ -71,9 +76,10 @@ def transfer_ticket(run_dir: Path, k: int, spec: TransferSpec, task: Task | None
                              "run into a writable runs folder and pass --runs-dir there")
     source = parse_config(read_json(paths.config))
     task = task or target_task(run_dir, spec)
-    model = build_model(source.model.name, task.num_classes, source.model.options, seed=spec.seed,
-                        head=task.head, normalize=source.model.normalize)
-    model.load_state_dict(theta_p_backbone(run_dir), strict=False)
+    target = spec.model or source.model
+    model = build_model(target.name, task.num_classes, target.options, seed=spec.seed,
+                        head=task.head, normalize=target.normalize)
+    model.load_state_dict(fitting_theta_p(theta_p_backbone(run_dir), model, target), strict=False)
     objective = OBJECTIVES.build(spec.objective, **spec.objective_options)
 
     def train(checkpoint: Path) -> tuple[dict[str, Any], Any]:
@@ -93,6 +99,20 @@ def transfer_ticket(run_dir: Path, k: int, spec: TransferSpec, task: Task | None
     if payload is None:
         return TransferResult(read_json(folder / METRICS))
     return TransferResult(payload[0], payload[1].state)
+
+
+def fitting_theta_p(theta_p: dict[str, torch.Tensor], model: torch.nn.Module,
+                    target: ModelConfig) -> dict[str, torch.Tensor]:
+    """θp's backbone tensors that fit ``model``; a backbone weight left unfilled must match ``allow_missing``."""
+    wanted = {k: v for k, v in model.state_dict().items() if k.startswith("backbone.")}
+    fits = {k: v for k, v in theta_p.items() if k in wanted and wanted[k].shape == v.shape}
+    unfilled = [k for k in wanted if k not in fits and not k.endswith("num_batches_tracked")
+                and not any(re.search(p, k.removeprefix("backbone.")) for p in target.allow_missing)]
+    if unfilled:
+        raise TicketlabError(f"the target model cannot take θp's {', '.join(unfilled[:3])}"
+                             f"{' ...' if len(unfilled) > 3 else ''} (another shape or missing); use the source's "
+                             "model or list those weights in the target model's allow_missing")
+    return fits
 
 
 @JOB_KINDS.register("transfer")

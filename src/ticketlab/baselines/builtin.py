@@ -62,7 +62,7 @@ def mask_on_base_checkpoint(run: BranchView, k: int) -> Start:
     For a V+L model initialised from a text checkpoint this is the study's "mask on BERT weights":
     does the ticket need the V+L pre-training, or only the text pre-training?
     """
-    return run.imp_mask(k), run.memo("base_checkpoint", lambda: run.fresh_model().state_dict())
+    return run.imp_mask(k), run.memo("base_checkpoint", lambda: run.fresh_model(before_pretraining=True).state_dict())
 
 
 @baseline("shuffled_pretrained", "mask on shuffled θp")

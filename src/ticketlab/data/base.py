@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ticketlab.data.dense_labels import DENSE_HEADS, check_dense_labels
 from ticketlab.errors import DataError
 from ticketlab.registry import Registry
 
@@ -59,7 +60,7 @@ class Task:
 
     def validate(self) -> Task:
         """Reject empty splits and labels that do not fit ``num_classes``, naming the split."""
-        if self.num_classes < 2:
+        if self.num_classes < (1 if self.head == "detection" else 2):
             raise DataError(f"task {self.name!r} has {self.num_classes} class(es); a classification task needs >= 2")
         for split_name in ("train", "val", "test"):
             split: Split = getattr(self, split_name)
@@ -71,6 +72,9 @@ class Task:
                                     f"{split.y.shape[0]} labels")
                 if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and not torch.isfinite(tensor).all():
                     raise DataError(f"task {self.name!r}: {split_name} inputs ({key}) contain NaN or infinite values")
+            if self.head in DENSE_HEADS:  # boxes or label maps, not one class per sample
+                check_dense_labels(self.name, self.head, self.num_classes, split_name, split.y)
+                continue
             if split.y.dtype.is_floating_point or split.y.dtype == torch.bool:
                 raise DataError(f"task {self.name!r}: {split_name} labels must be integers, got {split.y.dtype}")
             low, high = int(split.y.min()), int(split.y.max())
@@ -86,6 +90,24 @@ TASKS: Registry = Registry("task")
 # ``--smoke``: each file-backed task registers, beside its reader, a writer of tiny files in its own format:
 # (options, folder) -> the path its options should name. See ``data/smoke_files.py`` for the shared primitives.
 SMOKE_WRITERS: Registry = Registry("smoke data writer")
+
+
+def dry_run_hooks(probe: Callable[[dict], int | None]) -> Callable[[Callable], Callable]:
+    """Give a file-backed task its ``--dry-run`` hooks (``ticketlab.dry_run``) from one cheap ``probe(options)``
+    beside its reader: the training split's size (None: unknown) from file sizes and headers, raising DataError
+    (problem; fix) for what is missing or malformed. ``dry_check`` lists that problem; ``dry_count`` is the probe."""
+    def attach(factory: Callable) -> Callable:
+        def dry_check(options: dict) -> list[str]:
+            try:
+                probe(options)
+            except DataError as exc:
+                return [str(exc)]
+            return []
+
+        factory.dry_check, factory.dry_count = dry_check, probe  # type: ignore[attr-defined]
+        return factory
+
+    return attach
 
 
 def slice_inputs(inputs: Inputs, index: torch.Tensor | slice) -> Inputs:

@@ -13,8 +13,10 @@ from ticketlab.data.base import (
     TASKS,
     Split,
     Task,
+    dry_run_hooks,
     images_to_tensor,
     label_names,
+    split_indices,
     task_from_arrays,
     with_official_test,
 )
@@ -187,3 +189,47 @@ def smoke_image_folder(options: dict[str, object], root: Path) -> str:
             for i in range(n):
                 Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(root / split / cls / f"{i}.png")
     return str(root)
+
+
+# -- --dry-run probe (``dry_run_hooks``): the layout, image counts from file names, one image header per split ------
+def _probe_folder(folder: Path, classes: list[str] | None = None) -> int:
+    from PIL import Image
+
+    classes = classes or sorted(d.name for d in folder.iterdir() if d.is_dir())
+    if not classes:
+        raise DataError(f"{folder} holds no class folders (expected {folder}/<class>/<image>.png); point "
+                        "task.options.path at the dataset's root")
+    total = 0
+    for cls in classes:
+        files = [f.name for f in (folder / cls).iterdir()] if (folder / cls).is_dir() else []
+        count = sum(Path(f).suffix.lower() in IMAGE_SUFFIXES for f in files)
+        if count == 0:
+            raise DataError(f"class folder {folder / cls} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}); add "
+                            "images or remove the folder")
+        total += count
+    first = folder / classes[0] / min(f.name for f in (folder / classes[0]).iterdir()
+                                      if f.suffix.lower() in IMAGE_SUFFIXES)
+    try:
+        with Image.open(first):
+            pass
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{first} is not a readable image ({type(exc).__name__}); remove or replace it") from exc
+    return total
+
+
+def _image_folder_probe(options: dict[str, object]) -> int:
+    root = _existing(str(options["path"]))
+    val, test = float(options.get("val_fraction", 0.1)), float(options.get("test_fraction", 0.2))
+    if not (root / "train").is_dir():
+        return len(split_indices(_probe_folder(root), val, test, 0)[0])
+    classes = sorted(d.name for d in (root / "train").iterdir() if d.is_dir())
+    held_out = next((root / n for n in ("val", "validation") if (root / n).is_dir()), None)
+    if held_out is None:
+        raise DataError(f"{root} has a train/ folder but not val/ (or validation/); add it")
+    n = _probe_folder(root / "train", classes)
+    for folder in [held_out, *([root / "test"] if (root / "test").is_dir() else [])]:
+        _probe_folder(folder, classes)
+    return n if (root / "test").is_dir() else len(split_indices(n, val, 0.0, 0)[0])
+
+
+dry_run_hooks(_image_folder_probe)(image_folder)

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ticketlab.data.base import SMOKE_WRITERS, TASKS, Split, Task, with_official_test
+from ticketlab.data.base import SMOKE_WRITERS, TASKS, Split, Task, dry_run_hooks, split_indices, with_official_test
 from ticketlab.data.loader import LazyImages
 from ticketlab.data.smoke_files import N_TEST, N_TRAIN, cifar_records, idx_file, smoke_labels, smoke_rng
 from ticketlab.errors import DataError
@@ -28,6 +28,7 @@ from ticketlab.registry import bounds
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 FASHION_CLASSES = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "boot"]
 PIXELS = 32 * 32 * 3
+CIFAR10_TRAIN = [f"data_batch_{i}.bin" for i in range(1, 6)]
 
 
 class Records:
@@ -108,7 +109,7 @@ def _class_names(file: Path, count: int) -> list[str]:
 def cifar10(path: str, image_size: int = 32, val_fraction: float = 0.1, seed: int = 0) -> Task:
     """CIFAR-10, binary version: the folder with ``data_batch_1.bin`` ... ``test_batch.bin``."""
     root = Path(path).expanduser()
-    train = _records(_need(root, [f"data_batch_{i}.bin" for i in range(1, 6)], "CIFAR-10 binary"), PIXELS + 1, 1)
+    train = _records(_need(root, CIFAR10_TRAIN, "CIFAR-10 binary"), PIXELS + 1, 1)
     test = _records(_need(root, ["test_batch.bin"], "CIFAR-10 binary"), PIXELS + 1, 1)
     return _task("cifar10", train, train.labels(0), test, test.labels(0), CIFAR10_CLASSES, image_size, val_fraction,
                  seed, str(root))
@@ -241,3 +242,47 @@ def smoke_idx(options: dict[str, Any], root: Path) -> str:
         idx_file(root, f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)))
         idx_file(root, f"{prefix}-labels-idx1-ubyte", smoke_labels(n, 10, rng))
     return str(root)
+
+
+# -- --dry-run probes (``dry_run_hooks``): presence and format from file sizes and headers, no pixel read ------------
+def _train_share(n: int, options: dict[str, Any]) -> int:
+    return len(split_indices(n, options.get("val_fraction", 0.1), 0.0, 0)[0])
+
+
+def _cifar_probe(train: list[str], test: list[str], record: int, what: str) -> Any:
+    def probe(options: dict[str, Any]) -> int:
+        root = Path(options["path"]).expanduser()
+        _records(_need(root, test, what), record, 1)
+        return _train_share(sum(_records(_need(root, train, what), record, 1).counts), options)
+
+    return probe
+
+
+def _svhn_probe(options: dict[str, Any]) -> int:
+    from scipy.io import whosmat
+
+    counts = []
+    for file in _need(Path(options["path"]).expanduser(), ["train_32x32.mat", "test_32x32.mat"], "SVHN cropped digits"):
+        try:
+            shapes = {name: shape for name, shape, _ in whosmat(str(file))}
+        except (ValueError, OSError, TypeError, EOFError) as exc:
+            raise DataError(f"{file} is truncated or not a MATLAB .mat file ({type(exc).__name__}); download it "
+                            "again") from exc
+        if len(shapes.get("X", ())) != 4 or "y" not in shapes:
+            raise DataError(f"{file} lacks SVHN's X [32, 32, 3, N] and y [N, 1] arrays; use the cropped-digits files")
+        counts.append(shapes["X"][3])
+    return _train_share(counts[0], options)
+
+
+def _idx_probe(options: dict[str, Any]) -> int:
+    root = Path(options["path"]).expanduser()
+    counts = [len(_idx(_find_idx(root, f"{prefix}-{kind}-idx{ndim}-ubyte"), ndim))
+              for prefix in ("train", "t10k") for kind, ndim in (("images", 3), ("labels", 1))]
+    return _train_share(counts[0], options)
+
+
+dry_run_hooks(_cifar_probe(CIFAR10_TRAIN, ["test_batch.bin"], PIXELS + 1, "CIFAR-10 binary"))(cifar10)
+dry_run_hooks(_cifar_probe(["train.bin"], ["test.bin"], PIXELS + 2, "CIFAR-100 binary"))(cifar100)
+dry_run_hooks(_svhn_probe)(svhn)
+dry_run_hooks(_idx_probe)(mnist)
+dry_run_hooks(_idx_probe)(fashion_mnist)

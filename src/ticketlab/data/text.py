@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ticketlab.data.base import SMOKE_WRITERS, TASKS, Split, Task, label_names, split_indices
+from ticketlab.data.base import SMOKE_WRITERS, TASKS, Split, Task, dry_run_hooks, label_names, split_indices
 from ticketlab.data.smoke_files import N_TRAIN
 from ticketlab.errors import DataError
 from ticketlab.registry import bounds
@@ -42,6 +42,15 @@ def _load_files(root: Path) -> dict[str, Any]:
             return {"all": data}
         assert isinstance(data, DatasetDict)
         return {split: next((data[n] for n in names if n in data), None) for split, names in SPLIT_NAMES.items()}
+    files = _split_files(root)
+    kinds = {FORMATS[Path(f).suffix.lower()] for f in files.values()}
+    if len(kinds) > 1:
+        raise DataError(f"{root}: the split files mix formats {sorted(kinds)}; use one format")
+    return _read(load_dataset, kinds.pop(), files)
+
+
+def _split_files(root: Path) -> dict[str, str]:
+    """The train / validation / test files of a split-files folder (DataError naming the missing ones)."""
     files: dict[str, str] = {}
     for split, names in SPLIT_NAMES.items():
         found = [f for n in names for f in sorted(root.glob(f"{n}.*")) if f.suffix.lower() in FORMATS]
@@ -50,10 +59,7 @@ def _load_files(root: Path) -> dict[str, Any]:
     if set(files) != set(SPLIT_NAMES):
         raise DataError(f"{root} needs train, validation (or val) and test files (.csv/.json/.jsonl), found "
                         f"{sorted(files) or 'none'}; or give one file to split")
-    kinds = {FORMATS[Path(f).suffix.lower()] for f in files.values()}
-    if len(kinds) > 1:
-        raise DataError(f"{root}: the split files mix formats {sorted(kinds)}; use one format")
-    return _read(load_dataset, kinds.pop(), files)
+    return files
 
 
 def _read(load_dataset: Any, kind: str, files: dict[str, str]) -> dict[str, Any]:
@@ -146,3 +152,31 @@ def smoke_text(options: dict[str, Any], root: Path) -> str:
             writer.writerow([f"{'a fine good film' if good else 'a dull bad film'} number {i}",
                              "positive" if good else "negative"])
     return str(root / "data.csv")
+
+
+def _dry_run_probe(options: dict[str, Any]) -> int | None:
+    """``--dry-run``: the path and its split files; the training rows counted from lines (None: a saved dataset or a
+    JSON array, not counted)."""
+    root = Path(options["path"]).expanduser()
+    if not root.exists():
+        raise DataError(f"dataset path {root} does not exist; check task.options.path")
+    if (root / "dataset_info.json").is_file() or (root / "dataset_dict.json").is_file():
+        return None
+    if root.is_dir():
+        return _rows(Path(_split_files(root)["train"]))
+    if root.suffix.lower() not in FORMATS:
+        raise DataError(f"{root}: a text file must be .csv, .json or .jsonl")
+    rows = _rows(root)
+    fractions = (options.get("val_fraction", 0.1), options.get("test_fraction", 0.2))
+    return None if rows is None else len(split_indices(rows, *fractions, 0)[0])
+
+
+def _rows(file: Path) -> int | None:
+    """Non-empty lines (less a CSV's header); None for a JSON array."""
+    if file.suffix.lower() == ".json":
+        return None
+    with open(file, "rb") as handle:
+        return sum(1 for line in handle if line.strip()) - (file.suffix.lower() == ".csv")
+
+
+dry_run_hooks(_dry_run_probe)(text)

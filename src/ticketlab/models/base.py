@@ -51,11 +51,20 @@ def model_input_defaults(name: str, options: dict[str, Any]) -> dict[str, Any]:
     return hook(options) if hook is not None else {}
 
 
+def base_model_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
+    """Options of the same architecture with the weights it had before its (V+L) pre-training: a family whose
+    checkpoint records another starting point (UNITER: the BERT it was initialised from) says how, via a
+    ``base_options`` hook; otherwise ``options`` themselves (``path`` already names the starting checkpoint)."""
+    hook = getattr(MODELS.get(name), "base_options", None)
+    return hook(options) if hook is not None else options
+
+
 def has_pretrained_weights(name: str, options: dict[str, Any]) -> bool:
-    """Whether ``MODELS[name](**options)`` starts from pre-trained weights (a path, or the factory's default)."""
+    """Whether ``MODELS[name](**options)`` starts from pre-trained weights (a path or checkpoint option, or the
+    factory's default)."""
     if options.get("random_init"):
         return False
-    if options.get("path"):
+    if options.get("path") or options.get("checkpoint"):
         return True
     return bool(getattr(MODELS.get(name), "pretrained_default", False)) and not options.get("config")
 
@@ -131,6 +140,8 @@ class TicketModel(nn.Module):
             torch.manual_seed(seed)  # heads with several layers use their default initialisers
             head = HEADS.get(self.head_kind)(self.feature_dim, num_classes, generator)
         self.head = head.to(next(self.backbone.parameters()).device)
+        if hasattr(head, "attach"):  # a dense head taps the backbone's stages (models/dense_heads.py)
+            head.attach(self.backbone, self.family)
 
 
 def build_model(name: str, num_classes: int, options: dict[str, Any] | None = None, seed: int = 0,

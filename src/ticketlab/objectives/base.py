@@ -37,6 +37,9 @@ class Objective(nn.Module):
 
     def loss(self, model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor,
              generator: torch.Generator) -> torch.Tensor:
+        head = getattr(getattr(model, "module", model), "head", None)  # through a DDP wrapper
+        if hasattr(head, "loss"):  # dense heads (detection, segmentation) score their own outputs
+            return head.loss(model(inputs), labels)
         return F.cross_entropy(model(inputs), labels)
 
     def after_step(self, model: nn.Module) -> None:

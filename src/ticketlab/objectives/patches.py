@@ -7,17 +7,46 @@ import torch.nn.functional as F
 from torch import nn
 
 from ticketlab.data.base import Task
+from ticketlab.errors import ConfigError
 from ticketlab.masks import Mask
 from ticketlab.metrics import accuracy
+from ticketlab.models.hf import ViTBackbone
+from ticketlab.models.swin import SwinBackbone
 from ticketlab.objectives.base import OBJECTIVES, Objective
+from ticketlab.patches.swin import PatchSwin, patch_swin
 from ticketlab.patches.vit import patch_vit
 
 
+def patch_student(backbone: nn.Module) -> nn.Module:
+    """A student's patch adapter: ViT students drop unseen patches (``patches.vit``), Swin students mask them
+    (``patches.swin``)."""
+    if isinstance(backbone, SwinBackbone):
+        return patch_swin(backbone)
+    if not isinstance(backbone, ViTBackbone):
+        raise ConfigError(f"patch-ticket students are 'vit' or 'swin' models, got a {type(backbone).__name__} backbone")
+    return patch_vit(backbone)
+
+
+def student_patches(backbone: nn.Module, grid: int) -> int:
+    """Adapt a student to patch indices on the selector's ``grid``; the number of patches that grid has."""
+    student = patch_student(backbone)
+    if isinstance(student, PatchSwin):
+        return student.use_ticket_grid(grid)
+    config = student.model.config
+    return (config.image_size // config.patch_size) ** 2  # a ViT student reads its own grid (checked on loading)
+
+
+def check_student_tickets(backbone: nn.Module, tickets: dict[str, torch.Tensor], keep_rate: float) -> None:
+    """Refuse, before any training, tickets a student cannot take (an attention window of a Swin left empty)."""
+    if isinstance(backbone, PatchSwin):
+        backbone.check_tickets(tickets, keep_rate)
+
+
 class PatchObjective(Objective):
-    """Students see patch subsets: their ViT gets the patch adapter, and checkpoints are chosen on all patches."""
+    """Students see patch subsets: they get their patch adapter, and checkpoints are chosen on all patches."""
 
     def setup(self, model: nn.Module, mask: Mask | None) -> None:
-        patch_vit(model.backbone)
+        patch_student(model.backbone)
 
     def evaluate(self, model: nn.Module, task: Task, split: str) -> float:
         """Dense evaluation: all patches (the student is scored like the ticket student)."""

@@ -11,7 +11,7 @@ from torch import nn
 
 from ticketlab.data.base import Task, model_device
 from ticketlab.errors import DataError
-from ticketlab.tensorfiles import load_tensors, save_tensors
+from ticketlab.tensorfiles import check_tensor_file, load_tensors, save_tensors
 
 SPLITS = ("train", "val", "test")
 
@@ -44,6 +44,14 @@ def save_tickets(path: Path, tickets: dict[str, torch.Tensor], task: Task, keep_
     save_tensors(path, tickets, {"kind": "ticketlab-patch-tickets", "keep_rate": keep_rate,
                                  "num_patches": num_patches, "grid": grid, "kept": int(tickets["train"].shape[1]),
                                  "task": task.name, "dataset": dataset_fingerprint(task), "selector": selector})
+
+
+def ticket_grid(path: Path) -> int:
+    """The side of the selector's patch grid a ticket file was made on (from its sidecar; students map onto it)."""
+    meta = check_tensor_file(path, verify=False)
+    if meta.get("kind") != "ticketlab-patch-tickets" or "grid" not in meta:
+        raise DataError(f"{path} is not a patch-ticket file (written by 'ticketlab select')")
+    return int(meta["grid"])
 
 
 def load_tickets(path: Path, task: Task, num_patches: int) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

@@ -22,7 +22,13 @@ def open_study_dir(runs_dir: str | Path, prefix: str, cfg: Any) -> tuple[Path, P
     return runs, out
 
 
+def task_key(task: TaskConfig) -> str:
+    """How a study names a task in its tables: the registry name, or for a V+L dataset on disk its family
+    (``vl_disk`` with ``family: gqa`` -> ``vl_gqa``), so the seven tasks from disk are seven rows."""
+    return f"vl_{task.options.get('family', 'vqa')}" if task.name == "vl_disk" else task.name
+
+
 def study_tasks(model: ModelConfig, tasks: list[TaskConfig]) -> dict[str, Task]:
     """The study's target tasks, built once with what its model implies (image size, tokenizer)."""
     implied = model_input_defaults(model.name, model.options)
-    return {t.name: build_task(t.name, t.options, implied) for t in tasks}
+    return {task_key(t): build_task(t.name, t.options, implied) for t in tasks}

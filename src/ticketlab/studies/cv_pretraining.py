@@ -13,7 +13,7 @@ Every step is content-addressed and resumable, so re-running the command only do
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +58,12 @@ class StudyPretraining:
     task: TaskConfig = field(default_factory=TaskConfig)
     train: TrainConfig = field(default_factory=TrainConfig)  # pre-training recipe
     imp_train: TrainConfig = field(default_factory=TrainConfig)  # recipe of each IMP round on this objective
+    # θp from a released checkpoint (torchvision / MoCo / SimCLR file) instead of a pre-training run; ``task`` and
+    # ``objective`` then only say what this pre-training's own IMP rounds train on (ImageNet, its SSL loss)
+    checkpoint: str | None = field(default=None, repr=False)
+    # the model of this pre-training's own IMP (e.g. the ImageNet stem) when it differs from the study's
+    # downstream model (the CIFAR stem); the two must share every prunable weight's name and shape
+    model: ModelConfig | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -110,9 +116,17 @@ def check_study(study: StudyConfig) -> None:
                                   "options.seed so that transfer is to unseen images")
 
 
-def _pretrain(study: StudyConfig, p: StudyPretraining) -> PretrainConfig:
-    """One θp per pre-training, shared by the IMP seeds that find masks from it."""
+def _pretrain(study: StudyConfig, p: StudyPretraining) -> PretrainConfig | None:
+    """One θp per pre-training, shared by the IMP seeds that find masks from it (None: θp is its checkpoint)."""
+    if p.checkpoint:
+        return None
     return PretrainConfig(p.objective, p.objective_options, p.task, p.train, seed=init_seed(study, p))
+
+
+def _model(study: StudyConfig, p: StudyPretraining, own: bool) -> ModelConfig:
+    """The model of ``p``'s own IMP (``own``) or of its downstream runs, with ``p``'s checkpoint as θp if any."""
+    model = (p.model or study.model) if own else study.model
+    return replace(model, checkpoint=p.checkpoint) if p.checkpoint else model
 
 
 def init_seed(study: StudyConfig, p: StudyPretraining) -> int:
@@ -122,7 +136,8 @@ def init_seed(study: StudyConfig, p: StudyPretraining) -> int:
 
 def pretraining_configs(study: StudyConfig) -> dict[tuple[str, int], ExperimentConfig]:
     """IMP on each pre-training objective from the θp that objective produced, once per seed."""
-    return {(p.label, seed): ExperimentConfig(model=study.model, task=p.task, train=p.imp_train, prune=study.prune,
+    return {(p.label, seed): ExperimentConfig(model=_model(study, p, own=True), task=p.task, train=p.imp_train,
+                                              prune=study.prune,
                                               pretrain=_pretrain(study, p), objective=p.objective,
                                               objective_options=p.objective_options, baselines=[],
                                               seed=init_seed(study, p) + seed)
@@ -133,7 +148,8 @@ def downstream_configs(study: StudyConfig) -> dict[tuple[str, str, int], Experim
     """IMP on each downstream task from each chosen θp, once per seed; baselines only from the first θp, to bound
     the cost."""
     sources = [p for p in study.pretrainings if not study.downstream_imp_from or p.label in study.downstream_imp_from]
-    return {(p.label, t.name, seed): ExperimentConfig(model=study.model, task=t, train=study.downstream_train,
+    return {(p.label, t.name, seed): ExperimentConfig(model=_model(study, p, own=False), task=t,
+                                                      train=study.downstream_train,
                                                       prune=study.prune, pretrain=_pretrain(study, p),
                                                       baselines=study.baselines if i == 0 else [],
                                                       baseline_rounds=study.baseline_rounds,
@@ -169,7 +185,8 @@ def run_cv_study(study: StudyConfig, runs_dir: Path, progress: bool = True) -> P
     first = study.downstream[0]
     sensitivity = []
     for (label, seed), run in progress_bar(pretraining_runs.items(), desc="perturbations", disable=not progress):
-        sensitivity += perturbation_sensitivity(run, k, TransferSpec(first, study.downstream_train),
+        sensitivity += perturbation_sensitivity(run, k, TransferSpec(first, study.downstream_train,
+                                                             model=target_model(study, label)),
                                                 tasks[first.name], [seed], source=label)
 
     write_cv_report(out, study, pretraining_runs, downstream_runs, summary, tickets, overlaps, sensitivity)
@@ -185,8 +202,14 @@ def transfer_specs(study: StudyConfig) -> list[tuple[tuple[str, int], int, Trans
     """((pre-training, seed), round, spec) of every transfer of a pre-training ticket to a downstream task, every
     round: seed i's mask, fine-tuned with seed i."""
     rounds = len(round_sparsities(study.prune.schedule, study.prune.rounds, study.prune.rate, study.prune.sparsities))
-    return [(key, k, TransferSpec(t, study.downstream_train, key[1])) for key in pretraining_configs(study)
-            for t in study.downstream for k in range(rounds + 1)]
+    return [(key, k, TransferSpec(t, study.downstream_train, key[1], model=target_model(study, key[0])))
+            for key in pretraining_configs(study) for t in study.downstream for k in range(rounds + 1)]
+
+
+def target_model(study: StudyConfig, label: str) -> ModelConfig | None:
+    """The downstream model a pre-training ticket is transferred into, when its own IMP used another one."""
+    p = next(p for p in study.pretrainings if p.label == label)
+    return _model(study, p, own=False) if p.model is not None else None
 
 
 def cv_study_jobs(study: StudyConfig, runs_dir: Path) -> list[Job]:
@@ -195,9 +218,9 @@ def cv_study_jobs(study: StudyConfig, runs_dir: Path) -> list[Job]:
     groups = [experiment_jobs(cfg, runs_dir, str(key)) for key, cfg in configs.items()]
     sources = {key: run_dir_for(cfg, runs_dir).name for key, cfg in pretraining_configs(study).items()}
     groups.append([transfer_job_for(sources[key], k, spec) for key, k, spec in transfer_specs(study)])
-    perturbation = TransferSpec(study.downstream[0], study.downstream_train)  # what the report's loop perturbs
-    groups.append([transfer_job_for(sources[key], study.analysis_round, spec) for key in sources
-                   for spec in perturbation_specs(perturbation, [key[1]])])
+    groups.append([transfer_job_for(sources[key], study.analysis_round, spec) for key in sources  # the report's
+                   for spec in perturbation_specs(TransferSpec(study.downstream[0], study.downstream_train,  # loop
+                                                               model=target_model(study, key[0])), [key[1]])])
     return merge_jobs(groups)
 
 

@@ -40,8 +40,8 @@ from ticketlab.fileio import ensure_writable_dir, read_json, write_json
 from ticketlab.jobs import JOB_KINDS, Job, job_resources
 from ticketlab.metrics import accuracy
 from ticketlab.models.base import build_model, model_input_defaults
-from ticketlab.objectives.patches import RandomPatches, TicketPatches
-from ticketlab.patches.tickets import find_tickets, load_tickets, save_tickets, ticket_grid_png, with_tickets
+from ticketlab.objectives.patches import RandomPatches, TicketPatches, check_student_tickets, student_patches
+from ticketlab.patches.tickets import find_tickets, load_tickets, save_tickets, ticket_grid, ticket_grid_png, with_tickets
 from ticketlab.patches.vit import patch_vit
 from ticketlab.paths import CONFIG, METRICS, TICKETS, select_dir, student_dir, study_dir
 from ticketlab.progress import progress_bar
@@ -183,9 +183,9 @@ def train_student(cfg: PatchStudyConfig, keep_rate: float, seed: int, variant: s
                       model_input_defaults(selector.model.name, selector.model.options))
     model = build_model(cfg.student.name, task.num_classes, cfg.student.options, seed=seed,
                         normalize=cfg.student.normalize)
-    vit = model.backbone.model
-    num_patches = (vit.config.image_size // vit.config.patch_size) ** 2
+    num_patches = student_patches(model.backbone, ticket_grid(tickets_path))  # a Swin maps them onto its grid
     tickets, meta = load_tickets(tickets_path, task, num_patches)
+    check_student_tickets(model.backbone, tickets, keep_rate)
     ticketed = with_tickets(task, tickets)
     recipe = cfg.train
     if variant in ("ticket", "position"):
@@ -240,7 +240,7 @@ def select_job(payload: dict[str, Any], runs_dir: Path, progress: bool, index: b
 
 @JOB_KINDS.register("patch_student")
 def student_job(payload: dict[str, Any], runs_dir: Path, progress: bool, index: bool = True) -> str:
-    """One ViT student of the patch study: trained on ticket, random (RC) or position-only patches."""
+    """One ViT or Swin student of the patch study: trained on ticket, random (RC) or position-only patches."""
     cfg, k = from_dict(PatchStudyConfig, payload["study"]), float(payload["keep_rate"])
     selector = dataclasses.replace(cfg.selector, keep_rate=k)
     folder = student_dir(study_dir(runs_dir, "patchstudy", config_hash(cfg)), k, payload["seed"], payload["variant"])

@@ -35,7 +35,7 @@ from ticketlab.results import derived
 from ticketlab.run_jobs import experiment_jobs, merge_jobs
 from ticketlab.runfolders import load_run
 from ticketlab.studies.base import STUDIES, Study
-from ticketlab.studies.common import open_study_dir, study_tasks
+from ticketlab.studies.common import open_study_dir, study_tasks, task_key
 from ticketlab.studies.vl_report import write_vl_report
 from ticketlab.transfer import TransferSpec, transfer_job_for, transfer_ticket
 
@@ -58,13 +58,18 @@ class VLStudyConfig:
     adversarial_options: dict[str, Any] = field(default_factory=dict)  # villa options (steps, step_size, ...)
     relaxed: float = 0.99
     seed: int = 0  # θp's seed
+    # θp is the model's own checkpoint (a released UNITER): no V+L pre-training run; ``pretrain`` then only names
+    # the task and objectives of the task-agnostic IMP rounds
+    theta_p_from_checkpoint: bool = field(default=False, repr=False)
 
 
 def check_study(study: VLStudyConfig) -> None:
     """Everything a long run would otherwise trip over later, checked before any work starts."""
     if not study.tasks or not study.seeds:
         raise ConfigError("a V+L study needs at least one entry in 'tasks' and one in 'seeds'")
-    names = [t.name for t in study.tasks]
+    names = [task_key(t) for t in study.tasks]
+    if len(set(names)) < len(names):
+        raise ConfigError(f"the study's tasks repeat a task ({', '.join(names)}); give each task once")
     for name in study.adversarial_tasks:
         if name not in names:
             raise ConfigError(f"adversarial_tasks names {name!r}; the study's tasks are {', '.join(names)}")
@@ -76,7 +81,10 @@ def check_study(study: VLStudyConfig) -> None:
         validate(cfg)
 
 
-def shared_pretraining(study: VLStudyConfig) -> PretrainConfig:
+def shared_pretraining(study: VLStudyConfig) -> PretrainConfig | None:
+    """The one V+L pre-training every IMP run starts from (None: θp is the model's checkpoint)."""
+    if study.theta_p_from_checkpoint:
+        return None
     return PretrainConfig(study.pretrain.objective, study.pretrain.objective_options, study.pretrain.task,
                           study.pretrain.train, seed=study.seed)
 
@@ -91,7 +99,7 @@ def pretraining_configs(study: VLStudyConfig) -> dict[int, ExperimentConfig]:
 
 def task_configs(study: VLStudyConfig) -> dict[tuple[str, int], ExperimentConfig]:
     """Task-specific IMP per (task, seed), with the baselines at ``baseline_rounds`` for every seed (paired)."""
-    return {(t.name, s): ExperimentConfig(model=study.model, task=t, train=study.downstream_train, prune=study.prune,
+    return {(task_key(t), s): ExperimentConfig(model=study.model, task=t, train=study.downstream_train, prune=study.prune,
                                           pretrain=shared_pretraining(study), baselines=study.baselines,
                                           baseline_rounds=study.baseline_rounds, seed=s)
             for t in study.tasks for s in study.seeds}
@@ -100,9 +108,9 @@ def task_configs(study: VLStudyConfig) -> dict[tuple[str, int], ExperimentConfig
 def transfer_specs(study: VLStudyConfig) -> list[tuple[int, TaskConfig, int, str, TransferSpec]]:
     """(seed, target, round, kind, spec) of every transfer: seed i's pre-training mask, fine-tuned with seed i."""
     adversarial = {"objective": "villa", "objective_options": study.adversarial_options}
-    adv_tasks = study.adversarial_tasks or [t.name for t in study.tasks]
+    adv_tasks = study.adversarial_tasks or [task_key(t) for t in study.tasks]
     jobs = [(t, k, "standard") for t in study.tasks for k in [0, *study.transfer_rounds]]
-    jobs += [(t, k, "adversarial") for t in study.tasks if t.name in adv_tasks for k in study.adversarial_rounds]
+    jobs += [(t, k, "adversarial") for t in study.tasks if task_key(t) in adv_tasks for k in study.adversarial_rounds]
     return [(seed, t, k, kind, TransferSpec(t, study.downstream_train, seed,
                                             **(adversarial if kind == "adversarial" else {})))
             for seed in study.seeds for t, k, kind in jobs]
@@ -126,8 +134,8 @@ def run_vl_study(study: VLStudyConfig, runs_dir: Path, progress: bool = True) ->
     transfers = []
     for seed, target, k, kind, spec in progress_bar(transfer_specs(study), desc="transfer", disable=not progress,
                                                     unit="fine-tune"):
-        metrics = transfer_ticket(pretraining_runs[seed], k, spec, tasks[target.name], progress=progress).metrics
-        transfers.append(derived(metrics, target=target.name, round=k, kind=kind, seed=seed,
+        metrics = transfer_ticket(pretraining_runs[seed], k, spec, tasks[task_key(target)], progress=progress).metrics
+        transfers.append(derived(metrics, target=task_key(target), round=k, kind=kind, seed=seed,
                                  sparsity=metrics["sparsity"], chance_test=metrics.get("chance_test"),
                                  n_test=metrics.get("n_test")))
     write_json(out / "transfer_rows.json", transfers)

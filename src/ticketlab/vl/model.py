@@ -22,10 +22,9 @@ import torch
 from torch import nn
 
 from ticketlab.errors import ConfigError, DataError
-from ticketlab.models.base import HEADS, MODELS, Backbone, pretrained_by_default
-from ticketlab.registry import bounds
+from ticketlab.models.base import HEADS
 from ticketlab.vl.features import BOX_DIM
-from ticketlab.vl.text import VLTokenizer, tokenizer_for
+from ticketlab.vl.text import VLTokenizer
 
 POOLINGS = ("cls", "mean")
 PADDING_LOGIT = -1e4  # finite, so softmax/KL over a pointer's padded slots stay NaN-free
@@ -180,41 +179,6 @@ def load_text_model(model_cls: Any, config_cls: Any, path: str | None, config: d
         raise ConfigError(f"bad model.options.config for {config_cls.__name__}: {exc}") from exc
 
 
-@MODELS.register("uniter")
-@pretrained_by_default
-@bounds(num_layers=(1, None), image_feature_dim=(1, None))
-def uniter(path: str | None = None, config: dict[str, Any] | None = None, num_layers: int | None = None,
-           tokenizer: str | None = None, image_feature_dim: int = 192, random_init: bool = False,
-           attn_implementation: str = "sdpa", pooling: str = "cls", vocabulary: str = "benchmark") -> Backbone:
-    """UNITER-style model initialised from a BERT-family checkpoint (default: the shipped MiniLM-L6).
-
-    ``config`` builds that BERT architecture with random weights instead (tests); ``num_layers`` keeps
-    the checkpoint's first layers (a small-scale simplification); ``random_init`` keeps the
-    checkpoint's architecture but not its weights (θ0).
-    """
-    from transformers import BertConfig, BertModel
-
-    from ticketlab.models.hf import minilm_path
-
-    text = tokenizer_for(tokenizer or path, vocabulary)
-    bert = load_text_model(BertModel, BertConfig, path or minilm_path(), config, text, random_init,
-                           attn_implementation=attn_implementation)
-    compact_word_embeddings(bert.embeddings, bert.config, text)
-    if num_layers is not None:
-        if not 1 <= num_layers <= len(bert.encoder.layer):
-            raise ConfigError(f"model.options.num_layers must be in 1..{len(bert.encoder.layer)}, got {num_layers}")
-        bert.encoder.layer = bert.encoder.layer[:num_layers]
-        bert.config.num_hidden_layers = num_layers
-    return Backbone(UniterBackbone(bert, image_feature_dim, text, pooling), bert.config.hidden_size, "transformer")
-
-
-def _uniter_inputs(options: dict[str, Any]) -> dict[str, Any]:
-    """A V+L task on disk tokenises with the model's tokenizer and vocabulary."""
-    return {"tokenizer": options.get("tokenizer") or options.get("path"),
-            "vocabulary": options.get("vocabulary", "benchmark")}
-
-
-uniter.input_defaults = _uniter_inputs  # type: ignore[attr-defined]
 
 
 # -- heads (never pruned: they live under ``head.``) ---------------------------------------------------

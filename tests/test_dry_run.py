@@ -1,0 +1,136 @@
+"""``--dry-run``: every missing or malformed input is one line naming its key path (exit 2); a good config prints its
+units of work and an estimate; every paper preset dry-runs with ``--smoke``."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import shlex
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from ticketlab import cli
+from ticketlab.dry_run import input_problems
+
+EXAMPLES = Path(__file__).parent.parent / "examples"
+PRESETS = sorted((EXAMPLES / "papers").glob("*.yaml"))
+RECORD = 32 * 32 * 3 + 1  # a CIFAR-10 binary record: label byte + pixels
+
+
+class Mkdir:
+    """Unpickling this would create ``path``: a checkpoint that is not a state dict, and proof nothing unpickles it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+
+    def __reduce__(self):
+        return os.mkdir, (self.path,)
+
+
+def cifar10(root: Path, records: int = 10, short: str | None = None) -> Path:
+    root.mkdir(parents=True)
+    for name in [*(f"data_batch_{i}.bin" for i in range(1, 6)), "test_batch.bin"]:
+        size = RECORD * records - (5 if name == short else 0)
+        (root / name).write_bytes(bytes(size))
+    return root
+
+
+def config(tmp_path: Path, data: Path, checkpoint: Path, **extra: object) -> Path:
+    cfg = {"model": {"name": "resnet20", "options": {"width": 4}, "checkpoint": str(checkpoint)},
+           "task": {"name": "cifar10", "options": {"path": str(data)}},
+           "train": {"epochs": 2, "batch_size": 8}, "prune": {"rounds": 2}, "baselines": ["omp"],
+           "engine": {"device": "cpu"}, **extra}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def dry_run(capsys, *args: str) -> tuple[int, str, str]:
+    code = cli.main([*args, "--dry-run"])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_missing_data_and_checkpoint_are_one_line_each_naming_the_key(tmp_path, capsys):
+    path = config(tmp_path, tmp_path / "no-cifar", tmp_path / "no.pt")
+    code, out, err = dry_run(capsys, "find", str(path), "--runs-dir", str(tmp_path / "runs"))
+    lines = [line for line in err.splitlines() if line.startswith("dry-run: ")]
+    assert code == 2 and len(lines) == 2, err
+    assert lines[0].startswith(f"dry-run: model.checkpoint: {tmp_path / 'no.pt'} does not exist;")
+    assert lines[1].startswith(f"dry-run: task.options.path: {tmp_path / 'no-cifar'} does not exist;")
+    assert "units of work" not in out and not (tmp_path / "runs").exists()  # nothing ran, no run folder
+
+
+def test_malformed_cifar_file_and_pickled_checkpoint_are_reported_never_unpickled(tmp_path, capsys):
+    data = cifar10(tmp_path / "cifar", short="data_batch_3.bin")
+    checkpoint, marker = tmp_path / "evil.pt", tmp_path / "unpickled"
+    torch.save({"state_dict": Mkdir(marker)}, checkpoint)
+    code, _, err = dry_run(capsys, "find", str(config(tmp_path, data, checkpoint)), "--runs-dir", str(tmp_path))
+    lines = [line for line in err.splitlines() if line.startswith("dry-run: ")]
+    assert code == 2 and len(lines) == 2, err
+    assert lines[0].startswith(f"dry-run: model.checkpoint: {checkpoint} does not load with weights_only=True")
+    assert lines[1].startswith("dry-run: task.options.path: ") and "data_batch_3.bin is truncated" in lines[1]
+    assert f"{RECORD * 10 - 5} bytes is not a multiple of the {RECORD}-byte record" in lines[1]
+    assert not marker.exists()
+
+
+def test_a_good_config_prints_units_steps_and_an_estimate(tmp_path, capsys):
+    checkpoint = tmp_path / "weights.pt"
+    torch.save({"state_dict": {"conv1.weight": torch.zeros(4, 3, 3, 3)}}, checkpoint)
+    path = config(tmp_path, cifar10(tmp_path / "cifar"), checkpoint, prune={"rounds": 2, "rewind": "init"})
+    code, out, err = dry_run(capsys, "find", str(path), "--runs-dir", str(tmp_path / "runs"))
+    assert code == 0, err
+    # 50 training records, 10 % cut for validation (ceil 5) -> 45; ceil(45 / 8) = 6 steps x 2 epochs = 12 per unit
+    # IMP rounds 0, 1, 2 (3 units) + omp at rounds 1, 2 (2 units): 5 units, 60 steps
+    assert "inputs OK (model.checkpoint, task.options.path)" in out
+    assert "5 units of work: 3 x IMP round, 2 x baseline training" in out
+    assert "n_train 45, 2 epochs x 6 steps of 8 = 12 steps each" in out
+    assert "samples/s" in out and "on CPU" in out and "32x32 images" in out
+    assert "device-hours for 60 training steps (an estimate:" in out
+    assert not (tmp_path / "runs").exists()
+
+
+def test_study_keys_in_lists_and_other_formats(tmp_path):
+    (tmp_path / "mnist").mkdir()
+    (tmp_path / "mnist" / "train-images-idx3-ubyte.gz").write_bytes(gzip.compress(b"\0\0\x08\x01" + bytes(8)))
+    vl = tmp_path / "vqa"
+    (vl / "features").mkdir(parents=True)
+    for split in ("train", "val", "test"):
+        (vl / f"{split}.jsonl").write_text(json.dumps({"image": "im0", "text": "a cube?", "label": "yes"}) + "\n")
+    folder = tmp_path / "folder"
+    (folder / "cat").mkdir(parents=True)
+    (folder / "dog").mkdir()
+    (folder / "cat" / "a.png").write_bytes(b"not a png")
+    hf = tmp_path / "bert"
+    hf.mkdir()
+    (hf / "config.json").write_text(json.dumps({"model_type": "bert", "vocab_size": 10}))
+    data = {"model": {"name": "bert", "options": {"path": str(hf)}},
+            "pretrainings": [{"task": {"name": "mnist", "options": {"path": str(tmp_path / "mnist")}}}],
+            "downstream": [{"name": "scenes_shape"}, {"name": "vl_disk", "options": {"path": str(vl)}},
+                           {"name": "image_folder", "options": {"path": str(folder)}}]}
+    problems, checked = input_problems(data)
+    assert checked == ["model.options.path", "pretrainings[0].task.options.path", "downstream[1].options.path",
+                       "downstream[2].options.path"]
+    expected = [("model.options.path", "has no weights"), ("model.options.path", "has no tokenizer"),
+                ("pretrainings[0].task.options.path", "bad magic number"),
+                ("downstream[1].options.path", "no features for image 'im0'"),
+                ("downstream[2].options.path", f"class folder {folder / 'dog'} holds no images")]
+    assert len(problems) == len(expected), problems
+    for line, (key, text) in zip(problems, expected, strict=True):
+        assert line.startswith(f"dry-run: {key}: ") and text in line, line
+
+
+@pytest.mark.parametrize("preset", PRESETS, ids=lambda p: p.stem)
+def test_every_paper_preset_dry_runs_with_smoke(preset, tmp_path, capsys):
+    command = shlex.split(preset.read_text().splitlines()[0].removeprefix("# run: "))[1:]
+    command = [str(EXAMPLES.parent / a) if a.endswith(".yaml") else a for a in command]
+    code, out, err = dry_run(capsys, *command, "--smoke", "--runs-dir", str(tmp_path))
+    assert code == 0, err
+    assert "dry-run: inputs OK (" in out and "units of work" in out and "not measured" not in out
+    assert "device-hours for" in out and not (tmp_path / "smoke" / "index.sqlite").exists()
+    assert np.isfinite(float(out.split("dry-run: estimate ")[1].split()[0]))
