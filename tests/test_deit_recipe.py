@@ -191,3 +191,24 @@ def test_one_epoch_with_augment_deit_trains_and_resumes_bit_identically(tmp_path
     assert resumed.metrics["resumed_at_step"] == 2
     assert resumed.history == [{**reference.history[0], "samples_per_s": resumed.history[0]["samples_per_s"]}]
     assert all(torch.equal(resumed.final_state[k], reference.final_state[k]) for k in reference.final_state)
+
+
+def test_patch_students_get_the_position_keeping_recipe_alike_and_geometric_ops_are_refused():
+    from ticketlab.objectives.patches import RandomPatches, TicketPatches
+    from ticketlab.step import TrainStep
+
+    y = torch.tensor([0, 1, 0, 1])
+    x = images(4, 16)
+    patches = torch.tensor([[0, 3]] * 4)
+    tickets = Split(x, y, patches=patches)
+    task = Task("img", 2, tickets, tickets, tickets)
+    model = build_model("resnet20", 2, {"width": 4}, seed=0)
+    for objective in (TicketPatches(), RandomPatches(2, 16)):
+        with pytest.raises(ConfigError, match="fixed ticket positions") as info:
+            batch_recipe(TrainConfig(augment="deit"), model, objective, task)
+        assert "\n" not in str(info.value)
+        recipe = batch_recipe(TrainConfig(mixup_alpha=0.8, label_smoothing=0.1), model, objective, task)
+        mixed, targets = recipe(x, y, torch.Generator().manual_seed(0))
+        assert torch.allclose(targets.sum(1), torch.ones(4)) and not torch.equal(mixed, x)
+    with pytest.raises(ConfigError, match="train.augment"):  # a crop alone is refused too, before any step
+        TrainStep(model, TrainConfig(augment="imagenet"), 1, objective=TicketPatches(), task=task)

@@ -154,6 +154,17 @@ class DeitBatch:
         return x, labels
 
 
+def check_patch_students(recipe: TrainRecipe, key: str = "train") -> None:
+    """Patch students read fixed patch positions of each image (the selector's tickets, or RC draws on the same
+    grid), so only position-keeping parts of the recipe apply — erasing, Mixup, CutMix, label smoothing — to ticket
+    and RC students alike; crops, flips and RandAugment's geometric ops would move content off its ticket. (The
+    official code re-selects tickets on every augmented view with the selector in the loop; ticketlab selects once.)"""
+    if recipe.augment != "none" or resolved(recipe)["randaugment"] != "none":
+        raise ConfigError(f"{key}.augment / {key}.randaugment move image content, but patch students read fixed "
+                          f"ticket positions; set {key}.augment: none and {key}.randaugment: none (erasing, Mixup, "
+                          "CutMix and label smoothing still apply to ticket and RC students alike)")
+
+
 def check_task(recipe: TrainRecipe, task: Task, objective: Objective, key: str = "train") -> None:
     """One-line ConfigError when the options in effect cannot apply: image ops need images, soft targets need a
     single-label classification task trained with the supervised cross-entropy."""
@@ -169,14 +180,16 @@ def check_task(recipe: TrainRecipe, task: Task, objective: Objective, key: str =
         return f"{off}, or {key}.augment to {augment}" if recipe.augment == "deit" else off
 
     x = task.train.x
-    is_image = task.train.patches is None and (isinstance(x, LazyImages) or isinstance(x, torch.Tensor) and x.dim() == 4)
+    is_image = isinstance(x, LazyImages) or isinstance(x, torch.Tensor) and x.dim() == 4
+    if active and (task.train.patches is not None or getattr(objective, "fixed_patch_positions", False)):
+        check_patch_students(recipe, key)
     if active and not is_image:
         raise ConfigError(f"{named(active)} are image-training options, but task {task.name!r} has non-image "
                           f"inputs; set {fix(active, 'none')}")
     if soft and (task.head != "linear" or task.train.y.dim() != 1):
         raise ConfigError(f"{named(soft)} need single-label classification, but task {task.name!r} is not (head "
                           f"{task.head!r}, labels {tuple(task.train.y.shape)}); set {fix(soft)}")
-    if soft and type(objective).loss is not Objective.loss:
+    if soft and type(objective).loss is not Objective.loss and not getattr(objective, "soft_targets", False):
         raise ConfigError(f"{named(soft)} need the supervised cross-entropy loss, but objective "
                           f"{getattr(objective, 'name', '?')!r} has its own; set {fix(soft)}")
 

@@ -16,7 +16,7 @@ from torch import nn
 from ticketlab.augment import SUPERVISED_AUGMENTATIONS
 from ticketlab.config import TrainConfig
 from ticketlab.data.base import Task, slice_inputs
-from ticketlab.deit_recipe import batch_recipe
+from ticketlab.deit_recipe import batch_recipe, check_patch_students
 from ticketlab.engine import Engine
 from ticketlab.errors import DivergenceError, NonFiniteLossError
 from ticketlab.masks import Mask
@@ -87,6 +87,8 @@ class TrainStep:
         self.engine = engine
         self.reference_steps, self.reference = reference_steps, []
         self.objective = objective or Objective()
+        if getattr(self.objective, "fixed_patch_positions", False):  # before the patch adapter is fitted
+            check_patch_students(recipe, config_key)
         self.forward_model = engine.prepare_model(model, wrap=self.objective.model_only) if engine else model
         self.enforcer = MaskEnforcer(model, mask) if mask is not None else None
         self.objective.setup(model, mask)
@@ -111,6 +113,9 @@ class TrainStep:
             inputs = self.augment(inputs, self.generator)
         if self.batch_recipe is not None and isinstance(inputs, torch.Tensor) and inputs.dim() == 4:
             inputs, labels = self.batch_recipe(inputs, labels, self.generator)  # soft targets: cross-entropy takes them
+        elif self.batch_recipe is not None and isinstance(inputs, tuple):  # (images, ticket patches): pixels stay put
+            images, labels = self.batch_recipe(inputs[0], labels, self.generator)
+            inputs = (images, *inputs[1:])
         self.optimizer.zero_grad(set_to_none=True)
         losses = [self._backward(chunk, micro) for chunk, micro in self._micro_batches(inputs, labels)]
         loss = losses[0] if len(losses) == 1 else torch.stack(losses).mean()

@@ -45,6 +45,9 @@ def check_student_tickets(backbone: nn.Module, tickets: dict[str, torch.Tensor],
 class PatchObjective(Objective):
     """Students see patch subsets: they get their patch adapter, and checkpoints are chosen on all patches."""
 
+    fixed_patch_positions = True  # augmentation must keep pixels in place (``deit_recipe.check_patch_students``)
+    soft_targets = True  # the loss is cross-entropy on the head: Mixup / CutMix / smoothing targets apply
+
     def setup(self, model: nn.Module, mask: Mask | None) -> None:
         patch_student(model.backbone)
 

@@ -35,6 +35,7 @@ from ticketlab.config import (
     validate,
 )
 from ticketlab.data.base import Split, Task, build_task, subset
+from ticketlab.deit_recipe import check_patch_students
 from ticketlab.experiment import run_experiment
 from ticketlab.fileio import ensure_writable_dir, read_json, write_json
 from ticketlab.jobs import JOB_KINDS, Job, job_resources
@@ -90,6 +91,7 @@ class PatchStudyConfig:
 
 
 def check_patch_study(cfg: PatchStudyConfig) -> None:
+    check_patch_students(cfg.train)
     for run in cfg.weight_level:
         validate(run.experiment)
 
