@@ -7,6 +7,7 @@ import gzip
 import json
 import os
 import shlex
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,10 @@ import torch
 import yaml
 
 from ticketlab import cli
+from ticketlab.config import TaskConfig
+from ticketlab.data.base import SMOKE_WRITERS, build_task
 from ticketlab.dry_run import input_problems
+from ticketlab.estimate import train_samples
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
 PRESETS = sorted((EXAMPLES / "papers").glob("*.yaml"))
@@ -134,3 +138,30 @@ def test_every_paper_preset_dry_runs_with_smoke(preset, tmp_path, capsys):
     assert "dry-run: inputs OK (" in out and "units of work" in out and "not measured" not in out
     assert "device-hours for" in out and not (tmp_path / "smoke" / "index.sqlite").exists()
     assert np.isfinite(float(out.split("dry-run: estimate ")[1].split()[0]))
+
+
+@pytest.mark.parametrize(("name", "extra"), [("coco_detection", {}), ("coco_detection", {"format": "voc"}),
+                                             ("voc_segmentation", {})], ids=["coco", "voc_xml", "voc_seg"])
+def test_good_detection_and_segmentation_folders_dry_run_with_their_train_split_size(name, extra, tmp_path):
+    options = {**extra, "path": SMOKE_WRITERS.get(name)(extra, tmp_path / "data"), "val_fraction": 0.25,
+               "image_size": 32}
+    problems, checked = input_problems({"task": {"name": name, "options": options}})
+    assert (problems, checked) == ([], ["task.options.path"])
+    # the smoke folders publish 16 train + 8 held-out images: the held-out set is the test split and validation is
+    # cut from train, ceil(16 x 0.25) = 4 -> 12 training images
+    assert train_samples(TaskConfig(name, options)) == 12 == len(build_task(name, options).train)
+
+
+def test_coco_json_naming_a_missing_image_and_a_missing_label_folder_are_one_line_each(tmp_path):
+    coco = SMOKE_WRITERS.get("coco_detection")({}, tmp_path / "coco")
+    (tmp_path / "coco" / "val2017" / "000020.png").unlink()
+    seg = SMOKE_WRITERS.get("voc_segmentation")({}, tmp_path / "voc")
+    shutil.rmtree(tmp_path / "voc" / "SegmentationClass")
+    problems, _ = input_problems({"downstream": [{"name": "coco_detection", "options": {"path": coco}},
+                                                 {"name": "voc_segmentation", "options": {"path": seg}}]})
+    assert problems == [
+        f"dry-run: downstream[0].options.path: {tmp_path / 'coco' / 'annotations' / 'instances_val2017.json'}: 1 of "
+        f"8 listed files are missing from {tmp_path / 'coco' / 'val2017'} (first: 000020.png); add the images or "
+        "drop them from the JSON's 'images'",
+        f"dry-run: downstream[1].options.path: {tmp_path / 'voc'} has no SegmentationClass/ folder; point "
+        "task.options.path at a VOC folder (JPEGImages/, SegmentationClass/, ImageSets/Segmentation/)"]

@@ -53,11 +53,18 @@ SMOKE_STUDY_TASKS = 2
 
 
 def _trim_study(study: dict[str, Any]) -> None:
-    """A study's first two target tasks only (every task's own format is smoked by its find preset); the claims
-    and task lists that name a dropped task follow."""
+    """A study's first two target tasks and pre-trainings only (every task's own format is smoked by its find
+    preset); the claims and task lists that name a dropped one follow."""
     from ticketlab.config import TaskConfig
     from ticketlab.studies.common import task_key
 
+    if isinstance(study.get("pretrainings"), list) and len(study["pretrainings"]) > SMOKE_STUDY_TASKS:
+        dropped_labels = {p.get("label") for p in study["pretrainings"][SMOKE_STUDY_TASKS:]}
+        study["pretrainings"] = study["pretrainings"][:SMOKE_STUDY_TASKS]
+        if isinstance(study.get("claims"), dict):
+            study["claims"] = {k: v for k, v in study["claims"].items() if k not in dropped_labels}
+        if isinstance(study.get("downstream_imp_from"), list):
+            study["downstream_imp_from"] = [p for p in study["downstream_imp_from"] if p not in dropped_labels]
     for key in ("tasks", "downstream"):
         if isinstance(study.get(key), list) and len(study[key]) > SMOKE_STUDY_TASKS:
             dropped = {task_key(TaskConfig(t.get("name", ""), t.get("options") or {}))
@@ -94,6 +101,8 @@ def _walk(node: Any, folder: Path, key: str | None) -> None:
             node[k] = []
         elif k == "analysis_round" and isinstance(v, int):
             node[k] = min(v, 2)
+        elif k == "objective_options" and isinstance(v, dict) and "queue_size" in v:
+            node[k] = {**v, "queue_size": min(int(v["queue_size"]), 256)}  # MoCo's 65536 keys: not at smoke scale
         elif k in ("transfer_rounds", "adversarial_rounds") and isinstance(v, list):
             node[k] = sorted({min(int(r), 2) for r in v})  # the rounds smoke runs (0, the dense model, stays)
         elif k == "engine":

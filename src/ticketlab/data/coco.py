@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from ticketlab.data.base import SMOKE_WRITERS, TASKS, Task, label_names
+from ticketlab.data.base import SMOKE_WRITERS, TASKS, Task, dry_run_hooks, label_names
 from ticketlab.data.dense_files import (
     SPLITS,
     VOC_CLASSES,
@@ -33,6 +33,7 @@ from ticketlab.data.dense_files import (
     voc_split_ids,
 )
 from ticketlab.data.dense_labels import pad_targets
+from ticketlab.data.dense_probes import HEADERS, listing, option, require_files, train_count
 from ticketlab.data.smoke_files import smoke_rng
 from ticketlab.errors import ConfigError, DataError
 from ticketlab.registry import bounds
@@ -70,32 +71,49 @@ def _json_sets(root: Path) -> list[tuple[str | None, Path, Path]]:
     if not sets:
         raise DataError(f"{root} holds no annotations/instances_<train|val|test>*.json; point task.options.path at "
                         "a COCO folder or a COCO JSON file")
+    if "train" not in {s for s, _, _ in sets}:
+        raise DataError(f"{root}/annotations has no instances_train*.json; add the training annotations")
     if len({s for s, _, _ in sets}) != len(sets):
         raise DataError(f"{root}/annotations has several JSON files for one split; keep one per split")
     return sets
 
 
-def _read_coco(file: Path, folder: Path, image_size: int,
-               categories: dict[int, int]) -> tuple[list[Path], list[np.ndarray], list[str]]:
+def _load_coco(file: Path, categories: dict[int, int]) -> tuple[list[dict], list[dict], dict[int, str]]:
+    """(images, annotations, category names) of a COCO JSON; the first file read fixes ``categories``."""
     try:
         data = json.loads(file.read_text(encoding="utf-8"))
         images, annotations = data["images"], data.get("annotations", [])
         names = {int(c["id"]): str(c.get("name", c["id"])) for c in data.get("categories", [])}
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+        if not all({"id", "file_name"} <= img.keys() for img in images):
+            raise KeyError("an image without id or file_name")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise DataError(f"{file} is not COCO-format JSON (images, annotations, categories): "
                         f"{type(exc).__name__}; re-export it") from exc
     if not categories:
         categories.update({c: i for i, c in enumerate(sorted(names))})
+    return images, annotations, names
+
+
+def _counted(file: Path, ann: dict, image_ids: dict | set, categories: dict[int, int]) -> bool:
+    """Whether annotation ``ann`` is used (crowds are not); one naming an unknown image or category is an error."""
+    if ann.get("iscrowd", 0):
+        return False
+    if ann.get("image_id") not in image_ids:
+        raise DataError(f"{file}: annotation {ann.get('id')} points to image id {ann.get('image_id')}, which is "
+                        "not in 'images'; add the image or drop the annotation")
+    if ann.get("category_id") not in categories:
+        raise DataError(f"{file}: annotation {ann.get('id')} has category_id {ann.get('category_id')}, not in "
+                        "'categories'; add the category or fix the annotation")
+    return True
+
+
+def _read_coco(file: Path, folder: Path, image_size: int,
+               categories: dict[int, int]) -> tuple[list[Path], list[np.ndarray], list[str]]:
+    images, annotations, names = _load_coco(file, categories)
     by_image: dict[Any, list[list[float]]] = {img["id"]: [] for img in images}
     for ann in annotations:
-        if ann.get("iscrowd", 0):
+        if not _counted(file, ann, by_image, categories):
             continue
-        if ann.get("image_id") not in by_image:
-            raise DataError(f"{file}: annotation {ann.get('id')} points to image id {ann.get('image_id')}, which is "
-                            "not in 'images'; add the image or drop the annotation")
-        if ann.get("category_id") not in categories:
-            raise DataError(f"{file}: annotation {ann.get('id')} has category_id {ann.get('category_id')}, not in "
-                            "'categories'; add the category or fix the annotation")
         x, y, w, h = (float(v) for v in ann["bbox"])
         by_image[ann["image_id"]].append([categories[ann["category_id"]], x, y, x + w, y + h])
     files, targets = [], []
@@ -126,6 +144,11 @@ def _read_voc(root: Path, ids: list[str]) -> tuple[list[Path], list[list[list[fl
     return files, rows, names
 
 
+def _voc_sets(root: Path) -> dict[str, list[str]]:
+    """Image ids per published split (ImageSets/Main), else ``{"all": every Annotations/*.xml}``."""
+    return voc_split_ids(root, "Main") or {"all": sorted(f.stem for f in (root / "Annotations").glob("*.xml"))}
+
+
 @TASKS.register("coco_detection")
 @bounds(image_size=(32, 4096), val_fraction=(0.01, 0.5), test_fraction=(0.01, 0.5))
 def coco_detection(path: str, format: str = "coco", image_size: int = 512, val_fraction: float = 0.1,
@@ -144,15 +167,13 @@ def coco_detection(path: str, format: str = "coco", image_size: int = 512, val_f
             else:
                 published[split] = list(range(len(files), len(files) + len(split_files)))
             files, targets = files + split_files, targets + split_targets
-        if published is not None and "train" not in published:
-            raise DataError(f"{root}/annotations has no instances_train*.json; add the training annotations")
         if published is not None and set(published) == {"train"}:
             published = None
     elif format == "voc":
         if not (root / "Annotations").is_dir():
             raise DataError(f"{root} has no Annotations/ folder; point task.options.path at a VOC folder "
                             "(Annotations/, JPEGImages/, ImageSets/Main/)")
-        sets = voc_split_ids(root, "Main") or {"all": sorted(f.stem for f in (root / "Annotations").glob("*.xml"))}
+        sets = _voc_sets(root)
         all_rows: list[list[list[float]]] = []
         names: list[str] = []
         for split, ids in sets.items():
@@ -211,3 +232,54 @@ def smoke_coco_detection(options: dict[str, Any], root: Path) -> str:
     for split, data in coco.items():
         (root / "annotations" / f"instances_{split}.json").write_text(json.dumps(data), encoding="utf-8")
     return str(root)
+
+
+# -- --dry-run probe (``dry_run_hooks``): the layout, annotations against images, presence by listing, few headers ----
+def _coco_probe(options: dict[str, Any]) -> int:
+    """COCO: every JSON parsed and its annotations checked against its images and categories as the reader checks
+    them, every listed image present, the first few images' headers read. VOC: :func:`_voc_probe`."""
+    root = existing(str(options["path"]))
+    format = option(coco_detection, options, "format")
+    if format == "voc":
+        return _voc_probe(root, options)
+    if format != "coco":
+        raise ConfigError(f"task.options.format must be coco or voc, got {format!r}")
+    sets = _json_sets(root)
+    categories: dict[int, int] = {}
+    sizes: dict[str, int] = {}
+    for split, file, folder in sets:
+        images, annotations, _ = _load_coco(file, categories)
+        image_ids = {img["id"] for img in images}
+        for ann in annotations:
+            _counted(file, ann, image_ids, categories)
+        require_files(folder, [str(img["file_name"]) for img in images], str(file),
+                      "add the images or drop them from the JSON's 'images'")
+        for img in images[:HEADERS]:
+            image_size_of(folder / img["file_name"], f"{file} image id {img['id']}")
+        sizes[split or "all"] = len(images)
+    return train_count(coco_detection, options, sizes, bool(set(sizes) - {"all", "train"}), str(root))
+
+
+def _voc_probe(root: Path, options: dict[str, Any]) -> int:
+    """Annotations/ and JPEGImages/ present, an XML and an image for every listed id, the first few XMLs parsed as
+    the reader parses them and their images' headers read (an XML is parsed only when its image is not <id>.jpg)."""
+    for folder in ("Annotations", "JPEGImages"):
+        if not (root / folder).is_dir():
+            raise DataError(f"{root} has no {folder}/ folder; point task.options.path at a VOC folder "
+                            "(Annotations/, JPEGImages/, ImageSets/Main/)")
+    sets = _voc_sets(root)
+    ids = [i for split_ids in sets.values() for i in split_ids]
+    require_files(root / "Annotations", [f"{i}.xml" for i in ids], str(root / "ImageSets" / "Main"),
+                  "add the annotations or drop their ids from the split files")
+    images, present = root / "JPEGImages", listing(root / "JPEGImages")
+    odd = [i for i in ids if f"{i}.jpg" not in present]  # named otherwise in its XML, or missing
+    named = {i: str(f.relative_to(images) if f.is_relative_to(images) else f)
+             for i, f in zip(odd, _read_voc(root, odd)[0], strict=True)}
+    require_files(images, [named.get(i, f"{i}.jpg") for i in ids], str(root / "Annotations"),
+                  "add the images or remove their annotations")
+    for file in _read_voc(root, ids[:HEADERS])[0]:
+        image_size_of(file, f"{root / 'Annotations'} image id {file.stem}")
+    return train_count(coco_detection, options, {s: len(v) for s, v in sets.items()}, "all" not in sets, str(root))
+
+
+dry_run_hooks(_coco_probe)(coco_detection)

@@ -15,14 +15,26 @@ from typing import Any
 import numpy as np
 import torch
 
-from ticketlab.data.base import SMOKE_WRITERS, TASKS, Task
+from ticketlab.data.base import SMOKE_WRITERS, TASKS, Task, dry_run_hooks
 from ticketlab.data.dense_files import VOC_CLASSES, assign_splits, dense_task, existing, image_size_of, voc_split_ids
 from ticketlab.data.dense_labels import IGNORE_INDEX
+from ticketlab.data.dense_probes import HEADERS, listing, require_files, train_count
 from ticketlab.data.smoke_files import smoke_rng
 from ticketlab.errors import DataError
 from ticketlab.registry import bounds
 
 INDEX_MODES = ("P", "L", "I", "I;16")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")  # JPEGImages/<id><suffix>, tried in this order
+
+
+def _check_header(file: Path, image: Any, expected: tuple[int, int]) -> None:
+    """A label map opened as ``image`` (PIL, header only) holds class indices and matches its image's size."""
+    if image.mode not in INDEX_MODES:
+        raise DataError(f"{file} is a {image.mode} image; save label maps as palette or greyscale PNGs of "
+                        "class indices (255 = ignore)")
+    if image.size != expected:
+        raise DataError(f"{file} is {image.size[0]}x{image.size[1]} but its image is {expected[0]}x"
+                        f"{expected[1]}; a label map must match its image")
 
 
 def read_label_map(file: Path, num_classes: int, image_size: int, expected: tuple[int, int]) -> np.ndarray:
@@ -33,12 +45,7 @@ def read_label_map(file: Path, num_classes: int, image_size: int, expected: tupl
         raise DataError(f"label map {file} does not exist; add it or drop the image id from the split file")
     try:
         with Image.open(file) as image:
-            if image.mode not in INDEX_MODES:
-                raise DataError(f"{file} is a {image.mode} image; save label maps as palette or greyscale PNGs of "
-                                "class indices (255 = ignore)")
-            if image.size != expected:
-                raise DataError(f"{file} is {image.size[0]}x{image.size[1]} but its image is {expected[0]}x"
-                                f"{expected[1]}; a label map must match its image")
+            _check_header(file, image, expected)
             labels = np.asarray(image.resize((image_size, image_size), Image.Resampling.NEAREST)).astype(np.int64)
             full = np.asarray(image)
     except (OSError, ValueError) as exc:
@@ -52,10 +59,21 @@ def read_label_map(file: Path, num_classes: int, image_size: int, expected: tupl
 
 
 def _image_file(root: Path, image_id: str) -> Path:
-    for suffix in (".jpg", ".jpeg", ".png"):
+    for suffix in IMAGE_SUFFIXES:
         if (root / "JPEGImages" / f"{image_id}{suffix}").is_file():
             return root / "JPEGImages" / f"{image_id}{suffix}"
     return root / "JPEGImages" / f"{image_id}.jpg"  # missing: image_size_of names it
+
+
+def _segmentation_sets(root: Path, folders: tuple[str, ...] = ("SegmentationClass",)) -> dict[str, list[str]]:
+    """Image ids per published split (ImageSets/Segmentation), else ``{"all": every SegmentationClass/*.png}``;
+    each of ``folders`` must exist."""
+    for folder in folders:
+        if not (root / folder).is_dir():
+            raise DataError(f"{root} has no {folder}/ folder; point task.options.path at a VOC folder "
+                            "(JPEGImages/, SegmentationClass/, ImageSets/Segmentation/)")
+    return voc_split_ids(root, "Segmentation") or {"all": sorted(f.stem for f in (root / "SegmentationClass")
+                                                                 .glob("*.png"))}
 
 
 @TASKS.register("voc_segmentation")
@@ -64,11 +82,7 @@ def voc_segmentation(path: str, image_size: int = 512, num_classes: int = 21, va
                      test_fraction: float = 0.2, seed: int = 0) -> Task:
     """Semantic segmentation from VOC-style images + SegmentationClass PNGs (255 = ignore); mIoU."""
     root = existing(path)
-    if not (root / "SegmentationClass").is_dir():
-        raise DataError(f"{root} has no SegmentationClass/ folder; point task.options.path at a VOC folder "
-                        "(JPEGImages/, SegmentationClass/, ImageSets/Segmentation/)")
-    sets = voc_split_ids(root, "Segmentation") or {"all": sorted(f.stem for f in (root / "SegmentationClass")
-                                                                 .glob("*.png"))}
+    sets = _segmentation_sets(root)
     files: list[Path] = []
     maps: list[np.ndarray] = []
     published: dict[str, list[int]] = {}
@@ -108,3 +122,34 @@ def smoke_voc_segmentation(options: dict[str, Any], root: Path) -> str:
     for split, ids in (("train", range(16)), ("val", range(16, 24))):
         (root / "ImageSets" / "Segmentation" / f"{split}.txt").write_text("".join(f"{i:06d}\n" for i in ids))
     return str(root)
+
+
+# -- --dry-run probe (``dry_run_hooks``): the layout, a label map and an image per id by listing, a few headers -------
+def _voc_segmentation_probe(options: dict[str, Any]) -> int:
+    """SegmentationClass/ and JPEGImages/ present, a label PNG and an image for every listed id, and the first few
+    label maps' headers checked against their images' (mode, size) — no pixel is decoded."""
+    from PIL import Image
+
+    root = existing(str(options["path"]))
+    sets = _segmentation_sets(root, ("SegmentationClass", "JPEGImages"))
+    ids = [i for split_ids in sets.values() for i in split_ids]
+    split_files = root / "ImageSets" / "Segmentation"
+    require_files(root / "SegmentationClass", [f"{i}.png" for i in ids], str(split_files),
+                  "add the label maps or drop their ids from the split files")
+    present = listing(root / "JPEGImages")
+    absent = [i for i in ids if not any(f"{i}{suffix}" in present for suffix in IMAGE_SUFFIXES)]
+    if absent:
+        raise DataError(f"{root}: {len(absent)} of {len(ids)} ids have no JPEGImages/<id>.jpg (or .jpeg, .png) "
+                        f"(first: {absent[0]}); add the images or drop their ids from {split_files}")
+    for image_id in ids[:HEADERS]:
+        size = image_size_of(_image_file(root, image_id), f"{root} image id {image_id}")
+        file = root / "SegmentationClass" / f"{image_id}.png"
+        try:
+            with Image.open(file) as label_map:
+                _check_header(file, label_map, size)
+        except (OSError, ValueError) as exc:
+            raise DataError(f"{file} is not a readable PNG ({type(exc).__name__}); replace it") from exc
+    return train_count(voc_segmentation, options, {s: len(v) for s, v in sets.items()}, "all" not in sets, str(root))
+
+
+dry_run_hooks(_voc_segmentation_probe)(voc_segmentation)

@@ -78,7 +78,7 @@ def plot_curves(downstream: dict[tuple[str, str, int], dict[str, Any]], path: Pa
         ax.set_title(task, fontsize=10)
         ax.set_xlabel("sparsity (%)")
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("test accuracy (%), mean ± std over seeds\n(dashed: dense, dash-dot: chance)")
+    axes[0][0].set_ylabel("test score (%), mean ± std over seeds\n(dashed: dense, dash-dot: chance)")
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, fontsize=7, loc="lower center", ncol=min(len(labels), 4))
     fig.tight_layout(rect=(0, 0.14, 1, 1))
@@ -161,7 +161,8 @@ def write_cv_report(out: Path, study: Any, pretraining_runs: dict[tuple[str, int
                           pct(result.measured) if usable(cells[(source, "", 0)]) else "inconclusive (dense at chance)"])
     sparsities = [pct(s) for s in sorted({c["sparsity"] for (_, _, kk), c in summary["cells"].items() if kk > 0})]
     lines += ["## 2. Tickets found on each downstream task (IMP from θp)", "",
-              "Test accuracy, mean [95 % CI] over seeds; 'matching' = highest sparsity up to which every round's mean "
+              "Test score (the task's metric: accuracy; COCO mAP@[.5:.95] for detection, mIoU for segmentation), "
+              "mean [95 % CI] over seeds; 'matching' = highest sparsity up to which every round's mean "
               "validation score reaches the dense one.", "",
               markdown_table(["θp", "task", "chance", "dense", *sparsities, "matching (validation)"], table), "",
               "![sparsity-accuracy curves](curves.png)", ""]
@@ -174,7 +175,7 @@ def write_cv_report(out: Path, study: Any, pretraining_runs: dict[tuple[str, int
                       *([pct(pair["matching"]), pct(pair["relaxed"])] if usable(pair["dense"])
                         else ["inconclusive", "inconclusive"])])
     lines += ["## 3. Transfer of pre-training tickets", "",
-              f"Test accuracy after fine-tuning θp ⊙ mask with a new head, mean [95 % CI] over seeds. "
+              f"Test score after fine-tuning θp ⊙ mask with a new head, mean [95 % CI] over seeds. "
               f"{summary['criterion']}.", "",
               markdown_table(["source", "target", "chance", "dense", *sparsities, "matching", "relaxed"], table),
               "", "Universal pre-training tickets (matching / relaxed on every target):", ""]
@@ -203,7 +204,7 @@ def write_cv_report(out: Path, study: Any, pretraining_runs: dict[tuple[str, int
     plot_layer_sparsity({name: tickets[name] for name in names if "(pre-training" in name and
                          name.endswith(f"seed {study.seeds[0]})")}, out / "layer_sparsity.png")
     lines += [f"## 5. Perturbation sensitivity on {study.downstream[0].name} (round {k})", "",
-              "Test accuracy, mean ± std over seeds (seed i's ticket, fine-tuned with seed i), and (in brackets) each "
+              "Test score, mean ± std over seeds (seed i's ticket, fine-tuned with seed i), and (in brackets) each "
               "mask's sparsity: a complement mask keeps the pruned weights, so its sparsity differs.", "",
               markdown_table(["pre-training ticket", "chance", *variants], table), "",
               "## 6. Per-layer sparsity of the pre-training tickets", "", "![layer sparsity](layer_sparsity.png)", ""]

@@ -183,8 +183,10 @@ def write_vl_report(out: Path, study: Any, pretraining: dict[int, dict[str, Any]
              f"Model `{study.model.name}` {study.model.options}; IMP {study.prune.method}, schedule "
              f"{study.prune.schedule} (rate {study.prune.rate}, {study.prune.rounds} rounds), rewind to θp; seeds "
              f"{study.seeds}: seed i finds the pre-training and task-specific masks and fine-tunes the transfers. "
-             f"Relaxed = ≥ {study.relaxed:.0%} of dense. Scores are test accuracy, or mean R@1 (both directions) for "
-             "retrieval (chance 1 / gallery size). Intervals: Student-t 95 % over seeds.", "",
+             f"Relaxed = ≥ {study.relaxed:.0%} of dense. Scores are each task's metric on test: the VQA score "
+             "(annotators' answers), VCR Q->A accuracy, RefCOCO+ box accuracy (IoU > 0.5) when boxes are given, mean "
+             "R@1 (both directions) for retrieval (chance 1 / gallery size), accuracy otherwise. "
+             "Intervals: Student-t 95 % over seeds.", "",
              "## Verdicts", "", *[f"- {rule}" for rule in [*RULES, DROP_RULE]], "",
              markdown_table(["claim", "paper", "measured (95 % CI)", "gap / context", "verdict"], verdicts), ""]
 
