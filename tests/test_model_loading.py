@@ -164,3 +164,15 @@ def test_rewind_to_pretrained_without_theta_p_is_an_error(tiny):
     check_theta_p_source(parse_config({**tiny, "prune": {"rounds": 2, "rewind": "init"}}))
     check_theta_p_source(parse_config({**tiny, "model": {"name": "resnet20", "checkpoint": "x.safetensors"},
                                        "prune": {"rounds": 2, "rewind": "pretrained"}}))
+
+
+def test_a_deeper_resnets_checkpoint_is_refused_by_a_shallower_one(tmp_path):
+    """ResNet-152 weights given to a ResNet-50: every ResNet-50 key fits, so only the surplus blocks tell."""
+    deep = build_model("resnet152", 10, {"width": 4, "stem": "imagenet"}).backbone.state_dict()
+    torch.save({f"module.encoder_q.{k}": v for k, v in deep.items()}, tmp_path / "moco_r152.pth")
+    shallow = build_model("resnet50", 10, {"width": 4, "stem": "imagenet"}).backbone
+    with pytest.raises(TicketlabError, match=r"has no place for \(module\.encoder_q\.layer2\.4\.conv1\.weight") as info:
+        load_backbone(shallow, tmp_path / "moco_r152.pth")
+    assert "\n" not in str(info.value) and "resnet152" in str(info.value)
+    deep_model = build_model("resnet152", 10, {"width": 4, "stem": "imagenet"}).backbone
+    assert load_backbone(deep_model, tmp_path / "moco_r152.pth").parameters_loaded > 0  # its own architecture loads

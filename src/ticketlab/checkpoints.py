@@ -97,5 +97,11 @@ def load_backbone(backbone: nn.Module, path: str | Path, allow_missing: list[str
         raise TicketlabError(f"checkpoint {path} would leave {len(left)} backbone weights of "
                              f"{type(backbone).__name__} at random init ({what}); use a checkpoint of this "
                              "architecture and width, or list them in model.allow_missing (regex)")
+    tops = {k.split(".")[0] for k in backbone.state_dict()}
+    surplus = [k for k in report.unused if _candidates(k)[-1].split(".")[0] in tops]
+    if surplus:  # e.g. ResNet-152 weights given to a ResNet-50: every 50 key fits, the extra blocks would be dropped
+        raise TicketlabError(f"checkpoint {path} has {len(surplus)} backbone weights {type(backbone).__name__} has no "
+                             f"place for ({show_keys(surplus, 3)}): it is a deeper or wider network of this family; "
+                             "use a checkpoint of this architecture (e.g. resnet152 for a ResNet-152 file)")
     backbone.load_state_dict(mapped, strict=False)
     return report
