@@ -7,12 +7,13 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from ticketlab.analysis import mean_std
+from ticketlab.analysis import at_chance, mean_std
 from ticketlab.figures import chance, markdown_table, pm, pyplot
 from ticketlab.paths import REPORT
 from ticketlab.results import score
 from ticketlab.runfolders import load_run
-from ticketlab.stats import Interval, clearly_above, gap_verdict, interval_text, mean_ci, paired_ci
+from ticketlab.stats import Interval, gap_verdict, interval_text, mean_ci, paired_ci
+from ticketlab.studies.verdict_file import VerdictRow, apply_holm, comparison_record, write_verdicts
 
 
 def summarize_students(rows: list[dict[str, Any]]) -> dict[tuple[float, str], dict[str, Any]]:
@@ -25,7 +26,7 @@ def summarize_students(rows: list[dict[str, Any]]) -> dict[tuple[float, str], di
                   "dense_ci": mean_ci([score(r, EVALUATIONS["dense"]) for r in group]),
                   "sparse_ci": mean_ci([score(r, EVALUATIONS["sparse"]) for r in group]),
                   "patches": f"{group[0]['patches']}/{group[0]['num_patches']}",
-                  "chance_test": group[0].get("chance_test"),
+                  "chance_test": group[0].get("chance_test"), "n_test": group[0].get("n_test"),
                   "selector": group[0].get("selector_test_score", group[0].get("selector_test_acc"))}
             for key, group in groups.items()}
 
@@ -33,31 +34,51 @@ def summarize_students(rows: list[dict[str, Any]]) -> dict[tuple[float, str], di
 EVALUATIONS = {"dense": "test_all_patches", "sparse": "test_kept_patches"}  # a student's two test inputs
 
 
+def per_seed(rows: list[dict[str, Any]], k: float, variant: str, mode: str) -> dict[int, float]:
+    """Seed -> test score of ``variant``'s students at keep rate k (the numbers a verdict is recomputed from)."""
+    return {r["seed"]: score(r, EVALUATIONS[mode]) for r in rows
+            if r["keep_rate"] == k and r["variant"] == variant and "seed" in r}
+
+
 def paired_gap(rows: list[dict[str, Any]], k: float, a: str, b: str, mode: str) -> Interval | None:
     """Interval of (variant a − variant b) over the seeds both ran at keep rate k."""
-    by = {(r["variant"], r["seed"]): score(r, EVALUATIONS[mode]) for r in rows if r["keep_rate"] == k and "seed" in r}
-    seeds = sorted(s for v, s in by if v == a and (b, s) in by)
-    return paired_ci([by[a, s] for s in seeds], [by[b, s] for s in seeds]) if seeds else None
+    first, second = per_seed(rows, k, a, mode), per_seed(rows, k, b, mode)
+    seeds = sorted(set(first) & set(second))
+    return paired_ci([first[s] for s in seeds], [second[s] for s in seeds]) if seeds else None
 
 
-def verdict_table(rows: list[dict[str, Any]], summary: dict[tuple[float, str], dict[str, Any]]) -> list[str]:
-    """Claim 2 of MISSION.md §3 per keep rate and evaluation, with the position-only control beside it."""
+def above_chance(s: dict[str, Any], mode: str) -> bool:
+    """The written rule, everywhere: a student is usable when its mean is not at chance by the binomial rule on
+    its test size (``analysis.at_chance``)."""
+    return not at_chance(s[mode][0], s.get("chance_test"), s.get("n_test"))
+
+
+def verdict_rows(rows: list[dict[str, Any]], summary: dict[tuple[float, str], dict[str, Any]]) -> list[VerdictRow]:
+    """Claim 2 of MISSION.md §3 per keep rate and evaluation, with the position-only control beside it; each row
+    records its per-seed scores, and the table's comparisons are one Holm family."""
     table = []
     for k in sorted({r["keep_rate"] for r in rows}):
         for mode in ("dense", "sparse"):
             gap = paired_gap(rows, k, "ticket", "rc", mode)
             control = paired_gap(rows, k, "ticket", "position", mode)
-            chance_level = summary[(k, "ticket")].get("chance_test")
-            usable = chance_level is None or all(
-                clearly_above(summary[(k, v)][f"{mode}_ci"], chance_level) for v in ("ticket", "rc") if (k, v) in summary)
-            table.append([k, mode, "ticket students beat random-patch (RC) students",
-                          interval_text(gap, signed=True), interval_text(control, signed=True),
-                          gap_verdict(gap, usable)])
+            usable = all(above_chance(summary[(k, v)], mode) for v in ("ticket", "rc") if (k, v) in summary)
+            record = comparison_record(per_seed(rows, k, "ticket", mode), per_seed(rows, k, "rc", mode), usable)
+            table.append(VerdictRow([f"ticket students beat random-patch (RC) students at k = {k}, {mode} evaluation",
+                                     interval_text(gap, signed=True), interval_text(control, signed=True)
+                                     + ("" if usable else "; a student at chance (binomial rule)"),
+                                     gap_verdict(gap, usable)], record))
+    return apply_holm(table)
+
+
+def verdict_table(table: list[VerdictRow]) -> list[str]:
     return ["## Verdicts", "", "Rule: the paired 95 % t-interval over seeds of (ticket − RC) test accuracy: above 0 → "
-            "reproduced, below 0 → contradicted, straddling 0, fewer than 2 seeds, or a student not clearly above "
-            "chance (interval's lower end ≤ chance) → inconclusive. The position-only control (tickets of other "
-            "images) shows how much of the gap positions alone explain.", "",
-            markdown_table(["keep rate", "evaluation", "claim (Shen et al., §3 claim 2)", "ticket − RC (pts, 95 % CI)",
+            "reproduced, below 0 → contradicted, straddling 0, fewer than 2 seeds, or a student at chance (its mean "
+            "within two binomial standard errors of the majority-class rate of its test set) → inconclusive. The "
+            "comparisons are one family: a decision stands only if the paired t-test also rejects under Holm at "
+            "family-wise 5 %. Per-seed numbers: `verdicts.json` (`ticketlab verdicts <this folder>` recomputes "
+            "them). The position-only control (tickets of other images) shows how much of the gap positions alone "
+            "explain.", "",
+            markdown_table(["claim (Shen et al., §3 claim 2)", "ticket − RC (pts, 95 % CI)",
                             "ticket − position control (pts)", "verdict"], table), ""]
 
 
@@ -65,7 +86,9 @@ def write_patch_report(out: Path, cfg: Any, rows: list[dict[str, Any]], weight_r
                        ticket_files: dict[float, Path]) -> Path:
     plt = pyplot()
     summary = summarize_students(rows)
-    lines = ["# Data-level tickets: ticket vs random-patch students", "", *verdict_table(rows, summary),
+    verdicts = verdict_rows(rows, summary)
+    write_verdicts(out, verdicts)
+    lines = ["# Data-level tickets: ticket vs random-patch students", "", *verdict_table(verdicts),
              f"Selector `{cfg.selector.model.name}` on `{cfg.selector.task.name}`"
              f" ({'fine-tuned with token reduction' if cfg.selector.finetune else 'used as is'}); "
              f"students `{cfg.student.name}` trained from scratch, scored at their final epoch; seeds {cfg.seeds}. Test "
@@ -119,17 +142,17 @@ def weight_level_rows(runs: dict[int, Path]) -> tuple[list[dict[str, Any]], dict
                      "gap": paired_ci([a for a, _ in pairs], [b for _, b in pairs]) if pairs else None,
                      "per_seed_gap": [a - b for a, b in pairs]})
     dense = mean_ci([score(run["rounds"][0]["metrics"]) for run in loaded.values()])
-    return rows, {"dense": dense, "chance": first["rounds"][0]["metrics"].get("chance_test")}
+    reference = first["rounds"][0]["metrics"]
+    return rows, {"dense": dense, "chance": reference.get("chance_test"), "n_test": reference.get("n_test")}
 
 
 def claim1_verdict(gaps: dict[str, Interval], dense: dict[str, dict[str, Any]], cnn: str, vit: str) -> str:
     """The written rule of claim 1: reproduced when the CNN's IMP − re-init interval lies above 0 and the ViT's mean
     gap is below that interval's lower end; contradicted when the CNN's interval lies below 0 or the ViT's
-    interval lies wholly above the CNN's; otherwise, or when a dense model is not clearly above chance or the CNN
-    is at ceiling (≥ 99 %), inconclusive."""
+    interval lies wholly above the CNN's; otherwise, or when a dense model is at chance (binomial rule on its test
+    size) or the CNN is at ceiling (≥ 99 %), inconclusive."""
     for label in (cnn, vit):
-        chance_level = dense[label]["chance"]
-        if chance_level is not None and not clearly_above(dense[label]["dense"], chance_level):
+        if at_chance(dense[label]["dense"].mean, dense[label]["chance"], dense[label].get("n_test")):
             return "inconclusive"
     if dense[cnn]["dense"].mean >= 0.99:
         return "inconclusive"
