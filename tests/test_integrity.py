@@ -103,6 +103,11 @@ def test_reports_show_chance_and_flag_rounds_at_chance(finished):
     metrics = json.loads((run / "rounds/round_001/metrics.json").read_text())
     labels = [0] * 0
     assert metrics["n_test"] == 48 and 0 < metrics["chance_test"] < 1
+    lines = (run / "rounds/round_001/metrics.jsonl").read_text().splitlines()
+    history = [json.loads(line)["val_score"] for line in lines]
+    from ticketlab.stats import converged
+
+    assert metrics["converged"] is converged(history)  # the usable-reference rule's input, recorded per training
     from ticketlab.data import build_task
 
     test = build_task("scenes_shape", {"n_train": 96, "n_val": 48, "n_test": 48}).test

@@ -112,3 +112,31 @@ def test_drop_rule_holm_power_and_convergence_on_worked_numbers():
     assert n == 10 and seeds_needed(Interval(-0.01, -0.02, 0.0, 3), 0.01) is None  # a mean on the margin
     assert converged([0.5, 0.7, 0.8, 0.81, 0.805, 0.81, 0.812, 0.811])  # +0.2 pt in the last quarter
     assert not converged([0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95])  # still climbing by 5 pts
+
+
+def test_one_usable_reference_rule_binomial_chance_convergence_and_ceiling():
+    from ticketlab.stats import mean_ci
+    from ticketlab.studies.verdicts import claim_row, comparison_row, reference_problem
+
+    def cell(scores, converged=True, chance=0.5, n=100):
+        return {"ci": mean_ci(scores), "chance_test": chance, "n_test": n, "converged": converged}
+
+    # 2 binomial SE of a 50 % majority on 100 test examples = 10 pts: 59 % is chance, 61 % is not
+    assert reference_problem(cell([0.58, 0.59, 0.60])) == "at chance"
+    assert reference_problem(cell([0.60, 0.61, 0.62])) is None
+    assert reference_problem(cell([0.60, 0.61, 0.62], n=10_000)) is None
+    assert reference_problem(cell([0.70, 0.71, 0.72], converged=False)) == "not converged"
+    assert reference_problem(cell([0.99, 0.995, 1.0])) == "at ceiling"
+    # a claim on a not-converged dense reference: inconclusive, and the row says why
+    dense, sparse = cell([0.70, 0.71, 0.72], converged=False), cell([0.75, 0.76, 0.77])
+    for c in (dense, sparse):
+        c["val"] = dict(enumerate(c["ci"].mean + d for d in (-0.01, 0.0, 0.01)))
+    sparse["sparsity"], dense["sparsity"] = 0.5, 0.0
+    row = claim_row("t", 0.5, {("s", "t", 0): dense, ("s", "t", 1): sparse}, "s", "t")
+    assert row[-1] == "inconclusive" and "dense reference not converged" in row[-2]
+    dense["converged"] = True
+    assert claim_row("t", 0.5, {("s", "t", 0): dense, ("s", "t", 1): sparse}, "s", "t")[-1] == "reproduced"
+    # a comparison whose A side is at chance by the binomial rule stays inconclusive however clear the gap
+    a, b = {0: 0.58, 1: 0.59, 2: 0.60}, {0: 0.40, 1: 0.41, 2: 0.42}
+    assert comparison_row("A vs B", a, b, 0.5, 100)[-1] == "inconclusive"
+    assert comparison_row("A vs B", a, b, 0.5, 10_000)[-1] == "reproduced"

@@ -135,6 +135,7 @@ def summarize_transfer(rows: list[dict[str, Any]], relaxed: float = 0.99, within
         val = {_seed_of(r, i): score(r, "val") for i, r in enumerate(group)}
         cells[key] = {"mean": mean, "std": std, "n": len(group), "sparsity": group[0]["sparsity"],
                       "chance_test": group[0].get("chance_test"), "n_test": group[0].get("n_test"),
+                      "converged": all(r.get("converged", True) for r in group),
                       "ci": mean_ci([score(r) for r in group]), "val_mean": statistics.fmean(val.values()),
                       "val_std": mean_std(val.values())[1], "val": val,
                       "test": {_seed_of(r, i): score(r) for i, r in enumerate(group)}}

@@ -32,6 +32,7 @@ from ticketlab.objectives.base import Objective
 from ticketlab.progress import progress_bar, unit_event
 from ticketlab.results import Result
 from ticketlab.seeds import derive_seed
+from ticketlab.stats import converged
 from ticketlab.step import TrainStep
 
 
@@ -262,6 +263,7 @@ def train_model(
         "seed": seed,
         "objective": objective.name,
         "chance_test": chance_score(task.metric, task.test.y),
+        "converged": converged([h["val_score"] for h in history]),  # a reference's usability (studies.verdicts)
         "n_test": len(task.test),
         "device": str(run.device), "precision": run.precision, "world_size": run.world_size,
         "threads": run.threads,

@@ -19,7 +19,7 @@ from ticketlab.results import score
 from ticketlab.runfolders import load_run
 from ticketlab.stats import interval_text, sparsity_claim
 from ticketlab.studies.verdict_file import apply_holm, write_verdicts
-from ticketlab.studies.verdicts import RULES, claim_row, comparison_row, run_cells, usable
+from ticketlab.studies.verdicts import RULES, claim_row, comparison_row, reference_problem, run_cells, usable
 
 OVERLAP_RULE = (
 "**Overlap** (\"tickets of different pre-trainings share few weights\"): the IoU of kept weights between "
@@ -108,13 +108,13 @@ def write_cv_report(out: Path, study: Any, pretraining_runs: dict[tuple[str, int
     for target in targets:
         runs = {seed: run for (s, t, seed), run in downstream.items() if (s, t) == (first, target)}
         one = next(iter(runs.values()))
-        chance = one["rounds"][0]["metrics"].get("chance_test")
+        chance, n_test = (one["rounds"][0]["metrics"].get(key) for key in ("chance_test", "n_test"))
         imp = {seed: score(run["rounds"][k]["metrics"]) for seed, run in runs.items()}
         for branch in one["baselines"]:
             other = {seed: score(r["metrics"]) for seed, run in runs.items() for r in run["baselines"][branch]
                      if r["round"] == k}
             verdicts.append(comparison_row(f"IMP (A) vs {branch_label(branch)} (B) on {target} from {first} θp, "
-                                           f"{pct(one['rounds'][k]['sparsity'])}", imp, other, chance))
+                                           f"{pct(one['rounds'][k]['sparsity'])}", imp, other, chance, n_test))
     by_source: dict[str, dict[str, dict[int, float]]] = {}
     for row in sensitivity:
         by_source.setdefault(row["source"], {}).setdefault(row["variant"], {})[row["seed"]] = score(row)
@@ -122,7 +122,8 @@ def write_cv_report(out: Path, study: Any, pretraining_runs: dict[tuple[str, int
         for variant in ("random", "complement"):
             verdicts.append(comparison_row(f"{source} ticket (A) vs {variant} mask (B) on {study.downstream[0].name}",
                                            variants["ticket"], variants[variant],
-                                           summary["cells"][(source, study.downstream[0].name, 0)]["chance_test"]))
+                                           *(summary["cells"][(source, study.downstream[0].name, 0)][key]
+                                             for key in ("chance_test", "n_test"))))
     groups = {label: [name for name in tickets if name.startswith(f"{label} (pre-training")] for label in sources}
     verdicts.append(overlap_row(overlaps, groups))
     write_verdicts(out, apply_holm(verdicts))
@@ -158,7 +159,8 @@ def write_cv_report(out: Path, study: Any, pretraining_runs: dict[tuple[str, int
             table.append([source, target, pct(cells[(source, "", 0)].get("chance_test")),
                           interval_text(cells[(source, "", 0)]["ci"]),
                           *[interval_text(cells[(source, "", r)]["ci"]) for r in range(1, n + 1)],
-                          pct(result.measured) if usable(cells[(source, "", 0)]) else "inconclusive (dense at chance)"])
+                          pct(result.measured) if usable(cells[(source, "", 0)])
+                          else f"inconclusive (dense {reference_problem(cells[(source, '', 0)])})"])
     sparsities = [pct(s) for s in sorted({c["sparsity"] for (_, _, kk), c in summary["cells"].items() if kk > 0})]
     lines += ["## 2. Tickets found on each downstream task (IMP from θp)", "",
               "Test score (the task's metric: accuracy; COCO mAP@[.5:.95] for detection, mIoU for segmentation), "

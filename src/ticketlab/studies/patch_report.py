@@ -205,8 +205,8 @@ def weight_level_section(out: Path, weight_runs: dict[str, dict[int, Path]]) -> 
              "Rule: per seed, the gap IMP − re-init averaged over the IMP rounds; its 95 % t-interval over seeds per "
              "architecture. Reproduced when the CNN's interval lies above 0 and the ViT's mean gap is below the CNN "
              "interval's lower end; contradicted when the CNN's interval lies below 0 or the ViT's lies wholly above "
-             "the CNN's; otherwise — or with a dense model not clearly above chance, or the CNN at ceiling "
-             "(≥ 99 %) — inconclusive.", "",
+             "the CNN's; otherwise — or with a dense model at chance (binomial rule on its test size), or the CNN at "
+             "ceiling (≥ 99 %) — inconclusive.", "",
              markdown_table(["claim", *[f"gap {x} (pts)" for x in labels], "verdict"],
                             [["IMP − re-init: CNN clearly > 0, ViT ≈ 0",
                               *[interval_text(gaps[x], signed=True) for x in labels], verdict]]), "",

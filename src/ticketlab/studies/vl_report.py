@@ -15,7 +15,7 @@ from ticketlab.paths import REPORT
 from ticketlab.results import score as test_score
 from ticketlab.stats import drop_claim, interval_text, mean_ci, sparsity_claim
 from ticketlab.studies.verdict_file import VerdictRow, apply_holm, write_verdicts
-from ticketlab.studies.verdicts import RULES, claim_row, comparison_row, run_cells, usable
+from ticketlab.studies.verdicts import RULES, claim_row, comparison_row, reference_problem, run_cells, usable
 
 # Gan et al. (AAAI 2022), UNITER-B: relaxed (99 %) ticket sparsity per task, and the universal pre-training ticket's
 # average drop over the tasks (points) per sparsity (MISSION.md section 2)
@@ -91,7 +91,7 @@ def verdict_rows(study: Any, summary: dict[str, dict[str, Any]], transfers: list
     rows = [claim_row(f"task-specific ticket on {task}", PAPER_RELAXED.get(task), info["cells"], task, "",
                       relaxed=study.relaxed) for task, info in summary.items()]
     for task, info in summary.items():
-        chance = info["cells"][(task, "", 0)]["chance_test"]
+        chance, n_test = (info["cells"][(task, "", 0)][key] for key in ("chance_test", "n_test"))
         for k in study.baseline_rounds:
             imp = {seed: test_score(run["rounds"][k]["metrics"]) for (t, seed), run in runs.items() if t == task}
             for name in study.baselines:
@@ -99,7 +99,7 @@ def verdict_rows(study: Any, summary: dict[str, dict[str, Any]], transfers: list
                          for r in run["baselines"].get(name, []) if r["round"] == k}
                 sparsity = info["cells"][(task, "", k)]["sparsity"]
                 rows.append(comparison_row(f"IMP (A) vs {branch_label(name)} (B) on {task} at {pct(sparsity)}", imp,
-                                           other, chance))
+                                           other, chance, n_test))
     skip = frozenset(t for t, info in summary.items() if not info["usable"])
     _, table = universal_table(transfers, skip=skip)
     for row in table:
@@ -111,9 +111,9 @@ def verdict_rows(study: Any, summary: dict[str, dict[str, Any]], transfers: list
             adv = _seeded(transfers, kind="adversarial", target=task, round=k)
             std = _seeded(transfers, kind="standard", target=task, round=k)
             sparsity = next(r["sparsity"] for r in transfers if r["target"] == task and r["round"] == k)
-            chance = summary[task]["cells"][(task, "", 0)]["chance_test"]
+            reference = summary[task]["cells"][(task, "", 0)]
             rows.append(comparison_row(f"VILLA (A) vs standard fine-tuning (B), universal ticket on {task} at "
-                                       f"{pct(sparsity)}", adv, std, chance))
+                                       f"{pct(sparsity)}", adv, std, reference["chance_test"], reference["n_test"]))
     return rows
 
 
@@ -210,7 +210,8 @@ def write_vl_report(out: Path, study: Any, pretraining: dict[int, dict[str, Any]
                              [[task, pct(info["cells"][(task, "", 0)]["chance_test"]),
                                *(interval_text(c["ci"]) for _, c in sorted(info["cells"].items(),
                                                                             key=lambda item: item[0][2])),
-                               pct(info["matching"]) if info["usable"] else "inconclusive (dense at chance)",
+                               pct(info["matching"]) if info["usable"]
+                               else f"inconclusive (dense {reference_problem(info['cells'][(task, '', 0)])})",
                                pct(info["relaxed"]) if info["usable"] else "inconclusive",
                                pct(PAPER_RELAXED.get(task), 0)] for task, info in summary.items()])]
     plot_task_curves(summary, transfers, out / "task_curves.png")
