@@ -70,3 +70,43 @@ def test_pretrained_heads_are_saved_with_theta_p_and_rewound_in_pretraining_task
         assert all(torch.equal(state[k], v) for state in seen for k, v in projector.items())
     else:
         assert seen == [None, None]  # supervised has no objective parts
+
+
+def test_replicates_are_independent_pretrainings_with_seeds_nested_and_replicate_0_unchanged():
+    from ticketlab.studies.cv_pretraining import downstream_configs, replicate_of, units
+
+    one = study_config("cv_pretraining", EXAMPLE)
+    three = study_config("cv_pretraining", {**EXAMPLE, "replicates": 3})
+    assert units(three) == [s + 1000 * r for r in range(3) for s in EXAMPLE["seeds"]]
+    configs = pretraining_configs(three)
+    for label in ("supervised", "simclr", "moco"):
+        theta_p = {replicate_of(u): cfg.pretrain.seed for (lb, u), cfg in configs.items() if lb == label}
+        assert len(set(theta_p.values())) == 3  # one θp per replicate: its own θ0 and data order
+        per_unit = {u: cfg.pretrain.seed for (lb, u), cfg in configs.items() if lb == label}
+        assert all(per_unit[u] == theta_p[replicate_of(u)] for u in per_unit)  # the seeds of a replicate share it
+    assert all(configs[key] == cfg for key, cfg in pretraining_configs(one).items())  # replicate 0 = the old runs
+    assert set(downstream_configs(three)) >= {(lb, t, u) for (lb, t, u) in downstream_configs(one)}
+    for bad, words in (({"replicates": 0}, "replicates must be >= 1"),
+                       ({"replicates": 2, "seeds": [0, 1000]}, "seeds must lie in 0..999")):
+        with pytest.raises(ConfigError, match=words):
+            study_config("cv_pretraining", {**EXAMPLE, **bad})
+
+
+def test_overlap_claim_is_judged_over_replicate_pairs_against_the_papers_bound():
+    from ticketlab.studies.cv_report import overlap_row
+
+    names = {(label, u): f"{label} u{u}" for label in ("a", "b") for u in (0, 1000, 2000)}
+
+    def overlaps(ious):
+        out = {}
+        for r, iou in enumerate(ious):
+            out[(f"a u{1000 * r}", f"b u{1000 * r}")] = {"iou": iou, "chance_iou": 0.2}
+        return out
+
+    low = overlap_row(overlaps([0.030, 0.035, 0.040]), names, 0)
+    assert low[-1] == "reproduced" and low.record["drops"] == [0.030, 0.035, 0.040]  # 3.5 [2.3, 4.7] % < 6.55 %
+    high = overlap_row(overlaps([0.27, 0.28, 0.29]), names, 0)
+    assert high[-1] == "contradicted" and "above chance" in high[-2]
+    assert overlap_row(overlaps([0.02, 0.10, 0.06]), names, 0)[-1] == "inconclusive"  # straddles 6.55 %
+    single = {k: v for k, v in names.items() if k[1] == 0}
+    assert overlap_row(overlaps([0.03]), single, 0)[-1] == "inconclusive"  # one replicate: no interval

@@ -12,6 +12,8 @@ from ticketlab.fileio import ensure_writable_dir, write_json
 from ticketlab.models.base import model_input_defaults
 from ticketlab.paths import study_dir
 
+REPLICATE_STRIDE = 1000  # a study's unit key = seed + 1000 · θp replicate: replicate 0's keys are the seeds
+
 
 def open_study_dir(runs_dir: str | Path, prefix: str, cfg: Any) -> tuple[Path, Path]:
     """(runs folder, the study's own content-addressed folder holding ``study.json``), both created."""

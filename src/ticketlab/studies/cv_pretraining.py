@@ -39,7 +39,7 @@ from ticketlab.run_jobs import experiment_jobs, merge_jobs
 from ticketlab.schedules import round_sparsities
 from ticketlab.seeds import derive_seed
 from ticketlab.studies.base import STUDIES, Study
-from ticketlab.studies.common import open_study_dir, study_tasks
+from ticketlab.studies.common import REPLICATE_STRIDE, open_study_dir, study_tasks
 from ticketlab.studies.cv_report import write_cv_report
 from ticketlab.transfer import (
     TransferSpec,
@@ -82,6 +82,18 @@ class StudyConfig:
     analysis_round: int = 3  # the round whose masks are compared and perturbed
     seed: int = 0
     share_init: bool = False  # every pre-training from one θ0 (then mask overlap partly measures the shared start)
+    # independent pre-trainings per objective (own θ0 and data order); every seed's masks are found once per
+    # replicate, and cross-objective claims pair replicate r of one objective with replicate r of another
+    replicates: int = field(default=1, repr=False)
+
+
+def units(study: StudyConfig) -> list[int]:
+    """Every (θp replicate, mask-finding seed) of the study as one key, seeds nested inside replicates."""
+    return [seed + REPLICATE_STRIDE * r for r in range(study.replicates) for seed in study.seeds]
+
+
+def replicate_of(unit: int) -> int:
+    return unit // REPLICATE_STRIDE
 
 
 def check_study(study: StudyConfig) -> None:
@@ -96,6 +108,14 @@ def check_study(study: StudyConfig) -> None:
             raise ConfigError(f"downstream_imp_from names {label!r}; known pretraining labels: {', '.join(labels)}")
     if len(set(study.seeds)) < 1 or len(set(study.seeds)) != len(study.seeds):
         raise ConfigError(f"seeds must be distinct and at least one, got {study.seeds}")
+    if study.replicates < 1:
+        raise ConfigError(f"replicates must be >= 1 (independent pre-trainings per objective), got {study.replicates}")
+    if study.replicates > 1 and not all(0 <= s < REPLICATE_STRIDE for s in study.seeds):
+        raise ConfigError(f"with replicates, seeds must lie in 0..{REPLICATE_STRIDE - 1}, got {study.seeds}")
+    released = [p.label for p in study.pretrainings if p.checkpoint]
+    if study.replicates > 1 and released:
+        raise ConfigError(f"replicates: {study.replicates} needs pre-training runs, but {', '.join(released)} "
+                          "take θp from a released checkpoint (one θp); set replicates: 1 or pre-train them")
     if study.baseline_rounds and study.analysis_round not in study.baseline_rounds:
         raise ConfigError(f"baseline_rounds {study.baseline_rounds} must include analysis_round "
                           f"({study.analysis_round}): the report compares IMP with the baselines there")
@@ -116,11 +136,17 @@ def check_study(study: StudyConfig) -> None:
                                   "options.seed so that transfer is to unseen images")
 
 
-def _pretrain(study: StudyConfig, p: StudyPretraining) -> PretrainConfig | None:
-    """One θp per pre-training, shared by the IMP seeds that find masks from it (None: θp is its checkpoint)."""
+def _pretrain(study: StudyConfig, p: StudyPretraining, unit: int) -> PretrainConfig | None:
+    """The θp replicate of ``unit``, shared by the seeds that find masks from it (None: θp is its checkpoint)."""
     if p.checkpoint:
         return None
-    return PretrainConfig(p.objective, p.objective_options, p.task, p.train, seed=init_seed(study, p))
+    return PretrainConfig(p.objective, p.objective_options, p.task, p.train, seed=replicate_seed(study, p, unit))
+
+
+def replicate_seed(study: StudyConfig, p: StudyPretraining, unit: int) -> int:
+    """The seed of ``unit``'s pre-training of ``p`` (its θ0 and data order): replicate 0 keeps ``init_seed``."""
+    r = replicate_of(unit)
+    return init_seed(study, p) if r == 0 else derive_seed(init_seed(study, p), "replicate", r)
 
 
 def _model(study: StudyConfig, p: StudyPretraining, own: bool) -> ModelConfig:
@@ -135,26 +161,26 @@ def init_seed(study: StudyConfig, p: StudyPretraining) -> int:
 
 
 def pretraining_configs(study: StudyConfig) -> dict[tuple[str, int], ExperimentConfig]:
-    """IMP on each pre-training objective from the θp that objective produced, once per seed."""
-    return {(p.label, seed): ExperimentConfig(model=_model(study, p, own=True), task=p.task, train=p.imp_train,
+    """IMP on each pre-training objective from the θp (replicate) that objective produced, once per unit."""
+    return {(p.label, unit): ExperimentConfig(model=_model(study, p, own=True), task=p.task, train=p.imp_train,
                                               prune=study.prune,
-                                              pretrain=_pretrain(study, p), objective=p.objective,
+                                              pretrain=_pretrain(study, p, unit), objective=p.objective,
                                               objective_options=p.objective_options, baselines=[],
-                                              seed=init_seed(study, p) + seed)
-            for p in study.pretrainings for seed in study.seeds}
+                                              seed=init_seed(study, p) + unit)
+            for p in study.pretrainings for unit in units(study)}
 
 
 def downstream_configs(study: StudyConfig) -> dict[tuple[str, str, int], ExperimentConfig]:
     """IMP on each downstream task from each chosen θp, once per seed; baselines only from the first θp, to bound
     the cost."""
     sources = [p for p in study.pretrainings if not study.downstream_imp_from or p.label in study.downstream_imp_from]
-    return {(p.label, t.name, seed): ExperimentConfig(model=_model(study, p, own=False), task=t,
+    return {(p.label, t.name, unit): ExperimentConfig(model=_model(study, p, own=False), task=t,
                                                       train=study.downstream_train,
-                                                      prune=study.prune, pretrain=_pretrain(study, p),
+                                                      prune=study.prune, pretrain=_pretrain(study, p, unit),
                                                       baselines=study.baselines if i == 0 else [],
                                                       baseline_rounds=study.baseline_rounds,
-                                                      seed=init_seed(study, p) + seed)
-            for i, p in enumerate(sources) for t in study.downstream for seed in study.seeds}
+                                                      seed=init_seed(study, p) + unit)
+            for i, p in enumerate(sources) for t in study.downstream for unit in units(study)}
 
 
 def ticket_of(run: Path, k: int) -> Mask:
@@ -179,7 +205,7 @@ def run_cv_study(study: StudyConfig, runs_dir: Path, progress: bool = True) -> P
                for (label, seed), run in pretraining_runs.items()}
     tickets.update({f"{label} → {task} (seed {seed})": ticket_of(run, k)
                     for (label, task, seed), run in downstream_runs.items()
-                    if seed == study.seeds[0] and label == study.pretrainings[0].label})
+                    if seed == units(study)[0] and label == study.pretrainings[0].label})
     overlaps = overlap_matrix(tickets)
 
     first = study.downstream[0]

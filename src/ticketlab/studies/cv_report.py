@@ -17,32 +17,51 @@ from ticketlab.masks import Mask
 from ticketlab.paths import IMP, REPORT
 from ticketlab.results import score
 from ticketlab.runfolders import load_run
-from ticketlab.stats import interval_text, sparsity_claim
-from ticketlab.studies.verdict_file import apply_holm, write_verdicts
+from ticketlab.stats import drop_claim, interval_text, mean_ci, sparsity_claim
+from ticketlab.studies.common import REPLICATE_STRIDE
+from ticketlab.studies.verdict_file import VerdictRow, apply_holm, write_verdicts
 from ticketlab.studies.verdicts import RULES, claim_row, comparison_row, reference_problem, run_cells, usable
 
+PAPER_SHARED = 0.0655  # Chen et al.: tickets of different pre-trainings share < 6.55 % after 5 rounds
 OVERLAP_RULE = (
-"**Overlap** (\"tickets of different pre-trainings share few weights\"): the IoU of kept weights between "
-    "tickets of different objectives against that between tickets of the same objective found with other seeds "
-    "(the noise floor of mask finding). Reproduced when every cross-objective IoU is below every same-objective "
-    "IoU; contradicted when every cross-objective IoU is above them; otherwise inconclusive.")
+    "**Overlap** (\"tickets of different pre-trainings share < 6.55 %\"): per θp replicate r, the IoU of kept "
+    "weights between the tickets of different objectives found from their replicate r (first seed), averaged over "
+    "the pairs of objectives; its 95 % t-interval over replicates. Reproduced when the interval's upper end is below "
+    "6.55 %, contradicted when its lower end is above it, otherwise (or with one replicate) inconclusive. Beside it: "
+    "the IoU two independent random masks with the same per-layer keep counts have (chance), and the IoU of tickets "
+    "of one objective from one θp with other seeds (the noise floor of mask finding).")
 
 
-def overlap_row(overlaps: dict[tuple[str, str], dict[str, Any]], groups: dict[str, list[str]]) -> list[str]:
-    same = [overlaps[a, b]["iou"] for names in groups.values() for a, b in itertools.combinations(names, 2)]
-    cross = [overlaps[a, b]["iou"] for (g1, n1), (g2, n2) in itertools.combinations(groups.items(), 2)
-             for a in n1 for b in n2]
-    if not same or not cross:
-        verdict = "inconclusive"
-    else:
-        verdict = "reproduced" if max(cross) < min(same) else "contradicted" if min(cross) > max(same) else \
-            "inconclusive"
-    chance = [overlaps[a, b]["chance_iou"] for (g1, n1), (g2, n2) in itertools.combinations(groups.items(), 2)
-              for a in n1 for b in n2]
-    text = lambda v: f"{100 * statistics.fmean(v):.1f} % ({100 * min(v):.1f}–{100 * max(v):.1f})" if v else "–"  # noqa: E731
-    return ["tickets of different pre-trainings differ (mask overlap)", "< 6.55 % shared after 5 rounds",
-            f"IoU across objectives {text(cross)}; same objective, other seed {text(same)}; two random masks with "
-            f"the same per-layer keep counts {text(chance)}", "–", verdict]
+def overlap_row(overlaps: dict[tuple[str, str], dict[str, Any]], names: dict[tuple[str, int], str],
+                seed: int) -> VerdictRow:
+    """The overlap claim judged over replicate pairs (``names``: (label, unit) -> ticket name)."""
+    labels = list(dict.fromkeys(label for label, _ in names))
+    replicates = sorted({unit // REPLICATE_STRIDE for _, unit in names})
+
+    def pair(a: str, b: str) -> dict[str, Any]:
+        return overlaps.get((a, b)) or overlaps[(b, a)]
+
+    per_replicate, chance = [], []
+    for r in replicates:
+        unit = seed + REPLICATE_STRIDE * r
+        cross = [pair(names[a, unit], names[b, unit]) for a, b in itertools.combinations(labels, 2)
+                 if (a, unit) in names and (b, unit) in names]
+        if cross:
+            per_replicate.append(statistics.fmean(c["iou"] for c in cross))
+            chance += [c["chance_iou"] for c in cross]
+    same = [pair(names[label, u], names[label, v])["iou"] for label in labels
+            for u, v in itertools.combinations(sorted(u for lb, u in names if lb == label), 2)
+            if u // REPLICATE_STRIDE == v // REPLICATE_STRIDE]
+    measured = mean_ci(per_replicate)
+    verdict = drop_claim(measured, PAPER_SHARED) if per_replicate else "inconclusive"
+    text = lambda v: f"{100 * statistics.fmean(v):.1f} %" if v else "–"  # noqa: E731
+    above = measured.low is not None and chance and measured.low > max(chance)
+    return VerdictRow(["tickets of different pre-trainings differ (mask overlap)",
+                       f"< {100 * PAPER_SHARED:.2f} % shared after 5 rounds",
+                       f"IoU across objectives {interval_text(measured)} over {len(per_replicate)} θp replicate(s)",
+                       f"chance (random masks, same per-layer keep counts) {text(chance)}"
+                       f"{'; above chance' if above else ''}; same θp, other seed {text(same)}", verdict],
+                      {"rule": "drop", "drops": per_replicate, "most": PAPER_SHARED})
 
 
 def plot_curves(downstream: dict[tuple[str, str, int], dict[str, Any]], path: Path) -> None:
@@ -124,15 +143,17 @@ def write_cv_report(out: Path, study: Any, pretraining_runs: dict[tuple[str, int
                                            variants["ticket"], variants[variant],
                                            *(summary["cells"][(source, study.downstream[0].name, 0)][key]
                                              for key in ("chance_test", "n_test"))))
-    groups = {label: [name for name in tickets if name.startswith(f"{label} (pre-training")] for label in sources}
-    verdicts.append(overlap_row(overlaps, groups))
+    names = {(label, unit): f"{label} (pre-training, seed {unit})" for label, unit in pretraining_runs}
+    verdicts.append(overlap_row(overlaps, names, study.seeds[0]))
     write_verdicts(out, apply_holm(verdicts))
 
     lines = [f"# CV pre-training ticket study ({out.name})", "",
              f"Model `{study.model.name}` {study.model.options}; pruning {study.prune.method}, {n} rounds "
              f"({study.prune.schedule}, rate {study.prune.rate}), rewind to θp (pre-trained heads rewound too); "
-             f"one θp per pre-training, each from its own θ0 (share_init: {study.share_init}); seeds {study.seeds}: "
-             "seed i finds every mask and fine-tunes its transfers. Intervals: Student-t 95 % over seeds.", "",
+             f"{study.replicates} independent θp replicate(s) per pre-training, each from its own θ0 and data order "
+             f"(share_init: {study.share_init}); seeds {study.seeds} nested in each replicate (unit = seed + "
+             f"{REPLICATE_STRIDE} · replicate): unit i finds every mask and fine-tunes its transfers. Intervals: "
+             "Student-t 95 % over units (over replicates for the cross-objective overlap).", "",
              "## Verdicts", "", *[f"- {rule}" for rule in [*RULES, OVERLAP_RULE]], "",
              "Claims are MISSION.md §1's (Chen et al.), mapped to the stand-in tasks in the study config.", "",
              markdown_table(["claim", "paper", "measured (95 % CI)", "gap / context", "verdict"], verdicts), ""]
