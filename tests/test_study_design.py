@@ -110,3 +110,17 @@ def test_overlap_claim_is_judged_over_replicate_pairs_against_the_papers_bound()
     assert overlap_row(overlaps([0.02, 0.10, 0.06]), names, 0)[-1] == "inconclusive"  # straddles 6.55 %
     single = {k: v for k, v in names.items() if k[1] == 0}
     assert overlap_row(overlaps([0.03]), single, 0)[-1] == "inconclusive"  # one replicate: no interval
+
+
+def test_vl_study_replicates_give_each_unit_its_own_theta_p_replicate():
+    from ticketlab.studies.vl_tickets import pretraining_configs as vl_pretraining, task_configs, transfer_specs
+
+    example = yaml.safe_load((Path(__file__).parent.parent / "examples" / "vl_tickets_study.yaml").read_text())
+    one = study_config("vl_tickets", example)
+    two = study_config("vl_tickets", {**example, "replicates": 2})
+    seeds = {u: cfg.pretrain.seed for u, cfg in vl_pretraining(two).items()}
+    assert sorted(seeds) == [0, 1, 2, 1000, 1001, 1002] and len(set(seeds.values())) == 2  # one θp per replicate
+    assert all(vl_pretraining(two)[u] == cfg for u, cfg in vl_pretraining(one).items())  # replicate 0 unchanged
+    assert {u for _, u in task_configs(two)} == set(seeds) and {s for s, *_ in transfer_specs(two)} == set(seeds)
+    with pytest.raises(ConfigError, match="released checkpoint"):
+        study_config("vl_tickets", {**example, "replicates": 2, "theta_p_from_checkpoint": True})

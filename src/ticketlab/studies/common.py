@@ -15,6 +15,27 @@ from ticketlab.paths import study_dir
 REPLICATE_STRIDE = 1000  # a study's unit key = seed + 1000 · θp replicate: replicate 0's keys are the seeds
 
 
+def units(study: Any) -> list[int]:
+    """Every (θp replicate, seed) of a study with ``replicates`` and ``seeds`` as one key, seeds nested."""
+    return [seed + REPLICATE_STRIDE * r for r in range(study.replicates) for seed in study.seeds]
+
+
+def replicate_of(unit: int) -> int:
+    return unit // REPLICATE_STRIDE
+
+
+def replicate_problems(study: Any, released: list[str]) -> list[str]:
+    """Replicates need pre-training runs (a released checkpoint is one θp) and seeds below the stride."""
+    problems = [] if study.replicates >= 1 else [
+        f"replicates must be >= 1 (independent pre-trainings), got {study.replicates}"]
+    if study.replicates > 1 and not all(0 <= s < REPLICATE_STRIDE for s in study.seeds):
+        problems.append(f"with replicates, seeds must lie in 0..{REPLICATE_STRIDE - 1}, got {study.seeds}")
+    if study.replicates > 1 and released:
+        problems.append(f"replicates: {study.replicates} needs pre-training runs, but {', '.join(released)} take θp "
+                        "from a released checkpoint (one θp); set replicates: 1 or pre-train them")
+    return problems
+
+
 def open_study_dir(runs_dir: str | Path, prefix: str, cfg: Any) -> tuple[Path, Path]:
     """(runs folder, the study's own content-addressed folder holding ``study.json``), both created."""
     runs = ensure_writable_dir(Path(runs_dir))

@@ -39,7 +39,7 @@ from ticketlab.run_jobs import experiment_jobs, merge_jobs
 from ticketlab.schedules import round_sparsities
 from ticketlab.seeds import derive_seed
 from ticketlab.studies.base import STUDIES, Study
-from ticketlab.studies.common import REPLICATE_STRIDE, open_study_dir, study_tasks
+from ticketlab.studies.common import open_study_dir, replicate_of, replicate_problems, study_tasks, units
 from ticketlab.studies.cv_report import write_cv_report
 from ticketlab.transfer import (
     TransferSpec,
@@ -87,15 +87,6 @@ class StudyConfig:
     replicates: int = field(default=1, repr=False)
 
 
-def units(study: StudyConfig) -> list[int]:
-    """Every (θp replicate, mask-finding seed) of the study as one key, seeds nested inside replicates."""
-    return [seed + REPLICATE_STRIDE * r for r in range(study.replicates) for seed in study.seeds]
-
-
-def replicate_of(unit: int) -> int:
-    return unit // REPLICATE_STRIDE
-
-
 def check_study(study: StudyConfig) -> None:
     """Everything a long run would otherwise trip over later, checked before any work starts."""
     if not study.pretrainings or not study.downstream:
@@ -108,14 +99,8 @@ def check_study(study: StudyConfig) -> None:
             raise ConfigError(f"downstream_imp_from names {label!r}; known pretraining labels: {', '.join(labels)}")
     if len(set(study.seeds)) < 1 or len(set(study.seeds)) != len(study.seeds):
         raise ConfigError(f"seeds must be distinct and at least one, got {study.seeds}")
-    if study.replicates < 1:
-        raise ConfigError(f"replicates must be >= 1 (independent pre-trainings per objective), got {study.replicates}")
-    if study.replicates > 1 and not all(0 <= s < REPLICATE_STRIDE for s in study.seeds):
-        raise ConfigError(f"with replicates, seeds must lie in 0..{REPLICATE_STRIDE - 1}, got {study.seeds}")
-    released = [p.label for p in study.pretrainings if p.checkpoint]
-    if study.replicates > 1 and released:
-        raise ConfigError(f"replicates: {study.replicates} needs pre-training runs, but {', '.join(released)} "
-                          "take θp from a released checkpoint (one θp); set replicates: 1 or pre-train them")
+    if problems := replicate_problems(study, [p.label for p in study.pretrainings if p.checkpoint]):
+        raise ConfigError.many(problems)
     if study.baseline_rounds and study.analysis_round not in study.baseline_rounds:
         raise ConfigError(f"baseline_rounds {study.baseline_rounds} must include analysis_round "
                           f"({study.analysis_round}): the report compares IMP with the baselines there")

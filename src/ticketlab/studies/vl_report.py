@@ -181,8 +181,10 @@ def write_vl_report(out: Path, study: Any, pretraining: dict[int, dict[str, Any]
     write_verdicts(out, verdicts)
     lines = [f"# V+L ticket study ({out.name})", "",
              f"Model `{study.model.name}` {study.model.options}; IMP {study.prune.method}, schedule "
-             f"{study.prune.schedule} (rate {study.prune.rate}, {study.prune.rounds} rounds), rewind to θp; seeds "
-             f"{study.seeds}: seed i finds the pre-training and task-specific masks and fine-tunes the transfers. "
+             f"{study.prune.schedule} (rate {study.prune.rate}, {study.prune.rounds} rounds), rewind to θp; "
+             f"{getattr(study, 'replicates', 1)} θp replicate(s) (own θ0 and data order), seeds {study.seeds} nested in "
+             "each (unit = seed + 1000 · replicate): unit i finds the pre-training and task-specific masks and "
+             "fine-tunes the transfers. "
              f"Relaxed = ≥ {study.relaxed:.0%} of dense. Scores are each task's metric on test: the VQA score "
              "(annotators' answers), VCR Q->A accuracy, RefCOCO+ box accuracy (IoU > 0.5) when boxes are given, mean "
              "R@1 (both directions) for retrieval (chance 1 / gallery size), accuracy otherwise. "

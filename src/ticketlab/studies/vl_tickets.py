@@ -34,8 +34,9 @@ from ticketlab.progress import progress_bar
 from ticketlab.results import derived
 from ticketlab.run_jobs import experiment_jobs, merge_jobs
 from ticketlab.runfolders import load_run
+from ticketlab.seeds import derive_seed
 from ticketlab.studies.base import STUDIES, Study
-from ticketlab.studies.common import open_study_dir, study_tasks, task_key
+from ticketlab.studies.common import open_study_dir, replicate_of, replicate_problems, study_tasks, task_key, units
 from ticketlab.studies.vl_report import write_vl_report
 from ticketlab.transfer import TransferSpec, transfer_job_for, transfer_ticket
 
@@ -61,6 +62,8 @@ class VLStudyConfig:
     # θp is the model's own checkpoint (a released UNITER): no V+L pre-training run; ``pretrain`` then only names
     # the task and objectives of the task-agnostic IMP rounds
     theta_p_from_checkpoint: bool = field(default=False, repr=False)
+    # independent V+L pre-trainings (own θ0 and data order); every seed's masks are found once per replicate
+    replicates: int = field(default=1, repr=False)
 
 
 def check_study(study: VLStudyConfig) -> None:
@@ -73,6 +76,8 @@ def check_study(study: VLStudyConfig) -> None:
     for name in study.adversarial_tasks:
         if name not in names:
             raise ConfigError(f"adversarial_tasks names {name!r}; the study's tasks are {', '.join(names)}")
+    if problems := replicate_problems(study, ["θp"] if study.theta_p_from_checkpoint else []):
+        raise ConfigError.many(problems)
     check_rounds("transfer_rounds", study.transfer_rounds, study.prune)
     check_rounds("adversarial_rounds", study.adversarial_rounds, study.prune, low=0)
     if not 0 < study.relaxed <= 1:
@@ -81,28 +86,30 @@ def check_study(study: VLStudyConfig) -> None:
         validate(cfg)
 
 
-def shared_pretraining(study: VLStudyConfig) -> PretrainConfig | None:
-    """The one V+L pre-training every IMP run starts from (None: θp is the model's checkpoint)."""
+def shared_pretraining(study: VLStudyConfig, unit: int = 0) -> PretrainConfig | None:
+    """The V+L pre-training (θp replicate of ``unit``) its IMP runs start from (None: the model's checkpoint)."""
     if study.theta_p_from_checkpoint:
         return None
+    r = replicate_of(unit)
     return PretrainConfig(study.pretrain.objective, study.pretrain.objective_options, study.pretrain.task,
-                          study.pretrain.train, seed=study.seed)
+                          study.pretrain.train, seed=study.seed if r == 0 else derive_seed(study.seed, "replicate", r))
 
 
 def pretraining_configs(study: VLStudyConfig) -> dict[int, ExperimentConfig]:
-    """Task-agnostic IMP per seed: every round trains on the pre-training objectives from the one θp."""
+    """Task-agnostic IMP per unit (θp replicate x seed): every round trains on the pre-training objectives."""
     return {s: ExperimentConfig(model=study.model, task=study.pretrain.task, train=study.pretrain_imp_train,
-                                prune=study.prune, pretrain=shared_pretraining(study), objective=study.pretrain.objective,
-                                objective_options=study.pretrain.objective_options, baselines=[], seed=s)
-            for s in study.seeds}
+                                prune=study.prune, pretrain=shared_pretraining(study, s),
+                                objective=study.pretrain.objective, objective_options=study.pretrain.objective_options,
+                                baselines=[], seed=s)
+            for s in units(study)}
 
 
 def task_configs(study: VLStudyConfig) -> dict[tuple[str, int], ExperimentConfig]:
-    """Task-specific IMP per (task, seed), with the baselines at ``baseline_rounds`` for every seed (paired)."""
-    return {(task_key(t), s): ExperimentConfig(model=study.model, task=t, train=study.downstream_train, prune=study.prune,
-                                          pretrain=shared_pretraining(study), baselines=study.baselines,
-                                          baseline_rounds=study.baseline_rounds, seed=s)
-            for t in study.tasks for s in study.seeds}
+    """Task-specific IMP per (task, unit), with the baselines at ``baseline_rounds`` for every unit (paired)."""
+    return {(task_key(t), s): ExperimentConfig(model=study.model, task=t, train=study.downstream_train,
+                                               prune=study.prune, pretrain=shared_pretraining(study, s),
+                                               baselines=study.baselines, baseline_rounds=study.baseline_rounds, seed=s)
+            for t in study.tasks for s in units(study)}
 
 
 def transfer_specs(study: VLStudyConfig) -> list[tuple[int, TaskConfig, int, str, TransferSpec]]:
@@ -113,7 +120,7 @@ def transfer_specs(study: VLStudyConfig) -> list[tuple[int, TaskConfig, int, str
     jobs += [(t, k, "adversarial") for t in study.tasks if task_key(t) in adv_tasks for k in study.adversarial_rounds]
     return [(seed, t, k, kind, TransferSpec(t, study.downstream_train, seed,
                                             **(adversarial if kind == "adversarial" else {})))
-            for seed in study.seeds for t, k, kind in jobs]
+            for seed in units(study) for t, k, kind in jobs]
 
 
 def vl_study_jobs(study: VLStudyConfig, runs_dir: Path) -> list[Job]:

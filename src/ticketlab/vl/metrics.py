@@ -96,13 +96,18 @@ def xywh(box: torch.Tensor) -> torch.Tensor:
     return torch.cat([box[..., :2], box[..., 2:4] - box[..., :2]], -1)
 
 
+def scored_predictions(model: nn.Module, split: Split, key: str, metric: str, need: str) -> torch.Tensor:
+    """The model's predictions on a split that carries ``key``, the per-sample targets ``metric`` scores against."""
+    if not isinstance(split.x, dict) or key not in split.x:
+        raise DataError(f"metric {metric} needs {need}, or use metric accuracy")
+    return predictions(model, split)
+
+
 @METRICS.register("refcoco_iou")
 def refcoco_iou_metric(model: nn.Module, split: Split) -> dict[str, float]:
     """RefCOCO(+/g) accuracy as UNITER scores it: the chosen region's box has IoU > 0.5 with the ground-truth box."""
-    if not isinstance(split.x, dict) or TARGET_BOX not in split.x:
-        raise DataError("metric refcoco_iou needs ground-truth boxes: build the task with vl_disk from refcoco samples "
-                        "with a box [x0, y0, x1, y1], or use metric accuracy")
-    pred = predictions(model, split)
+    pred = scored_predictions(model, split, TARGET_BOX, "refcoco_iou", "ground-truth boxes: build the task with "
+                              "vl_disk from refcoco samples with a box [x0, y0, x1, y1]")
     size = split.x[TARGET_IMAGE_SIZE].cpu().double().repeat(1, 2)  # [N, 4]: w h w h
     regions = split.x["image_boxes"][:, 0, :, :4].cpu().double()  # [N, R, 4] normalised x0 y0 x1 y1
     chosen = torch.round(regions[torch.arange(len(pred)), pred] * size * 1000) / 1000  # undo float32 drift (1e-3 px)

@@ -22,8 +22,8 @@ from torch import nn
 
 from ticketlab.data.base import Split
 from ticketlab.errors import DataError
-from ticketlab.metrics import METRICS, predictions
-from ticketlab.vl.metrics import majority_chance
+from ticketlab.metrics import METRICS
+from ticketlab.vl.metrics import majority_chance, scored_predictions
 
 ANSWER_IDS, ANSWER_SCORES = "vqa_answer_ids", "vqa_answer_scores"  # [N, K] class id (-1: padding), [N, K] score
 
@@ -139,10 +139,8 @@ def credited(pred: torch.Tensor, ids: torch.Tensor, scores: torch.Tensor) -> tor
 @METRICS.register("vqa_score")
 def vqa_score_metric(model: nn.Module, split: Split) -> dict[str, float]:
     """VQA score (official vqaEval): the mean min(1, matches/3) of the arg-max answer over leave-one-out annotators."""
-    if not isinstance(split.x, dict) or ANSWER_IDS not in split.x:
-        raise DataError("metric vqa_score needs the annotators' answers: build the task with vl_disk from samples "
-                        "with an answers list, or use metric accuracy")
-    pred = predictions(model, split)
+    pred = scored_predictions(model, split, ANSWER_IDS, "vqa_score", "the annotators' answers: build the task with "
+                              "vl_disk from samples with an answers list")
     per_question = credited(pred, split.x[ANSWER_IDS].cpu(), split.x[ANSWER_SCORES].cpu())
     return {"score": float(per_question.mean()) if len(pred) else 0.0,
             "accuracy": float((pred == split.y.cpu()).float().mean()) if len(pred) else 0.0}
