@@ -113,7 +113,8 @@ def test_overlap_claim_is_judged_over_replicate_pairs_against_the_papers_bound()
 
 
 def test_vl_study_replicates_give_each_unit_its_own_theta_p_replicate():
-    from ticketlab.studies.vl_tickets import pretraining_configs as vl_pretraining, task_configs, transfer_specs
+    from ticketlab.studies.vl_tickets import pretraining_configs as vl_pretraining
+    from ticketlab.studies.vl_tickets import task_configs, transfer_specs
 
     example = yaml.safe_load((Path(__file__).parent.parent / "examples" / "vl_tickets_study.yaml").read_text())
     one = study_config("vl_tickets", example)
