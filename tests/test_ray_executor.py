@@ -136,7 +136,7 @@ def test_the_cv_study_on_ray_equals_the_serial_study(tmp_path):
     from tests.test_study import TINY_STUDY
     from ticketlab.studies.base import STUDIES, study_config
 
-    study = {**TINY_STUDY, "seeds": TINY_STUDY["seeds"][:1]}  # one seed: the graph's shape, in half the time
+    study = {**TINY_STUDY, "seeds": TINY_STUDY["seeds"][:1], "replicates": 1}  # one unit: the graph, in half the time
     cfg = study_config("cv_pretraining", study)
     jobs = STUDIES.get("cv_pretraining").jobs(cfg, tmp_path / "runs")
     kinds = [job.kind for job in jobs]

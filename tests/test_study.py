@@ -37,13 +37,16 @@ def reduced(config: dict) -> dict:
     out["analysis_round"] = 2
     out["baseline_rounds"] = [2]
     out["seeds"] = out["seeds"][:2]
+    out["replicates"] = min(out.get("replicates", 1), 2)  # 2 θp replicates x the seeds: every unit-keyed path runs
     return out
 
 
 TINY_STUDY = reduced(yaml.safe_load(EXAMPLE.read_text()))
 LABELS = [p["label"] for p in TINY_STUDY["pretrainings"]]
 TARGETS = len(TINY_STUDY["downstream"])
-SEEDS = len(TINY_STUDY["seeds"])
+REPLICATES = TINY_STUDY["replicates"]
+UNITS = [s + 1000 * r for r in range(REPLICATES) for s in TINY_STUDY["seeds"]]  # θp replicate x seed
+SEEDS = len(UNITS)
 
 
 @pytest.fixture(scope="module")
@@ -79,13 +82,15 @@ def test_study_writes_report_figures_and_summary(study_out):
     assert len(summary["pairs"]) == 3 * TARGETS
     variants = {(r["source"], r["variant"]) for r in summary["sensitivity"]}
     assert len(variants) == 3 * 4
-    assert {r["seed"] for r in summary["sensitivity"]} == set(TINY_STUDY["seeds"])  # seed i's ticket, seed i
+    assert {r["seed"] for r in summary["sensitivity"]} == set(UNITS)  # unit i's ticket, fine-tuned with unit i
     rows = json.loads((out / "transfer_rows.json").read_text())
     assert len(rows) == 3 * TARGETS * SEEDS * 3  # sources x targets x seeds x rounds (0..2)
     imp_runs = list((root / "runs").glob("imp-*"))
     # pre-training tickets + downstream tickets from the supervised θp, each once per seed
     assert len(imp_runs) == (3 + TARGETS) * SEEDS
-    assert len(list((root / "runs").glob("pretrain-*"))) == 3  # each θp pre-trained once, shared by its seeds
+    assert len(list((root / "runs").glob("pretrain-*"))) == 3 * REPLICATES  # each θp replicate once, shared by seeds
+    overlap = next(r for r in json.loads((out / "verdicts.json").read_text())["rows"] if "mask overlap" in r["claim"])
+    assert overlap["rule"] == "drop" and len(overlap["drops"]) == REPLICATES  # judged over replicate pairs
     baselines = [p for p in imp_runs if (p / "baselines").is_dir()]
     assert len(baselines) == TARGETS * SEEDS
 

@@ -28,12 +28,12 @@ def test_downstream_scenes_must_not_be_the_pretraining_scenes():
 
 
 def test_each_pretraining_starts_from_its_own_init_unless_shared():
-    configs = pretraining_configs(study_config("cv_pretraining", EXAMPLE))
+    configs = pretraining_configs(study_config("cv_pretraining", {**EXAMPLE, "replicates": 1}))
     theta0 = {label: {cfg.pretrain.seed for (lb, _), cfg in configs.items() if lb == label} for label, _ in configs}
     assert all(len(seeds) == 1 for seeds in theta0.values())  # one θp per pre-training, shared by its IMP seeds
     assert len({next(iter(seeds)) for seeds in theta0.values()}) == 3  # ... each from its own θ0
     assert len({cfg.seed for cfg in configs.values()}) == len(configs) == 3 * len(EXAMPLE["seeds"])  # mask seeds
-    shared = pretraining_configs(study_config("cv_pretraining", {**EXAMPLE, "share_init": True}))
+    shared = pretraining_configs(study_config("cv_pretraining", {**EXAMPLE, "share_init": True, "replicates": 1}))
     assert {cfg.pretrain.seed for cfg in shared.values()} == {EXAMPLE.get("seed", 0)}
 
 
@@ -75,7 +75,7 @@ def test_pretrained_heads_are_saved_with_theta_p_and_rewound_in_pretraining_task
 def test_replicates_are_independent_pretrainings_with_seeds_nested_and_replicate_0_unchanged():
     from ticketlab.studies.cv_pretraining import downstream_configs, replicate_of, units
 
-    one = study_config("cv_pretraining", EXAMPLE)
+    one = study_config("cv_pretraining", {**EXAMPLE, "replicates": 1})
     three = study_config("cv_pretraining", {**EXAMPLE, "replicates": 3})
     assert units(three) == [s + 1000 * r for r in range(3) for s in EXAMPLE["seeds"]]
     configs = pretraining_configs(three)

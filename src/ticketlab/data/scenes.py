@@ -148,3 +148,5 @@ _register("scenes_count", "count", "default", "Number of objects (5 classes).")
 _register("scenes_colour_count", "colour_count", "default", "Number of distinct colours (5 classes).")
 _register("scenes_shape_colour", "shape_colour", "default", "Shape x colour of the largest object (18 classes).")
 _register("scenes_shifted_shape", "shape", "shifted", "Shape of the largest object, shifted domain (VisDA stand-in).")
+_register("scenes_shifted_count", "count", "shifted", "Number of objects, shifted domain (a VisDA stand-in not read off "
+          "the pre-training label).")
