@@ -100,7 +100,7 @@ def test_png_label_maps_are_read_as_class_indices(tmp_path):
     for size in (64, 32):  # read as is, and resized by nearest neighbour
         task = build_task("voc_segmentation", {"path": str(tmp_path), "image_size": size, "num_classes": 3,
                                                "val_fraction": 0.25, "test_fraction": 0.25})
-        assert (task.head, task.metric, task.train.y.dtype) == ("segmentation", "miou", torch.int64)
+        assert (task.head, task.metric, task.train.y.dtype) == ("segmentation", "miou", torch.uint8)
         every = torch.cat([task.train.y, task.val.y, task.test.y]).numpy()
         expected = [np.kron(np.roll(blocks, i, 0), np.ones((size // 4, size // 4))) for i in range(4)]
         assert sorted(next(i for i, e in enumerate(expected) if np.array_equal(y, e)) for y in every) == [0, 1, 2, 3]

@@ -165,3 +165,21 @@ def test_coco_json_naming_a_missing_image_and_a_missing_label_folder_are_one_lin
         "drop them from the JSON's 'images'",
         f"dry-run: downstream[1].options.path: {tmp_path / 'voc'} has no SegmentationClass/ folder; point "
         "task.options.path at a VOC folder (JPEGImages/, SegmentationClass/, ImageSets/Segmentation/)"]
+
+
+def test_a_studys_released_checkpoints_are_checked_like_the_loader_reads_them(tmp_path):
+    """``pretrainings[].checkpoint`` (a CV study's released θp) is checked, and a file the loader would refuse (tensors
+    nested under an unknown key) is refused by the dry run too."""
+    import torch
+
+    from ticketlab.dry_run import input_problems
+
+    torch.save({"resnet": {"conv1.weight": torch.zeros(1)}, "head": {"fc.weight": torch.zeros(1)}}, tmp_path / "x.pth")
+    torch.save({"state_dict": {"conv1.weight": torch.zeros(1)}}, tmp_path / "ok.pth")
+    problems, checked = input_problems({"pretrainings": [
+        {"label": "a", "checkpoint": str(tmp_path / "missing.pth")},
+        {"label": "b", "checkpoint": str(tmp_path / "x.pth")},
+        {"label": "c", "checkpoint": str(tmp_path / "ok.pth")}]})
+    assert checked == [f"pretrainings[{i}].checkpoint" for i in range(3)]
+    assert len(problems) == 2 and "pretrainings[0].checkpoint" in problems[0] and "does not exist" in problems[0]
+    assert "pretrainings[1].checkpoint" in problems[1] and "state dict of tensors" in problems[1]

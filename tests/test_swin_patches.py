@@ -142,3 +142,16 @@ def test_the_study_refuses_a_keep_rate_that_empties_a_window_with_exit_2(tmp_pat
     assert cli.main(["study", "patch_tickets", str(path), "--runs-dir", str(tmp_path / "runs"), "-q"]) == 2
     err = capsys.readouterr().err
     assert "keep rate 0.25 leaves a 4x4 attention window" in err and len(err.strip().splitlines()) == 1
+
+
+def test_random_patch_students_draws_are_checked_before_training():
+    """RC draws on a 4x4 ticket grid of 2x2 windows: 15 of 16 patches always cover every window, 4 of 16 rarely do;
+    the check refuses the latter up front instead of at some training step."""
+    from ticketlab.objectives.patches import check_random_draws
+
+    student = swin_student().backbone
+    check_random_draws(student, 15, 16, 0.94)  # every draw keeps 3 of each window's 4 patches at least
+    with pytest.raises(ConfigError, match="keep rate 0.25 leaves a 4x4 attention window") as info:
+        check_random_draws(student, 4, 16, 0.25)
+    assert "\n" not in str(info.value)
+    check_random_draws(swin_student(empty_windows="zero").backbone, 4, 16, 0.25)  # zeroed windows: no refusal

@@ -29,7 +29,7 @@ from ticketlab.errors import ConfigError, TicketlabError, one_line
 from ticketlab.estimate import estimate, plan
 from ticketlab.jobs import Job
 from ticketlab.models.base import MODELS
-from ticketlab.tensorfiles import _header_problem
+from ticketlab.tensorfiles import _header_problem, unwrap_state_dict
 
 HF_WEIGHTS = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json", "pytorch_model.bin.index.json")
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "vocab.json", "spiece.model")
@@ -73,6 +73,8 @@ def _walk(node: Any, path: str, key: str | None, problems: list[str], checked: l
         found = _model_checks(node, path)
     elif isinstance(name, str) and name in TASKS:
         found = _task_checks(node, path)
+    elif key == "pretrainings" and isinstance(node.get("checkpoint"), str):  # a CV study's released θp
+        found = [(f"{path}.checkpoint", checkpoint_problems(node["checkpoint"]))]
     checked += [k for k, _ in found]
     problems += [f"dry-run: {k}: {one_line(p)}" for k, lines in found for p in lines]
     for k, v in node.items():
@@ -123,11 +125,9 @@ def checkpoint_problems(value: str) -> list[str]:
     except Exception as exc:  # noqa: BLE001  torch raises many types for a bad or unsafe file
         return [f"{file} does not load with weights_only=True ({type(exc).__name__}: {str(exc).splitlines()[0][:100]}); "
                 "ticketlab never unpickles other objects: re-save it as a state dict of tensors or as safetensors"]
-    return [] if _holds_tensors(state) else [f"{file} holds no tensors; save the model's state_dict there"]
-
-
-def _holds_tensors(obj: Any) -> bool:
-    return isinstance(obj, dict) and any(isinstance(v, torch.Tensor) or _holds_tensors(v) for v in obj.values())
+    return [] if unwrap_state_dict(state) is not None else [
+        f"{file} does not hold a state dict of tensors (at the top or under state_dict / model / model_state_dict); "
+        "save the model's state_dict there"]
 
 
 def hf_folder_problems(value: str, options: dict[str, Any], normalize: Any = "auto") -> list[str]:

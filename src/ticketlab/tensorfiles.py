@@ -118,6 +118,20 @@ def check_finite(tensors: dict[str, torch.Tensor], what: str) -> None:
             raise CorruptFileError(f"{what} holds NaN or infinite values in {name!r}; it is not usable as weights")
 
 
+def unwrap_state_dict(obj: Any) -> dict[str, torch.Tensor] | None:
+    """The state dict of tensors a loaded checkpoint holds (at the top, or under ``state_dict`` / ``model`` /
+    ``model_state_dict``), or None: the one rule of what a readable checkpoint is (loader and ``--dry-run``)."""
+    import torch
+
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        return None
+    return obj
+
+
 def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Load a user checkpoint: safetensors, or a torch pickle with ``weights_only=True`` (never full unpickling)."""
     import torch
@@ -137,11 +151,8 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
                 f"could not read checkpoint {path} ({type(exc).__name__}: {str(exc)[:200]}); it may be truncated, "
                 "or hold objects other than tensors (only weights_only loading is allowed)"
             ) from exc
-    for key in ("state_dict", "model", "model_state_dict"):
-        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-            obj = obj[key]
-            break
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+    obj = unwrap_state_dict(obj)
+    if obj is None:
         raise CorruptFileError(f"{path} does not hold a state dict of tensors")
     check_finite(obj, f"checkpoint {path}")
     return obj

@@ -85,8 +85,9 @@ def _fingerprint(task: Task, recipe: TrainConfig, seed: int, mask: Mask | None, 
                  engine: Engine) -> str:
     """What a checkpoint must match to be resumed into this training (else: a one-line error)."""
     recipe_fields = {k: v for k, v in to_dict(recipe).items() if v is not None}  # options added later: unset = None
-    blob = json.dumps([task.name, len(task.train), recipe_fields, seed, mask.digest() if mask else None,
-                       objective.name, engine.precision, engine.world_size, engine.cfg.grad_accumulation],
+    scored = [] if task.metric == "accuracy" else [task.metric]  # a metric change (vl_disk's paper metrics) is another
+    blob = json.dumps([task.name, len(task.train), recipe_fields, seed, mask.digest() if mask else None,  # training
+                       objective.name, engine.precision, engine.world_size, engine.cfg.grad_accumulation, *scored],
                       sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

@@ -147,8 +147,8 @@ def transfer_job_for(source: str, k: int, spec: TransferSpec, resources: dict[st
 
 def target_task(run_dir: Path, spec: TransferSpec) -> Task:
     """The transfer's target task, with what the source run's model implies (image size, tokenizer) as defaults."""
-    source = parse_config(read_json(RunPaths(Path(run_dir)).config)).model
-    return build_task(spec.target.name, spec.target.options, model_input_defaults(source.name, source.options))
+    model = spec.model or parse_config(read_json(RunPaths(Path(run_dir)).config)).model  # the model it trains
+    return build_task(spec.target.name, spec.target.options, model_input_defaults(model.name, model.options))
 
 
 def perturbation_sensitivity(run_dir: Path, k: int, spec: TransferSpec, task: Task | None = None,

@@ -2,7 +2,8 @@
 
 Detection: a split's ``y`` is a padded float tensor ``[N, M, 5]`` = (class, x0, y0, x1, y1) in pixels of the
 (resized) image, class -1 = padding — a tensor, so the loader, ``data_on_device`` and the seeded epoch order
-work unchanged. Segmentation: ``y`` is ``[N, H, W]`` int64, 255 = ignore (VOC's "void" border convention).
+work unchanged. Segmentation: ``y`` is ``[N, H, W]`` integers (uint8 from files), 255 = ignore (VOC's "void"
+border convention).
 """
 
 from __future__ import annotations

@@ -95,7 +95,9 @@ def voc_segmentation(path: str, image_size: int = 512, num_classes: int = 21, va
             files.append(image)
     rows = assign_splits(None if "all" in sets else published, len(files), val_fraction, test_fraction, seed)
     classes = ["background", *VOC_CLASSES] if num_classes == 21 else [str(i) for i in range(num_classes)]
-    targets = torch.from_numpy(np.stack(maps)) if maps else torch.zeros(0, image_size, image_size, dtype=torch.long)
+    # uint8 (255 = void fits): a 10k-image set at 512 px is 2.6 GB, not 21 GB as int64; loss and metric cast per batch
+    targets = torch.from_numpy(np.stack(maps).astype(np.uint8)) if maps else \
+        torch.zeros(0, image_size, image_size, dtype=torch.uint8)
     return dense_task(root.name, files, targets, rows, classes, image_size, "segmentation", str(root))
 
 

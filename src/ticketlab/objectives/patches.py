@@ -42,6 +42,14 @@ def check_student_tickets(backbone: nn.Module, tickets: dict[str, torch.Tensor],
         backbone.check_tickets(tickets, keep_rate)
 
 
+def check_random_draws(backbone: nn.Module, count: int, num_patches: int, keep_rate: float, draws: int = 512) -> None:
+    """The RC student's draws, checked like tickets before training: a sample of ``draws`` random subsets of
+    ``count`` patches (a Swin that refuses empty windows would otherwise fail at some step hours in)."""
+    if isinstance(backbone, PatchSwin):
+        scores = torch.rand(draws, num_patches, generator=torch.Generator().manual_seed(0))
+        backbone.check_tickets({"random draws": scores.topk(count, dim=1).indices.sort(dim=1).values}, keep_rate)
+
+
 class PatchObjective(Objective):
     """Students see patch subsets: they get their patch adapter, and checkpoints are chosen on all patches."""
 

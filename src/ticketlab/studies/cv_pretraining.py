@@ -101,6 +101,14 @@ def check_study(study: StudyConfig) -> None:
         raise ConfigError(f"seeds must be distinct and at least one, got {study.seeds}")
     if problems := replicate_problems(study, [p.label for p in study.pretrainings if p.checkpoint]):
         raise ConfigError.many(problems)
+    names = [t.name for t in study.downstream]
+    if len(set(names)) < len(names):
+        raise ConfigError(f"downstream names a task twice ({', '.join(names)}); the study keys tasks by name: "
+                          "give each dataset once")
+    for p in study.pretrainings:
+        if p.model is not None and not p.checkpoint:
+            raise ConfigError(f"pretrainings {p.label!r} sets model without checkpoint: a pre-training run's θp "
+                              "lives in the study's model; drop model, or take θp from a released checkpoint")
     if study.baseline_rounds and study.analysis_round not in study.baseline_rounds:
         raise ConfigError(f"baseline_rounds {study.baseline_rounds} must include analysis_round "
                           f"({study.analysis_round}): the report compares IMP with the baselines there")

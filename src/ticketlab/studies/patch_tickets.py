@@ -41,7 +41,13 @@ from ticketlab.fileio import ensure_writable_dir, read_json, write_json
 from ticketlab.jobs import JOB_KINDS, Job, job_resources
 from ticketlab.metrics import accuracy
 from ticketlab.models.base import build_model, model_input_defaults
-from ticketlab.objectives.patches import RandomPatches, TicketPatches, check_student_tickets, student_patches
+from ticketlab.objectives.patches import (
+    RandomPatches,
+    TicketPatches,
+    check_random_draws,
+    check_student_tickets,
+    student_patches,
+)
 from ticketlab.patches.tickets import find_tickets, load_tickets, save_tickets, ticket_grid, ticket_grid_png, with_tickets
 from ticketlab.patches.vit import patch_vit
 from ticketlab.paths import CONFIG, METRICS, TICKETS, select_dir, student_dir, study_dir
@@ -198,6 +204,7 @@ def train_student(cfg: PatchStudyConfig, keep_rate: float, seed: int, variant: s
         objective, train_task = TicketPatches(), ticketed
     else:
         objective, train_task = RandomPatches(meta["kept"], num_patches), task
+        check_random_draws(model.backbone, meta["kept"], num_patches, keep_rate)
         if variant == "rc_budget":
             recipe = dataclasses.replace(recipe, epochs=max(1, round(recipe.epochs / keep_rate**3)))
 

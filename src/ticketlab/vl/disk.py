@@ -174,8 +174,9 @@ def vl_disk(path: str, family: str = "vqa", tokenizer: str | None = None, vocabu
     needs = targets.NEEDS.get(targets.metric_option(metric, family))
     splits = {s: read_samples(root / f"{s}.jsonl", family, None if s == "train" else needs)
               for s in ("train", "val", "test")}
-    metric = targets.choose_metric(metric, family, [*splits["val"], *splits["test"]])
     raw = [targets.sample_label(s, family) for split in splits.values() for s in split]
+    metric = targets.choose_metric(metric, family, [*splits["val"], *splits["test"]],
+                                   named=any(isinstance(v, str) for v in raw))
     label_ids: dict[str, int] = {}
     if any(isinstance(v, str) for v in raw):
         label_ids = {name: i for i, name in enumerate(label_names(raw))}

@@ -61,14 +61,16 @@ def sample_label(sample: dict[str, Any], family: str) -> object:
     return min(a for a, n in counts.items() if n == top)
 
 
-def choose_metric(option: str, family: str, scored: list[dict[str, Any]]) -> str:
+def choose_metric(option: str, family: str, scored: list[dict[str, Any]], named: bool = True) -> str:
     """The task's metric: the asked one, or (auto) the family's paper metric where every val/test sample carries
-    what it needs (answers, boxes), else the family's default."""
+    what it needs (answers, boxes; the VQA score also answer strings as labels), else the family's default."""
     if option != "auto":
         return option
     paper = PAPER_METRIC.get(family)
     if paper is None:
         return FAMILIES[family][1]
+    if paper == "vqa_score" and not named:
+        return "accuracy"
     return paper if all(NEEDS.get(paper, "text") in s for s in scored) else "accuracy"
 
 

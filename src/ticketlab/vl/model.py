@@ -1,7 +1,7 @@
 """A UNITER-style single-stream V+L transformer over any BERT-family checkpoint, and its task heads.
 
 Text tokens get BERT's word + position + type-0 embeddings; each image region (or patch) gets
-``LN(LN(W_f·feature) + LN(W_b·box)) + type-1`` (UNITER's image embedder); both streams are
+``LN(LN(W_f·feature) + LN(W_b·box) + type-1)`` (UNITER's image embedder); both streams are
 concatenated and run through the checkpoint's own encoder layers with one padding mask; the pooler
 reads [CLS]. The embedding stage and the encoder are separate methods (:meth:`UniterBackbone.embed`,
 :meth:`UniterBackbone.encode`) so adversarial training can perturb the embeddings in between.
