@@ -137,7 +137,9 @@ def fcos_loss(outputs: dict[str, Any], targets: torch.Tensor, num_classes: int) 
         return cls_loss + 0.0 * (box.sum() + ctr.sum())  # every part stays in the graph (DDP)
     reg_t = reg[positive]
     ctr_t = centerness_target(reg_t)
-    box_loss = (giou_loss(box[positive], reg_t) * ctr_t).sum() / ctr_t.sum().clamp_min(1e-6)
+    scale = stride.expand(len(targets), -1).flatten()[positive][:, None].to(reg_t.dtype)  # stride units, as the
+    box_loss = (giou_loss(box[positive] / scale, reg_t / scale) * ctr_t).sum() / ctr_t.sum().clamp_min(1e-6)  # norm
+    # regression of the official code computes the loss (its IoU's +1 smoothing is per stride, not per pixel)
     ctr_loss = F.binary_cross_entropy_with_logits(ctr[positive], ctr_t, reduction="sum") / num_pos
     return cls_loss + box_loss + ctr_loss
 
