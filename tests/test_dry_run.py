@@ -183,3 +183,19 @@ def test_a_studys_released_checkpoints_are_checked_like_the_loader_reads_them(tm
     assert checked == [f"pretrainings[{i}].checkpoint" for i in range(3)]
     assert len(problems) == 2 and "pretrainings[0].checkpoint" in problems[0] and "does not exist" in problems[0]
     assert "pretrainings[1].checkpoint" in problems[1] and "state dict of tensors" in problems[1]
+
+
+def test_dense_tasks_are_timed_with_their_own_heads_and_label_shapes():
+    """A detection or segmentation estimate times the FPN + FCOS / semantic head (as costly as the backbone at
+    512 px), fed labels of the head's shape, not a linear classifier."""
+    import torch
+
+    from ticketlab.estimate import _head, synthetic_labels
+
+    assert _head(TaskConfig("coco_detection", {"path": "x"})) == ("detection", 20)
+    assert _head(TaskConfig("voc_segmentation", {"path": "x", "num_classes": 5})) == ("segmentation", 5)
+    assert _head(TaskConfig("cifar10", {"path": "x"})) == ("linear", 10)
+    images = torch.zeros(3, 3, 64, 64)
+    boxes = synthetic_labels("detection", 20, images, 3)
+    assert boxes.shape == (3, 4, 5) and bool((boxes[..., 3:] > boxes[..., 1:3]).all() and (boxes[..., 1:] <= 64).all())
+    assert synthetic_labels("segmentation", 5, images, 3).shape == (3, 64, 64)

@@ -135,7 +135,10 @@ def _setting(task: TaskConfig, implied: dict[str, Any], key: str, fallback: Any 
 
 
 def _head(task: TaskConfig) -> tuple[str, int]:
-    """The head kind and class count a task implies (V+L families have their own heads)."""
+    """The head kind and class count a task implies (V+L families and dense tasks have their own heads)."""
+    dense = getattr(TASKS.get(task.name), "head", None)
+    if isinstance(dense, str):  # detection / segmentation: the FPN and its heads cost as much as the backbone
+        return dense, int(task.options.get("num_classes", 21 if dense == "segmentation" else 20))
     if not task.name.startswith("vl_"):
         return "linear", 10
     from ticketlab.vl.tasks import FAMILIES
@@ -172,6 +175,20 @@ def synthetic_inputs(model: TicketModel, model_cfg: ModelConfig, task: TaskConfi
     return torch.randn(batch, 3, size, size, generator=gen), f"{size}x{size} images"
 
 
+def synthetic_labels(head: str, classes: int, inputs: Any, batch: int) -> torch.Tensor:
+    """Labels of the head's shape: class ids, 4 boxes per image (detection; FCOS assigns them), or a label map."""
+    gen = torch.Generator().manual_seed(1)
+    if head == "detection":
+        size = inputs.shape[-1]
+        corner = torch.rand(batch, 4, 2, generator=gen) * size / 2
+        extent = corner + torch.rand(batch, 4, 2, generator=gen) * size / 2 + 4
+        return torch.cat([torch.randint(0, classes, (batch, 4, 1), generator=gen).float(), corner,
+                          extent.clamp(max=size)], 2)
+    if head == "segmentation":
+        return torch.randint(0, classes, (batch, *inputs.shape[-2:]), generator=gen)
+    return torch.zeros(batch, dtype=torch.long)
+
+
 def seconds_per_step(work: Work, steps: int, warmup: int = 1) -> tuple[float, str, str]:
     """(seconds per optimiser step, the inputs, the device) of ``work``'s model at its batch size: ``warmup`` untimed
     steps, then ``steps`` timed ones of the training loop's ``TrainStep``."""
@@ -186,7 +203,7 @@ def seconds_per_step(work: Work, steps: int, warmup: int = 1) -> tuple[float, st
     engine = Engine(work.engine)
     step = TrainStep(model.train(), dataclasses.replace(work.train, divergence_factor=0.0), steps + warmup,
                      engine=engine)
-    labels = torch.zeros(work.train.batch_size, dtype=torch.long)
+    labels = synthetic_labels(head, classes, inputs, work.train.batch_size)
     cuda = engine.device.type == "cuda"
     device = f"{torch.cuda.get_device_name(engine.device) if cuda else f'CPU, {engine.threads} threads'}, " \
              f"{engine.precision}"

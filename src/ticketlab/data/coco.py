@@ -32,7 +32,7 @@ from ticketlab.data.dense_files import (
     image_size_of,
     voc_split_ids,
 )
-from ticketlab.data.dense_labels import pad_targets
+from ticketlab.data.dense_labels import dense_head, pad_targets
 from ticketlab.data.dense_probes import HEADERS, listing, option, require_files, train_count
 from ticketlab.data.smoke_files import smoke_rng
 from ticketlab.errors import ConfigError, DataError
@@ -150,6 +150,7 @@ def _voc_sets(root: Path) -> dict[str, list[str]]:
 
 
 @TASKS.register("coco_detection")
+@dense_head("detection")
 @bounds(image_size=(32, 4096), val_fraction=(0.01, 0.5), test_fraction=(0.01, 0.5))
 def coco_detection(path: str, format: str = "coco", image_size: int = 512, val_fraction: float = 0.1,
                    test_fraction: float = 0.2, seed: int = 0) -> Task:

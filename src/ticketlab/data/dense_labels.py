@@ -16,6 +16,15 @@ import torch
 from ticketlab.errors import DataError
 
 DENSE_HEADS = ("detection", "segmentation")
+
+
+def dense_head(kind: str):  # noqa: ANN201  a decorator
+    """Mark a task factory with the dense head its tasks need (``--dry-run`` times that head without data)."""
+    def mark(factory):  # noqa: ANN001, ANN202
+        factory.head = kind
+        return factory
+
+    return mark
 IGNORE_INDEX = 255
 PADDING_CLASS = -1
 

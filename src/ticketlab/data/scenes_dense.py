@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from ticketlab.data.base import TASKS, Split, Task, images_to_tensor
-from ticketlab.data.dense_labels import pad_targets
+from ticketlab.data.dense_labels import dense_head, pad_targets
 from ticketlab.data.scenes import SHAPES, Scene, _shape_mask, generate_scenes
 from ticketlab.registry import bounds
 
@@ -52,6 +52,7 @@ def _dense_scene_task(kind: str, n_train: int, n_val: int, n_test: int, image_si
 
 
 @TASKS.register("scenes_detection")
+@dense_head("detection")
 @bounds(n_train=(1, None), n_val=(1, None), n_test=(1, None), image_size=(32, 64))
 def scenes_detection(n_train: int = 2000, n_val: int = 500, n_test: int = 1000, image_size: int = 32,
                      seed: int = 0) -> Task:
@@ -60,6 +61,7 @@ def scenes_detection(n_train: int = 2000, n_val: int = 500, n_test: int = 1000, 
 
 
 @TASKS.register("scenes_segmentation")
+@dense_head("segmentation")
 @bounds(n_train=(1, None), n_val=(1, None), n_test=(1, None), image_size=(32, 64))
 def scenes_segmentation(n_train: int = 2000, n_val: int = 500, n_test: int = 1000, image_size: int = 32,
                         seed: int = 0) -> Task:

@@ -17,7 +17,7 @@ import torch
 
 from ticketlab.data.base import SMOKE_WRITERS, TASKS, Task, dry_run_hooks
 from ticketlab.data.dense_files import VOC_CLASSES, assign_splits, dense_task, existing, image_size_of, voc_split_ids
-from ticketlab.data.dense_labels import IGNORE_INDEX
+from ticketlab.data.dense_labels import IGNORE_INDEX, dense_head
 from ticketlab.data.dense_probes import HEADERS, listing, require_files, train_count
 from ticketlab.data.smoke_files import smoke_rng
 from ticketlab.errors import DataError
@@ -77,6 +77,7 @@ def _segmentation_sets(root: Path, folders: tuple[str, ...] = ("SegmentationClas
 
 
 @TASKS.register("voc_segmentation")
+@dense_head("segmentation")
 @bounds(image_size=(32, 4096), num_classes=(2, 254), val_fraction=(0.01, 0.5), test_fraction=(0.01, 0.5))
 def voc_segmentation(path: str, image_size: int = 512, num_classes: int = 21, val_fraction: float = 0.1,
                      test_fraction: float = 0.2, seed: int = 0) -> Task:
