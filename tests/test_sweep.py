@@ -113,6 +113,13 @@ def test_adding_engine_fields_renamed_no_existing_run_or_study_folder():
     expected = {"cv_pretraining": "1be3e0db5e9a", "vl_tickets": "18292c13a107", "patch_tickets": "95fff3af72df"}
     for name, digest in expected.items():
         data = yaml.safe_load((root / "examples" / f"{name}_study.yaml").read_text())
+        if name == "cv_pretraining":  # the shipped design changed since (issue 23); the earlier one keeps its id
+            data.pop("replicates")
+            data["seeds"] = [0, 1, 2]
+            data["downstream"] = [{"name": n, "options": {"n_train": 600, "n_val": 300, "n_test": 1000, "seed": 1}}
+                                  for n in ("scenes_shape", "scenes_shifted_shape")]
+            data["claims"] = {"supervised": 0.6723, "simclr": 0.5904, "moco": 0.956, "scenes_shape": 0.9141,
+                              "scenes_shifted_shape": 0.5904}
         assert config_hash(study_config(name, data)) == digest, name
     assert config_hash(load_config(root / "src/ticketlab/configs/demo.yaml")) == "5440b79ad5fd"
 
