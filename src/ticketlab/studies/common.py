@@ -8,6 +8,7 @@ from typing import Any
 
 from ticketlab.config import ModelConfig, TaskConfig, config_hash, to_dict
 from ticketlab.data.base import Task, build_task
+from ticketlab.errors import ConfigError
 from ticketlab.fileio import ensure_writable_dir, write_json
 from ticketlab.models.base import model_input_defaults
 from ticketlab.paths import study_dir
@@ -49,6 +50,15 @@ def task_key(task: TaskConfig) -> str:
     """How a study names a task in its tables: the registry name, or for a V+L dataset on disk its family
     (``vl_disk`` with ``family: gqa`` -> ``vl_gqa``), so the seven tasks from disk are seven rows."""
     return f"vl_{task.options.get('family', 'vqa')}" if task.name == "vl_disk" else task.name
+
+
+def unique_task_keys(tasks: list[TaskConfig], key: str) -> list[str]:
+    """The study's task keys (its tables, claims and runs are keyed by them); one key twice is refused."""
+    names = [task_key(t) for t in tasks]
+    if len(set(names)) < len(names):
+        raise ConfigError(f"{key} names a task twice ({', '.join(names)}); the study keys its tables, claims and runs "
+                          "by task: give each dataset once")
+    return names
 
 
 def study_tasks(model: ModelConfig, tasks: list[TaskConfig]) -> dict[str, Task]:

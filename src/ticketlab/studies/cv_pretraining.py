@@ -39,7 +39,14 @@ from ticketlab.run_jobs import experiment_jobs, merge_jobs
 from ticketlab.schedules import round_sparsities
 from ticketlab.seeds import derive_seed
 from ticketlab.studies.base import STUDIES, Study
-from ticketlab.studies.common import open_study_dir, replicate_of, replicate_problems, study_tasks, units
+from ticketlab.studies.common import (
+    open_study_dir,
+    replicate_of,
+    replicate_problems,
+    study_tasks,
+    unique_task_keys,
+    units,
+)
 from ticketlab.studies.cv_report import write_cv_report
 from ticketlab.transfer import (
     TransferSpec,
@@ -101,10 +108,7 @@ def check_study(study: StudyConfig) -> None:
         raise ConfigError(f"seeds must be distinct and at least one, got {study.seeds}")
     if problems := replicate_problems(study, [p.label for p in study.pretrainings if p.checkpoint]):
         raise ConfigError.many(problems)
-    names = [t.name for t in study.downstream]
-    if len(set(names)) < len(names):
-        raise ConfigError(f"downstream names a task twice ({', '.join(names)}); the study keys tasks by name: "
-                          "give each dataset once")
+    unique_task_keys(study.downstream, "downstream")
     for p in study.pretrainings:
         if p.model is not None and not p.checkpoint:
             raise ConfigError(f"pretrainings {p.label!r} sets model without checkpoint: a pre-training run's θp "

@@ -36,7 +36,15 @@ from ticketlab.run_jobs import experiment_jobs, merge_jobs
 from ticketlab.runfolders import load_run
 from ticketlab.seeds import derive_seed
 from ticketlab.studies.base import STUDIES, Study
-from ticketlab.studies.common import open_study_dir, replicate_of, replicate_problems, study_tasks, task_key, units
+from ticketlab.studies.common import (
+    open_study_dir,
+    replicate_of,
+    replicate_problems,
+    study_tasks,
+    task_key,
+    unique_task_keys,
+    units,
+)
 from ticketlab.studies.vl_report import write_vl_report
 from ticketlab.transfer import TransferSpec, transfer_job_for, transfer_ticket
 
@@ -70,9 +78,7 @@ def check_study(study: VLStudyConfig) -> None:
     """Everything a long run would otherwise trip over later, checked before any work starts."""
     if not study.tasks or not study.seeds:
         raise ConfigError("a V+L study needs at least one entry in 'tasks' and one in 'seeds'")
-    names = [task_key(t) for t in study.tasks]
-    if len(set(names)) < len(names):
-        raise ConfigError(f"the study's tasks repeat a task ({', '.join(names)}); give each task once")
+    names = unique_task_keys(study.tasks, "tasks")
     for name in study.adversarial_tasks:
         if name not in names:
             raise ConfigError(f"adversarial_tasks names {name!r}; the study's tasks are {', '.join(names)}")
