@@ -58,24 +58,21 @@ def _trim_study(study: dict[str, Any]) -> None:
     from ticketlab.config import TaskConfig
     from ticketlab.studies.common import task_key
 
-    if isinstance(study.get("pretrainings"), list) and len(study["pretrainings"]) > SMOKE_STUDY_TASKS:
-        dropped_labels = {p.get("label") for p in study["pretrainings"][SMOKE_STUDY_TASKS:]}
-        study["pretrainings"] = study["pretrainings"][:SMOKE_STUDY_TASKS]
-        if isinstance(study.get("claims"), dict):
-            study["claims"] = {k: v for k, v in study["claims"].items() if k not in dropped_labels}
-        if isinstance(study.get("downstream_imp_from"), list):
-            study["downstream_imp_from"] = [p for p in study["downstream_imp_from"] if p not in dropped_labels]
-    for key in ("tasks", "downstream"):
+    def label(entry: dict[str, Any], key: str) -> str:
+        return entry.get("label", "") if key == "pretrainings" else \
+            task_key(TaskConfig(entry.get("name", ""), entry.get("options") or {}))
+
+    dropped: set[str] = set()
+    for key in ("pretrainings", "tasks", "downstream"):
         if isinstance(study.get(key), list) and len(study[key]) > SMOKE_STUDY_TASKS:
-            dropped = {task_key(TaskConfig(t.get("name", ""), t.get("options") or {}))
-                       for t in study[key][SMOKE_STUDY_TASKS:]} - {
-                task_key(TaskConfig(t.get("name", ""), t.get("options") or {})) for t in study[key][:SMOKE_STUDY_TASKS]}
+            kept = {label(e, key) for e in study[key][:SMOKE_STUDY_TASKS]}
+            dropped |= {label(e, key) for e in study[key][SMOKE_STUDY_TASKS:]} - kept
             study[key] = study[key][:SMOKE_STUDY_TASKS]
-            if isinstance(study.get("claims"), dict):
-                study["claims"] = {k: v for k, v in study["claims"].items() if k not in dropped}
-            for names in ("adversarial_tasks",):
-                if isinstance(study.get(names), list):
-                    study[names] = [n for n in study[names] if n not in dropped]
+    if isinstance(study.get("claims"), dict):
+        study["claims"] = {k: v for k, v in study["claims"].items() if k not in dropped}
+    for names in ("downstream_imp_from", "adversarial_tasks"):
+        if isinstance(study.get(names), list):
+            study[names] = [n for n in study[names] if n not in dropped]
 
 
 def _walk(node: Any, folder: Path, key: str | None) -> None:
