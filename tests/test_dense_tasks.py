@@ -327,3 +327,16 @@ def test_smoke_writers_write_files_their_reader_loads(tmp_path, name, options):
     task = build_task(name, {**options, "path": path, "image_size": 32})
     assert len(task.train) + len(task.val) == 16 and len(task.test) == 8
     assert task.test.x[0:2].shape == (2, 3, 32, 32)
+
+
+@pytest.mark.parametrize("recipe", [{"augment": "cifar"}, {"augment": "imagenet"}, {"randaugment": "rand-m9-mstd0.5"}])
+def test_pixel_moving_augmentation_is_refused_for_dense_tasks(recipe):
+    """Boxes and label maps do not follow a crop, flip or RandAugment rotation: one line before any step; erasing
+    keeps pixels in place and is allowed."""
+    for name in ("scenes_detection", "scenes_segmentation"):
+        task = TASKS.build(name, **TINY).validate()
+        model = build_model("resnet18", task.num_classes, {"width": 4}, seed=0, head=task.head)
+        with pytest.raises(ConfigError, match="move image content but not the boxes / label maps") as info:
+            TrainStep(model, TrainConfig(**recipe), 1, task=task)
+        assert "\n" not in str(info.value)
+        TrainStep(model, TrainConfig(random_erasing=0.25), 1, task=task)

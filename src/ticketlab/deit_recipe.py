@@ -30,6 +30,7 @@ from torch import nn
 
 from ticketlab.augment import RandAugment, _draw_seed, random_erasing
 from ticketlab.data.base import Task
+from ticketlab.data.dense_labels import DENSE_HEADS
 from ticketlab.data.loader import LazyImages
 from ticketlab.errors import ConfigError
 from ticketlab.objectives.base import Objective
@@ -159,10 +160,27 @@ def check_patch_students(recipe: TrainRecipe, key: str = "train") -> None:
     grid), so only position-keeping parts of the recipe apply — erasing, Mixup, CutMix, label smoothing — to ticket
     and RC students alike; crops, flips and RandAugment's geometric ops would move content off its ticket. (The
     official code re-selects tickets on every augmented view with the selector in the loop; ticketlab selects once.)"""
-    if recipe.augment != "none" or resolved(recipe)["randaugment"] != "none":
+    if moves_pixels(recipe):
         raise ConfigError(f"{key}.augment / {key}.randaugment move image content, but patch students read fixed "
                           f"ticket positions; set {key}.augment: none and {key}.randaugment: none (erasing, Mixup, "
                           "CutMix and label smoothing still apply to ticket and RC students alike)")
+
+
+def moves_pixels(recipe: TrainRecipe) -> bool:
+    """Whether the augmentation in effect moves image content (crops, flips, RandAugment's geometric ops)."""
+    return recipe.augment != "none" or resolved(recipe)["randaugment"] != "none"
+
+
+def check_fixed_positions(recipe: TrainRecipe, objective: Objective, task: Task | None, key: str = "train") -> None:
+    """Trainings that read pixels at fixed positions take no pixel-moving augmentation, before anything is built:
+    patch students (``check_patch_students``) and detection / segmentation, whose boxes and label maps would not
+    follow a crop, flip or rotation."""
+    if getattr(objective, "fixed_patch_positions", False):
+        check_patch_students(recipe, key)
+    if task is not None and task.head in DENSE_HEADS and moves_pixels(recipe):
+        raise ConfigError(f"{key}.augment {recipe.augment!r} / {key}.randaugment move image content but not the "
+                          f"boxes / label maps of task {task.name!r}; set {key}.augment: none and {key}.randaugment: "
+                          "none (dense tasks)")
 
 
 def check_task(recipe: TrainRecipe, task: Task, objective: Objective, key: str = "train") -> None:

@@ -16,10 +16,9 @@ from torch import nn
 from ticketlab.augment import SUPERVISED_AUGMENTATIONS
 from ticketlab.config import TrainConfig
 from ticketlab.data.base import Task, slice_inputs
-from ticketlab.data.dense_labels import DENSE_HEADS
-from ticketlab.deit_recipe import batch_recipe, check_patch_students
+from ticketlab.deit_recipe import batch_recipe, check_fixed_positions
 from ticketlab.engine import Engine
-from ticketlab.errors import ConfigError, DivergenceError, NonFiniteLossError
+from ticketlab.errors import DivergenceError, NonFiniteLossError
 from ticketlab.masks import Mask
 from ticketlab.objectives.base import Objective
 
@@ -88,11 +87,7 @@ class TrainStep:
         self.engine = engine
         self.reference_steps, self.reference = reference_steps, []
         self.objective = objective or Objective()
-        if getattr(self.objective, "fixed_patch_positions", False):  # before the patch adapter is fitted
-            check_patch_students(recipe, config_key)
-        if task is not None and task.head in DENSE_HEADS and recipe.augment != "none":
-            raise ConfigError(f"{config_key}.augment {recipe.augment!r} crops and flips images but not the boxes / label "
-                              f"maps of task {task.name!r}; set {config_key}.augment: none (dense tasks)")
+        check_fixed_positions(recipe, self.objective, task, config_key)  # before the patch adapter is fitted
         self.forward_model = engine.prepare_model(model, wrap=self.objective.model_only) if engine else model
         self.enforcer = MaskEnforcer(model, mask) if mask is not None else None
         self.objective.setup(model, mask)

@@ -53,7 +53,7 @@ def check_random_draws(backbone: nn.Module, count: int, num_patches: int, keep_r
 class PatchObjective(Objective):
     """Students see patch subsets: they get their patch adapter, and checkpoints are chosen on all patches."""
 
-    fixed_patch_positions = True  # augmentation must keep pixels in place (``deit_recipe.check_patch_students``)
+    fixed_patch_positions = True  # augmentation must keep pixels in place (``deit_recipe.check_fixed_positions``)
     soft_targets = True  # the loss is cross-entropy on the head: Mixup / CutMix / smoothing targets apply
 
     def setup(self, model: nn.Module, mask: Mask | None) -> None:
