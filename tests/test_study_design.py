@@ -117,7 +117,8 @@ def test_vl_study_replicates_give_each_unit_its_own_theta_p_replicate():
     from ticketlab.studies.vl_tickets import task_configs, transfer_specs
 
     example = yaml.safe_load((Path(__file__).parent.parent / "examples" / "vl_tickets_study.yaml").read_text())
-    one = study_config("vl_tickets", example)
+    example = {**example, "seeds": [0, 1, 2]}
+    one = study_config("vl_tickets", {**example, "replicates": 1})
     two = study_config("vl_tickets", {**example, "replicates": 2})
     seeds = {u: cfg.pretrain.seed for u, cfg in vl_pretraining(two).items()}
     assert sorted(seeds) == [0, 1, 2, 1000, 1001, 1002] and len(set(seeds.values())) == 2  # one θp per replicate
