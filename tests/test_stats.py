@@ -140,3 +140,23 @@ def test_one_usable_reference_rule_binomial_chance_convergence_and_ceiling():
     a, b = {0: 0.58, 1: 0.59, 2: 0.60}, {0: 0.40, 1: 0.41, 2: 0.42}
     assert comparison_row("A vs B", a, b, 0.5, 100)[-1] == "inconclusive"
     assert comparison_row("A vs B", a, b, 0.5, 10_000)[-1] == "reproduced"
+
+
+def test_intervals_pool_seeds_that_share_a_theta_p_replicate():
+    from ticketlab.studies.verdict_file import paired_gap, pool_by_replicate, recompute
+
+    # 3 replicates x 2 seeds (unit = seed + 1000 · replicate): one pair per replicate, the mean of its seeds
+    a = {0: 0.60, 1: 0.64, 1000: 0.70, 1001: 0.72, 2000: 0.50, 2001: 0.54}
+    b = {0: 0.58, 1: 0.58, 1000: 0.69, 1001: 0.69, 2000: 0.50, 2001: 0.50}
+    assert pool_by_replicate(a) == pytest.approx([0.62, 0.71, 0.52])
+    gap = paired_gap(a, b)
+    assert gap == paired_ci([0.62, 0.71, 0.52], [0.58, 0.69, 0.50])  # 3 independent θp: t with 2 df
+    assert gap.mean == pytest.approx(0.0267, abs=1e-4) and gap.low < 0 < gap.high
+    # the six units as if independent would decide (t with 5 df): the pooled interval does not
+    naive = paired_ci(list(a.values()), list(b.values()))
+    assert naive.low > 0
+    assert recompute({"rule": "comparison", "a": {str(k): v for k, v in a.items()},
+                      "b": {str(k): v for k, v in b.items()}, "usable": True}) == "inconclusive"
+    # one replicate: seeds are the units, as before
+    assert pool_by_replicate({0: 0.1, 1: 0.2, 2: 0.3}) == [0.1, 0.2, 0.3]
+    assert paired_gap({0: 0.6, 1: 0.7}, {1: 0.6, 2: 0.5}) is not None  # only shared units pair

@@ -126,3 +126,24 @@ def test_vl_study_replicates_give_each_unit_its_own_theta_p_replicate():
     assert {u for _, u in task_configs(two)} == set(seeds) and {s for s, *_ in transfer_specs(two)} == set(seeds)
     with pytest.raises(ConfigError, match="released checkpoint"):
         study_config("vl_tickets", {**example, "replicates": 2, "theta_p_from_checkpoint": True})
+
+
+def test_universal_ticket_claims_need_theta_p_above_chance_on_every_pretraining_objective():
+    from ticketlab.studies.verdict_file import recompute
+    from ticketlab.studies.vl_report import drop_row, theta_p_problem
+
+    def unit(itm: float) -> dict:
+        metrics = {"test_mlm_acc": 0.60, "test_mlm_chance": 0.10, "test_mlm_n": 800,
+                   "test_itm_acc": itm, "test_itm_chance": 0.50, "test_itm_n": 500,
+                   "test_mrm_acc": 0.55, "test_mrm_chance": 0.20, "test_mrm_n": 900}
+        return {"rounds": [{"round": 0, "metrics": metrics}]}
+
+    # ITM 52 % on 500 targets: within 2 binomial SE (4.5 pts) of 50 % -> at chance; 58 % is not
+    assert theta_p_problem({0: unit(0.52), 1000: unit(0.53), 2000: unit(0.51)}).startswith("θp at chance on ITM 52.0")
+    assert theta_p_problem({0: unit(0.58), 1000: unit(0.57), 2000: unit(0.59)}) is None
+    assert theta_p_problem({0: {"rounds": [{"round": 0, "metrics": {"test_itm_acc": 0.5}}]}}) is None  # old runs
+    drops = [0.001, 0.002, 0.0]  # well under the paper's 1.88 pts
+    row = drop_row(0.6, 1.88, drops, "θp at chance on ITM 52.0 % vs chance 50.0 %")
+    assert row[-1] == "inconclusive" and recompute(row.record) == "inconclusive"
+    ok = drop_row(0.6, 1.88, drops)
+    assert ok[-1] == "reproduced" and recompute(ok.record) == "reproduced"

@@ -2,6 +2,10 @@
 (``VerdictRow.record``); the report folder keeps them in ``verdicts.json``, and ``ticketlab verdicts DIR``
 recomputes every verdict from that file alone and compares it with the report.
 
+Units are keyed ``seed + 1000 · replicate`` (``studies.common``): when a row spans several independent
+pre-training replicates, its interval is taken over replicates (each the mean of its nested seeds), never over
+seeds that share a θp as if they were independent; with one replicate, over seeds.
+
 Comparisons ("A beats B") of one table form one family: their verdicts are Holm-adjusted (family-wise 5 %); a
 row whose raw interval decides but whose Holm test does not reads "inconclusive" and says so.
 """
@@ -9,12 +13,14 @@ row whose raw interval decides but whose Holm test does not reads "inconclusive"
 from __future__ import annotations
 
 import json
+import statistics
 from pathlib import Path
 from typing import Any
 
 from ticketlab.errors import CorruptFileError, TicketlabError
 from ticketlab.fileio import read_json, write_json
 from ticketlab.stats import Interval, drop_claim, gap_verdict, holm, mean_ci, paired_ci, paired_p, sparsity_claim
+from ticketlab.studies.common import replicate_of
 
 VERSION = 1
 FILE = "verdicts.json"
@@ -33,14 +39,35 @@ def _seeded(values: dict[Any, float]) -> dict[str, float]:
     return {str(k): float(v) for k, v in values.items()}
 
 
+def pool_by_replicate(values: dict[Any, float]) -> list[float]:
+    """One value per unit, or with units of more than one replicate the mean of each replicate's units."""
+    groups: dict[int, list[float]] = {}
+    for key in sorted(values, key=lambda k: int(k)):
+        groups.setdefault(replicate_of(int(key)), []).append(values[key])
+    if len(groups) <= 1:
+        return [values[k] for k in sorted(values, key=lambda k: int(k))]
+    return [statistics.fmean(v) for v in groups.values()]
+
+
+def paired_units(a: dict[Any, float], b: dict[Any, float]) -> tuple[list[float], list[float]]:
+    """A and B paired on their shared units; with units of more than one replicate, pooled to one pair per
+    replicate (the mean over its seeds), so an interval's degrees of freedom are the independent θp."""
+    shared = set(a) & set(b)
+    return pool_by_replicate({k: a[k] for k in shared}), pool_by_replicate({k: b[k] for k in shared})
+
+
+def paired_gap(a: dict[Any, float], b: dict[Any, float]) -> Interval | None:
+    """The paired 95 % interval of (A − B) over ``paired_units`` (None: nothing shared)."""
+    x, y = paired_units(a, b)
+    return paired_ci(x, y) if x else None
+
+
 def record_gaps(record: dict[str, Any]) -> list[tuple[float, Interval]]:
-    """Per sparsity of a sparsity-claim record, the paired interval of (sparse − reference) over shared seeds."""
+    """Per sparsity of a sparsity-claim record, the paired interval of (sparse − reference) over shared units."""
     gaps = []
     for point in record["gaps"]:
-        seeds = sorted(set(point["sparse"]) & set(point["reference"]))
-        if seeds:
-            gaps.append((point["sparsity"], paired_ci([point["sparse"][s] for s in seeds],
-                                                      [point["reference"][s] for s in seeds])))
+        if (gap := paired_gap(point["sparse"], point["reference"])) is not None:
+            gaps.append((point["sparsity"], gap))
     return gaps
 
 
@@ -50,17 +77,16 @@ def recompute(record: dict[str, Any]) -> str | None:
     if rule == "sparsity":
         return sparsity_claim(record_gaps(record), record["claimed"], record["usable"], record["margin"]).verdict
     if rule == "comparison":
-        seeds = sorted(set(record["a"]) & set(record["b"]))
-        gap = paired_ci([record["a"][s] for s in seeds], [record["b"][s] for s in seeds]) if seeds else None
-        return gap_verdict(gap, record["usable"])
+        return gap_verdict(paired_gap(record["a"], record["b"]), record["usable"])
     if rule == "drop":
-        return drop_claim(mean_ci(record["drops"]), record["most"]) if record["drops"] else "inconclusive"
+        if not record["drops"] or not record.get("usable", True):
+            return "inconclusive"
+        return drop_claim(mean_ci(record["drops"]), record["most"])
     return None
 
 
 def comparison_p(record: dict[str, Any]) -> float | None:
-    seeds = sorted(set(record["a"]) & set(record["b"]))
-    return paired_p([record["a"][s] for s in seeds], [record["b"][s] for s in seeds]) if record["usable"] else None
+    return paired_p(*paired_units(record["a"], record["b"])) if record["usable"] else None
 
 
 def final_verdicts(records: list[dict[str, Any] | None], stored: list[str]) -> list[str]:

@@ -14,11 +14,10 @@ from ticketlab.stats import (
     interval_text,
     mean_ci,
     minimum_detectable_effect,
-    paired_ci,
     seeds_needed,
     sparsity_claim,
 )
-from ticketlab.studies.verdict_file import VerdictRow, comparison_record, record_gaps, sparsity_record
+from ticketlab.studies.verdict_file import VerdictRow, comparison_record, paired_gap, record_gaps, sparsity_record
 
 MATCHING_MARGIN = 0.01  # a matching ticket may be at most 1 pt below dense (the equivalence margin)
 
@@ -126,7 +125,7 @@ def comparison_row(what: str, a: dict[int, float], b: dict[int, float], chance: 
     if not a or not b:
         return VerdictRow([what, "A > B", "no runs to compare", "–", "inconclusive"])
     seeds = sorted(set(a) & set(b))
-    gap = paired_ci([a[s] for s in seeds], [b[s] for s in seeds]) if seeds else None
+    gap = paired_gap(a, b)
     problem = reference_problem({"ci": mean_ci([a[s] for s in seeds]), "chance_test": chance, "n_test": n_test})
     ok = len(seeds) > 1 and problem is None
     scores = f"A {interval_text(mean_ci(list(a.values())))} vs B {interval_text(mean_ci(list(b.values())))}"

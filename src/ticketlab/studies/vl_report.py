@@ -8,13 +8,13 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from ticketlab.analysis import paired_gaps
+from ticketlab.analysis import at_chance, paired_gaps
 from ticketlab.baselines.base import branch_label
 from ticketlab.figures import markdown_table, pct, pyplot
 from ticketlab.paths import REPORT
 from ticketlab.results import score as test_score
 from ticketlab.stats import drop_claim, interval_text, mean_ci, sparsity_claim
-from ticketlab.studies.verdict_file import VerdictRow, apply_holm, write_verdicts
+from ticketlab.studies.verdict_file import VerdictRow, apply_holm, pool_by_replicate, write_verdicts
 from ticketlab.studies.verdicts import RULES, claim_row, comparison_row, reference_problem, run_cells, usable
 
 # Gan et al. (AAAI 2022), UNITER-B: relaxed (99 %) ticket sparsity per task, and the universal pre-training ticket's
@@ -25,7 +25,33 @@ PAPER_UNIVERSAL_DROP = {0.5: 1.00, 0.6: 1.88, 0.7: 3.90, 0.8: 6.80}
 DROP_RULE = ("**Universal ticket** (\"the pre-training mask loses at most d points on average over the tasks at "
              "sparsity s\"): per seed, the mean over the tasks whose dense model is usable of (dense − sparse) test "
              "score; its 95 % t-interval over seeds. Reproduced when the interval's upper end is ≤ d; contradicted "
-             "when its lower end is > d; otherwise inconclusive.")
+             "when its lower end is > d; otherwise inconclusive. The masks come from θp's pre-training objectives, so "
+             "the claim is inconclusive too when θp (round 0, mean over replicates) is at chance on one of them (MLM, "
+             "ITM, MRC: the binomial rule on its test targets, chance = the most frequent target).")
+PRETRAINING_OBJECTIVES = {"mlm": "MLM", "itm": "ITM", "mrm": "MRC"}
+
+
+def theta_p_objectives(pretraining: dict[int, dict[str, Any]]) -> dict[str, tuple[float, float | None, int | None]]:
+    """Per pre-training objective of θp (round 0 of task-agnostic IMP): (mean test accuracy over units, chance,
+    number of test targets); chance is None for runs written before it was recorded."""
+    out = {}
+    for key, label in PRETRAINING_OBJECTIVES.items():
+        metrics = [run["rounds"][0]["metrics"] for run in pretraining.values() if run["rounds"]]
+        accs = [m[f"test_{key}_acc"] for m in metrics if f"test_{key}_acc" in m]
+        chances = [m[f"test_{key}_chance"] for m in metrics if f"test_{key}_chance" in m]
+        sizes = [m[f"test_{key}_n"] for m in metrics if f"test_{key}_n" in m]
+        if accs:
+            out[label] = (statistics.fmean(accs), statistics.fmean(chances) if chances else None,
+                          min(sizes) if sizes else None)
+    return out
+
+
+def theta_p_problem(pretraining: dict[int, dict[str, Any]]) -> str | None:
+    """Why θp cannot carry a universal-ticket claim: an objective at chance (None: it can)."""
+    low = [f"{label} {100 * acc:.1f} % vs chance {100 * chance:.1f} %"
+           for label, (acc, chance, n) in theta_p_objectives(pretraining).items()
+           if chance is not None and at_chance(acc, chance, n)]
+    return f"θp at chance on {', '.join(low)}" if low else None
 
 
 def task_summary(runs: dict[tuple[str, int], dict[str, Any]], relaxed: float) -> dict[str, dict[str, Any]]:
@@ -58,13 +84,14 @@ def universal_table(transfers: list[dict[str, Any]], kind: str = "standard",
     score = {(r["target"], r["round"], r.get("seed", 0)): r for r in rows}
     table = []
     for k in sorted({r["round"] for r in rows}):
-        drops, relative = [], []
+        unit_drops, unit_relative = {}, {}
         for seed in sorted({s for (_, kk, s) in score if kk == k}):
             pairs = [(test_score(score[(t, 0, seed)]), test_score(score[(t, k, seed)])) for t in tasks
                      if t not in skip and (t, k, seed) in score and (t, 0, seed) in score]
             if pairs:
-                drops.append(statistics.fmean(d - s for d, s in pairs))
-                relative.append(statistics.fmean((d - s) / d for d, s in pairs if d))
+                unit_drops[seed] = statistics.fmean(d - s for d, s in pairs)
+                unit_relative[seed] = statistics.fmean((d - s) / d for d, s in pairs if d)
+        drops, relative = pool_by_replicate(unit_drops), pool_by_replicate(unit_relative)  # one per θp replicate
         cells = {t: statistics.fmean(test_score(r) for (tt, kk, _), r in score.items() if (tt, kk) == (t, k))
                  for t in tasks if any((tt, kk) == (t, k) for (tt, kk, _) in score)}
         table.append({"round": k, "sparsity": next(r["sparsity"] for (_, kk, _), r in score.items() if kk == k),
@@ -74,12 +101,13 @@ def universal_table(transfers: list[dict[str, Any]], kind: str = "standard",
     return tasks, table
 
 
-def drop_row(sparsity: float, claimed: float, drops: list[float]) -> list[str]:
+def drop_row(sparsity: float, claimed: float, drops: list[float], problem: str | None = None) -> list[str]:
     drop = mean_ci(drops) if drops else None
-    verdict = "inconclusive" if drop is None else drop_claim(drop, claimed / 100)
+    verdict = "inconclusive" if drop is None or problem else drop_claim(drop, claimed / 100)
     return VerdictRow([f"universal pre-training ticket at {pct(sparsity)}", f"average drop ≤ {claimed:.2f} pts",
-                       f"{interval_text(drop)} pts", "–", verdict],
-                      {"rule": "drop", "drops": list(drops), "most": claimed / 100})
+                       f"{interval_text(drop)} pts over {len(drops)} θp replicate(s) or seeds",
+                       f"{problem}: inconclusive" if problem else "θp above chance on MLM, ITM and MRC", verdict],
+                      {"rule": "drop", "drops": list(drops), "most": claimed / 100, "usable": problem is None})
 
 
 def _seeded(rows: list[dict[str, Any]], **match: Any) -> dict[int, float]:
@@ -87,7 +115,8 @@ def _seeded(rows: list[dict[str, Any]], **match: Any) -> dict[int, float]:
 
 
 def verdict_rows(study: Any, summary: dict[str, dict[str, Any]], transfers: list[dict[str, Any]],
-                 runs: dict[tuple[str, int], dict[str, Any]]) -> list[list[str]]:
+                 runs: dict[tuple[str, int], dict[str, Any]], pretraining: dict[int, dict[str, Any]]
+                 ) -> list[list[str]]:
     rows = [claim_row(f"task-specific ticket on {task}", PAPER_RELAXED.get(task), info["cells"], task, "",
                       relaxed=study.relaxed) for task, info in summary.items()]
     for task, info in summary.items():
@@ -105,7 +134,7 @@ def verdict_rows(study: Any, summary: dict[str, dict[str, Any]], transfers: list
     for row in table:
         claimed = PAPER_UNIVERSAL_DROP.get(round(row["sparsity"], 2))
         if claimed is not None:
-            rows.append(drop_row(row["sparsity"], claimed, row["drops"]))
+            rows.append(drop_row(row["sparsity"], claimed, row["drops"], theta_p_problem(pretraining)))
     for task in dict.fromkeys(r["target"] for r in transfers if r["kind"] == "adversarial"):
         for k in sorted({r["round"] for r in transfers if r["kind"] == "adversarial" and r["target"] == task}):
             adv = _seeded(transfers, kind="adversarial", target=task, round=k)
@@ -177,7 +206,7 @@ def plot_adversarial(transfers: list[dict[str, Any]], path: Path) -> None:
 def write_vl_report(out: Path, study: Any, pretraining: dict[int, dict[str, Any]],
                     runs: dict[tuple[str, int], dict[str, Any]], transfers: list[dict[str, Any]]) -> Path:
     summary = task_summary(runs, study.relaxed)
-    verdicts = apply_holm(verdict_rows(study, summary, transfers, runs))
+    verdicts = apply_holm(verdict_rows(study, summary, transfers, runs, pretraining))
     write_verdicts(out, verdicts)
     lines = [f"# V+L ticket study ({out.name})", "",
              f"Model `{study.model.name}` {study.model.options}; IMP {study.prune.method}, schedule "
@@ -201,7 +230,11 @@ def write_vl_report(out: Path, study: Any, pretraining: dict[int, dict[str, Any]
                                                                            if key in run["rounds"][r]["metrics"]])
                                  else "—" for key in ("test_mlm_acc", "test_itm_acc", "test_mrm_acc")]]
                               for (_, _, r), c in sorted(pre.items(), key=lambda item: item[0][2])]),
-              "", "Round 0 is θp itself (the pre-trained model, briefly trained on the objectives once more).", ""]
+              "", "Round 0 is θp itself (the pre-trained model, briefly trained on the objectives once more). "
+              "Chance (the most frequent test target) at round 0: " + (", ".join(
+                  f"{label} {pct(chance)} of {n} targets" for label, (_, chance, n) in theta_p_objectives(
+                      pretraining).items() if chance is not None) or "not recorded (runs from before it was)")
+              + f"; {theta_p_problem(pretraining) or 'θp is above chance on every objective'}.", ""]
 
     first = next(iter(summary.values()))
     sparsities = [c["sparsity"] for _, c in sorted(first["cells"].items(), key=lambda item: item[0][2])]

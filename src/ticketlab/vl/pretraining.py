@@ -150,12 +150,14 @@ class VLPretrainObjective(Objective):
     @torch.no_grad()
     def evaluate(self, model: nn.Module, task: Task, split: str, batch_size: int = 256) -> float:
         """MLM accuracy on masked words, ITM accuracy and MRC accuracy (when regions have classes), with a
-        fixed masking seed; the score is their mean."""
+        fixed masking seed; the score is their mean. Each objective's chance level (the rate of its most frequent
+        target) and target count are kept beside it, so a report can tell a learned objective from chance."""
         was_training = model.training
         model.eval()
         data = getattr(task, split)
         generator = torch.Generator().manual_seed(0)
         hits = {name: [0, 0] for name in PRETRAINING_TASKS}
+        counts: dict[str, torch.Tensor] = {}
         for start in range(0, len(data), batch_size):
             inputs = data.inputs(slice(start, start + batch_size))
             for name in PRETRAINING_TASKS:
@@ -163,9 +165,17 @@ class VLPretrainObjective(Objective):
                 valid = target >= 0
                 hits[name][0] += int((logits.argmax(-1)[valid] == target[valid]).sum())
                 hits[name][1] += int(valid.sum())
+                found = torch.bincount(target[valid].flatten())
+                seen = counts.get(name, found.new_zeros(0))
+                size = max(len(seen), len(found))
+                counts[name] = F.pad(seen, (0, size - len(seen))) + F.pad(found, (0, size - len(found)))
         model.train(was_training)
         details = {f"{name}_acc": h / n for name, (h, n) in hits.items() if n}
-        self.details[split] = {"score": sum(details.values()) / len(details), **details}
+        score = sum(details.values()) / len(details)
+        for name, (_, n) in hits.items():
+            if n:
+                details |= {f"{name}_chance": int(counts[name].max()) / n, f"{name}_n": n}
+        self.details[split] = {"score": score, **details}
         return self.details[split]["score"]
 
 
