@@ -147,3 +147,30 @@ def test_universal_ticket_claims_need_theta_p_above_chance_on_every_pretraining_
     assert row[-1] == "inconclusive" and recompute(row.record) == "inconclusive"
     ok = drop_row(0.6, 1.88, drops)
     assert ok[-1] == "reproduced" and recompute(ok.record) == "reproduced"
+
+
+def test_patch_study_replicates_give_each_unit_its_own_selector(tmp_path):
+    from ticketlab.config import config_hash
+    from ticketlab.studies.patch_tickets import check_patch_study, patch_study_jobs, selector_for
+
+    example = yaml.safe_load((Path(__file__).parent.parent / "examples" / "patch_tickets_study.yaml").read_text())
+    example = {**example, "weight_level": [], "keep_rates": [0.7]}
+    one = study_config("patch_tickets", example)
+    three = study_config("patch_tickets", {**example, "replicates": 3, "seeds": [0]})
+    check_patch_study(three)
+    assert selector_for(three, 0.7, 0) == selector_for(one, 0.7, 1)  # replicate 0 keeps the configured selector
+    seeds = {selector_for(three, 0.7, u).seed for u in (0, 1000, 2000)}
+    assert len(seeds) == 3 and three.selector.seed in seeds
+    jobs = patch_study_jobs(three, tmp_path)
+    selectors = [j for j in jobs if j.kind == "select"]
+    students = [j for j in jobs if j.kind == "patch_student"]
+    assert len(selectors) == 3 and {j.payload["seed"] for j in students} == {0, 1000, 2000}
+    for job in students:  # every student waits for (and reads) its own replicate's selector
+        (selector_id,) = job.after
+        expected = selector_for(three, 0.7, job.payload["seed"])
+        assert selector_id.endswith(config_hash(expected))
+    with pytest.raises(ConfigError, match="no finetune"):
+        check_patch_study(study_config("patch_tickets", {**example, "replicates": 2,
+                                                         "selector": {**example["selector"], "finetune": None}}))
+    with pytest.raises(ConfigError, match="replicates must be >= 1"):
+        check_patch_study(study_config("patch_tickets", {**example, "replicates": 0}))

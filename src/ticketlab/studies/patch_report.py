@@ -14,6 +14,7 @@ from ticketlab.results import score
 from ticketlab.runfolders import load_run
 from ticketlab.stats import Interval, gap_verdict, interval_text, mean_ci, paired_ci
 from ticketlab.studies.verdict_file import VerdictRow, apply_holm, comparison_record, write_verdicts
+from ticketlab.studies.verdict_file import paired_gap as units_gap
 
 
 def summarize_students(rows: list[dict[str, Any]]) -> dict[tuple[float, str], dict[str, Any]]:
@@ -41,10 +42,9 @@ def per_seed(rows: list[dict[str, Any]], k: float, variant: str, mode: str) -> d
 
 
 def paired_gap(rows: list[dict[str, Any]], k: float, a: str, b: str, mode: str) -> Interval | None:
-    """Interval of (variant a − variant b) over the seeds both ran at keep rate k."""
-    first, second = per_seed(rows, k, a, mode), per_seed(rows, k, b, mode)
-    seeds = sorted(set(first) & set(second))
-    return paired_ci([first[s] for s in seeds], [second[s] for s in seeds]) if seeds else None
+    """Interval of (variant a − variant b) over the units both ran at keep rate k (over selector replicates when
+    there are several: ``verdict_file.paired_gap``)."""
+    return units_gap(per_seed(rows, k, a, mode), per_seed(rows, k, b, mode))
 
 
 def above_chance(s: dict[str, Any], mode: str) -> bool:
@@ -91,7 +91,9 @@ def write_patch_report(out: Path, cfg: Any, rows: list[dict[str, Any]], weight_r
     lines = ["# Data-level tickets: ticket vs random-patch students", "", *verdict_table(verdicts),
              f"Selector `{cfg.selector.model.name}` on `{cfg.selector.task.name}`"
              f" ({'fine-tuned with token reduction' if cfg.selector.finetune else 'used as is'}); "
-             f"students `{cfg.student.name}` trained from scratch, scored at their final epoch; seeds {cfg.seeds}. Test "
+             f"students `{cfg.student.name}` trained from scratch, scored at their final epoch; "
+             f"{getattr(cfg, 'replicates', 1)} selector replicate(s) per keep rate, seeds {cfg.seeds} nested in each "
+             "(unit = seed + 1000 · replicate). Test "
              "accuracy, mean ± std; dense = all patches at test time, sparse = the student's own test patches (RC: "
              "random ones, as in the original protocol).", "",
              markdown_table(["keep rate", "patches", "variant", "selector test acc", "chance", "dense", "sparse"],

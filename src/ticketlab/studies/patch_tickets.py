@@ -27,15 +27,15 @@ from ticketlab.config import (
     EngineConfig,
     ExperimentConfig,
     ModelConfig,
-    TaskConfig,
     TrainConfig,
     config_hash,
     from_dict,
     to_dict,
     validate,
 )
-from ticketlab.data.base import Split, Task, build_task, subset
+from ticketlab.data.base import build_task
 from ticketlab.deit_recipe import check_patch_students
+from ticketlab.errors import ConfigError
 from ticketlab.experiment import run_experiment
 from ticketlab.fileio import ensure_writable_dir, read_json, write_json
 from ticketlab.jobs import JOB_KINDS, Job, job_resources
@@ -48,8 +48,7 @@ from ticketlab.objectives.patches import (
     check_student_tickets,
     student_patches,
 )
-from ticketlab.patches.tickets import find_tickets, load_tickets, save_tickets, ticket_grid, ticket_grid_png, with_tickets
-from ticketlab.patches.vit import patch_vit
+from ticketlab.patches.tickets import load_tickets, ticket_grid, with_tickets
 from ticketlab.paths import CONFIG, METRICS, TICKETS, select_dir, student_dir, study_dir
 from ticketlab.progress import progress_bar
 from ticketlab.results import Result, has_score, read_result, score
@@ -57,23 +56,11 @@ from ticketlab.run_jobs import experiment_jobs, merge_jobs
 from ticketlab.runfolders import write_history
 from ticketlab.seeds import derive_seed
 from ticketlab.studies.base import STUDIES, Study
+from ticketlab.studies.common import REPLICATE_STRIDE, replicate_of, replicate_problems, units
 from ticketlab.studies.patch_report import write_patch_report
-from ticketlab.tensorfiles import save_tensors
-from ticketlab.train import Callback, train_model
+from ticketlab.studies.patch_selection import SelectorConfig, run_selection
+from ticketlab.train import train_model
 from ticketlab.units import run_unit
-
-
-@dataclass(frozen=True)
-class SelectorConfig:
-    model: ModelConfig = field(default_factory=lambda: ModelConfig(name="vit"))
-    task: TaskConfig = field(default_factory=TaskConfig)
-    keep_rate: float = 0.7
-    reduction_layers: list[int] = field(default_factory=list)  # 0-based; empty = blocks 4, 7, 10 of 12, scaled
-    finetune: TrainConfig | None = None  # fine-tune with token reduction first; None = use the model as is
-    seed: int = 0
-    keep_warmup_steps: int = 0  # keep rate goes linearly from 1 to keep_rate over these steps (EViT's warm-up)
-    cross_fit: bool = True  # training-image tickets come from a selector fine-tuned on the other half
-    engine: EngineConfig = field(default_factory=EngineConfig)
 
 
 @dataclass(frozen=True)
@@ -94,92 +81,26 @@ class PatchStudyConfig:
     weight_level: list[WeightLevelRun] = field(default_factory=list)
     weight_seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # each weight-level run once per seed
     engine: EngineConfig = field(default_factory=EngineConfig)
+    # independent selectors per keep rate (own seed: θ0 of the fine-tuned head, data order, cross-fit halves);
+    # students are keyed by unit = seed + 1000 · replicate and intervals are taken over replicates
+    replicates: int = field(default=1, repr=False)
 
 
 def check_patch_study(cfg: PatchStudyConfig) -> None:
     check_patch_students(cfg.train)
+    if problems := replicate_problems(cfg, ["the selector (no finetune: one model as is)"]
+                                      if cfg.selector.finetune is None else []):
+        raise ConfigError.many(problems)
     for run in cfg.weight_level:
         validate(run.experiment)
 
 
-def selector_model(cfg: SelectorConfig, num_classes: int) -> Any:
-    model = build_model(cfg.model.name, num_classes, cfg.model.options, seed=cfg.seed, normalize=cfg.model.normalize)
-    patch_vit(model.backbone).set_token_reduction(cfg.keep_rate, tuple(cfg.reduction_layers) or None)
-    return model
-
-
-class KeepRateWarmup(Callback):
-    """EViT's warm-up: the selector's keep rate falls linearly from 1 to its target over the first steps."""
-
-    def __init__(self, backbone: Any, target: float, steps: int) -> None:
-        self.backbone, self.target, self.steps = backbone, target, steps
-        backbone.keep_rate = 1.0 if steps > 0 else target
-
-    def on_step_end(self, step: int, model: Any) -> None:
-        self.backbone.keep_rate = 1.0 - (1.0 - self.target) * min(1.0, step / max(self.steps, 1))
-
-
-def fine_tune_selector(cfg: SelectorConfig, task: Task, folder: Path, label: str,
-                       progress: bool) -> tuple[Any, dict[str, Any]]:
-    model = selector_model(cfg, task.num_classes)
-    if cfg.finetune is None:
-        return model, {}
-    warmup = KeepRateWarmup(model.backbone, cfg.keep_rate, cfg.keep_warmup_steps)
-    result = train_model(model, task, cfg.finetune, seed=cfg.seed, callbacks=[warmup],
-                         progress=f"selector {label} k={cfg.keep_rate}" if progress else None, engine=cfg.engine,
-                         checkpoint=folder.parent / f".{folder.name}.{label}.checkpoint.pt")
-    model.backbone.keep_rate = cfg.keep_rate
-    return model, result.metrics
-
-
-def cross_fitted_tickets(cfg: SelectorConfig, task: Task, folder: Path,
-                         progress: bool) -> tuple[Any, dict[str, torch.Tensor], dict[str, Any]]:
-    """Tickets of the training images from the selector fine-tuned on the *other* half; val/test tickets from the
-    first selector (neither saw them). Without ``cross_fit``, one selector on all training images."""
-    if not cfg.cross_fit or cfg.finetune is None:
-        model, metrics = fine_tune_selector(cfg, task, folder, "all", progress)
-        return model, find_tickets(model, task), metrics
-    order = torch.randperm(len(task.train), generator=torch.Generator().manual_seed(cfg.seed))
-    halves = [torch.sort(order[: len(order) // 2]).values, torch.sort(order[len(order) // 2 :]).values]
-    models, metrics = [], {}
-    for i, rows in enumerate(halves):
-        half = dataclasses.replace(task, train=Split(subset(task.train.x, rows), task.train.y[rows]))
-        model, m = fine_tune_selector(cfg, half, folder, f"half{i}", progress)
-        models.append(model)
-        metrics[f"half{i}"] = m
-    tickets = find_tickets(models[0], task)
-    other = find_tickets(models[1], task, splits=("train",))["train"]
-    train_tickets = tickets["train"].clone()
-    train_tickets[halves[0]] = other[halves[0]]  # half 0's images: picked by the selector trained on half 1
-    tickets["train"] = train_tickets
-    return models[0], tickets, {**metrics["half0"], "halves": metrics}
-
-
-def run_selection(cfg: SelectorConfig, runs_dir: Path, progress: bool = True) -> Path:
-    """Fine-tune the selector(s) with token reduction (if asked), then write every image's patch ticket."""
-    folder = select_dir(ensure_writable_dir(Path(runs_dir)), config_hash(cfg))
-    if (folder / TICKETS).is_file():
-        return folder / TICKETS
-    task = build_task(cfg.task.name, cfg.task.options, model_input_defaults(cfg.model.name, cfg.model.options))
-
-    def train(checkpoint: Path) -> tuple[Any, dict[str, torch.Tensor], dict[str, Any]]:
-        return cross_fitted_tickets(cfg, task, folder, progress)  # one checkpoint per selector, beside the folder
-
-    def write(tmp: Path, payload: tuple[Any, dict[str, torch.Tensor], dict[str, Any]]) -> None:
-        model, tickets, metrics = payload
-        vit = model.backbone.model
-        grid = vit.config.image_size // vit.config.patch_size
-        write_json(tmp / CONFIG, to_dict(cfg))
-        save_tensors(tmp / "selector.safetensors", model.state_dict(), {"metrics": metrics})
-        save_tickets(tmp / TICKETS, tickets, task, cfg.keep_rate, grid * grid, grid,
-                     {"model": to_dict(cfg.model), "config_hash": config_hash(cfg), "metrics": metrics,
-                      "reduction_layers": list(model.backbone.reduction_layers)})
-        ticket_grid_png(task.test.x[:16], tickets["test"][:16], grid, tmp / "tickets.png")
-
-    if run_unit(folder, TICKETS, train, write, f"selector {folder.name}") is not None:
-        for stale in folder.parent.glob(f".{folder.name}.*.checkpoint.pt"):  # the selectors' own checkpoints
-            stale.unlink(missing_ok=True)
-    return folder / TICKETS
+def selector_for(cfg: PatchStudyConfig, keep_rate: float, unit: int = 0) -> SelectorConfig:
+    """The selector whose tickets ``unit``'s students see: its replicate's (replicate 0 keeps the configured
+    seed, so a study without replicates keeps its selectors' hashes)."""
+    r = replicate_of(unit)
+    seed = cfg.selector.seed if r == 0 else derive_seed(cfg.selector.seed, "replicate", r)
+    return dataclasses.replace(cfg.selector, keep_rate=keep_rate, seed=seed)
 
 
 def train_student(cfg: PatchStudyConfig, keep_rate: float, seed: int, variant: str, tickets_path: Path,
@@ -251,7 +172,7 @@ def select_job(payload: dict[str, Any], runs_dir: Path, progress: bool, index: b
 def student_job(payload: dict[str, Any], runs_dir: Path, progress: bool, index: bool = True) -> str:
     """One ViT or Swin student of the patch study: trained on ticket, random (RC) or position-only patches."""
     cfg, k = from_dict(PatchStudyConfig, payload["study"]), float(payload["keep_rate"])
-    selector = dataclasses.replace(cfg.selector, keep_rate=k)
+    selector = selector_for(cfg, k, payload["seed"])
     folder = student_dir(study_dir(runs_dir, "patchstudy", config_hash(cfg)), k, payload["seed"], payload["variant"])
     train_student(cfg, k, payload["seed"], payload["variant"], select_dir(runs_dir, config_hash(selector)) / TICKETS,
                   folder, progress)
@@ -263,14 +184,15 @@ def patch_study_jobs(cfg: PatchStudyConfig, runs_dir: Path) -> list[Job]:
     resources = job_resources(cfg.engine.resources)
     groups, study = [], study_dir(runs_dir, "patchstudy", config_hash(cfg)).name
     for k in cfg.keep_rates:
-        selector = dataclasses.replace(cfg.selector, keep_rate=k)
-        selector_id = select_dir(runs_dir, config_hash(selector)).name
-        groups.append([Job(selector_id, "select", {"selector": to_dict(selector)}, resources=resources,
-                           label=f"selector k={k}")])
-        groups.append([Job(f"{study}/k{k}/{seed}/{variant}", "patch_student",
-                           {"study": to_dict(cfg), "keep_rate": k, "seed": seed, "variant": variant},
-                           after=(selector_id,), resources=resources, label=f"{variant} k={k} seed {seed}")
-                       for seed in cfg.seeds for variant in student_variants(cfg, k)])
+        for r in range(cfg.replicates):
+            selector = selector_for(cfg, k, REPLICATE_STRIDE * r)
+            selector_id = select_dir(runs_dir, config_hash(selector)).name
+            groups.append([Job(selector_id, "select", {"selector": to_dict(selector)}, resources=resources,
+                               label=f"selector k={k}" + (f" replicate {r}" if r else ""))])
+            groups.append([Job(f"{study}/k{k}/{unit}/{variant}", "patch_student",
+                               {"study": to_dict(cfg), "keep_rate": k, "seed": unit, "variant": variant},
+                               after=(selector_id,), resources=resources, label=f"{variant} k={k} seed {unit}")
+                           for unit in units(cfg) if replicate_of(unit) == r for variant in student_variants(cfg, k)])
     groups += [experiment_jobs(dataclasses.replace(w.experiment, seed=s), runs_dir, f"{w.label} seed {s}")
                for w in cfg.weight_level for s in cfg.weight_seeds]
     return merge_jobs(groups)
@@ -283,12 +205,13 @@ def run_patch_study(cfg: PatchStudyConfig, runs_dir: Path, progress: bool = True
     write_json(out / CONFIG, to_dict(cfg))
     rows, ticket_files = [], {}
     for k in cfg.keep_rates:
-        tickets_path = ticket_files[k] = run_selection(dataclasses.replace(cfg.selector, keep_rate=k), runs_dir,
-                                                       progress)
-        jobs = [(seed, v) for seed in cfg.seeds for v in student_variants(cfg, k)]
-        for seed, variant in progress_bar(jobs, desc=f"students k={k}", disable=not progress):
-            folder = student_dir(out, k, seed, variant)
-            rows.append(train_student(cfg, k, seed, variant, tickets_path, folder, progress))
+        tickets = {r: run_selection(selector_for(cfg, k, REPLICATE_STRIDE * r), runs_dir, progress)
+                   for r in range(cfg.replicates)}
+        ticket_files[k] = tickets[0]  # the figure shows replicate 0's tickets
+        jobs = [(unit, v) for unit in units(cfg) for v in student_variants(cfg, k)]
+        for unit, variant in progress_bar(jobs, desc=f"students k={k}", disable=not progress):
+            folder = student_dir(out, k, unit, variant)
+            rows.append(train_student(cfg, k, unit, variant, tickets[replicate_of(unit)], folder, progress))
     weight_runs = {w.label: {s: run_experiment(dataclasses.replace(w.experiment, seed=s), runs_dir, progress)
                              for s in cfg.weight_seeds} for w in cfg.weight_level}
     write_json(out / "students.json", rows)
