@@ -207,7 +207,7 @@ def test_patch_study_end_to_end(tmp_path, capsys):
 
 
 def test_cross_fitting_a_selector_never_picks_tickets_of_images_it_was_trained_on(monkeypatch):
-    import ticketlab.studies.patch_tickets as study
+    import ticketlab.studies.patch_selection as study
     task = build_task("scenes_shape", {"n_train": 40, "n_val": 8, "n_test": 8})
     cfg = study.SelectorConfig(model=ModelConfig("vit", {"config": {"hidden_size": 16, "num_hidden_layers": 3,
                                                                    "num_attention_heads": 2, "intermediate_size": 32,
