@@ -105,7 +105,7 @@ def drop_row(sparsity: float, claimed: float, drops: list[float], problem: str |
     drop = mean_ci(drops) if drops else None
     verdict = "inconclusive" if drop is None or problem else drop_claim(drop, claimed / 100)
     return VerdictRow([f"universal pre-training ticket at {pct(sparsity)}", f"average drop ≤ {claimed:.2f} pts",
-                       f"{interval_text(drop)} pts over {len(drops)} θp replicate(s) or seeds",
+                       f"{interval_text(drop)} pts (n = {len(drops)})",
                        f"{problem}: inconclusive" if problem else "θp above chance on MLM, ITM and MRC", verdict],
                       {"rule": "drop", "drops": list(drops), "most": claimed / 100, "usable": problem is None})
 
