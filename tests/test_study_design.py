@@ -174,3 +174,6 @@ def test_patch_study_replicates_give_each_unit_its_own_selector(tmp_path):
                                                          "selector": {**example["selector"], "finetune": None}}))
     with pytest.raises(ConfigError, match="replicates must be >= 1"):
         check_patch_study(study_config("patch_tickets", {**example, "replicates": 0}))
+    empty = drop_row(0.6, 1.88, [], None, {"vl_vqa": "not converged"})
+    assert empty[-1] == "inconclusive" and recompute(empty.record) == "inconclusive"
+    assert "no task with a usable dense reference" in empty[3] and "vl_vqa left out (dense not converged)" in empty[3]

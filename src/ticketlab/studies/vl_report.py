@@ -101,12 +101,18 @@ def universal_table(transfers: list[dict[str, Any]], kind: str = "standard",
     return tasks, table
 
 
-def drop_row(sparsity: float, claimed: float, drops: list[float], problem: str | None = None) -> list[str]:
+def drop_row(sparsity: float, claimed: float, drops: list[float], problem: str | None = None,
+             skipped: dict[str, str] | None = None) -> list[str]:
+    """The universal-ticket row; ``skipped``: tasks left out of the average (task → why its dense is unusable)."""
     drop = mean_ci(drops) if drops else None
+    left_out = "; ".join(f"{task} left out (dense {why})" for task, why in (skipped or {}).items())
+    if not drops and not problem:
+        problem = "no task with a usable dense reference"
     verdict = "inconclusive" if drop is None or problem else drop_claim(drop, claimed / 100)
+    context = f"{problem}: inconclusive" if problem else "θp above chance on MLM, ITM and MRC"
     return VerdictRow([f"universal pre-training ticket at {pct(sparsity)}", f"average drop ≤ {claimed:.2f} pts",
                        f"{interval_text(drop)} pts (n = {len(drops)})",
-                       f"{problem}: inconclusive" if problem else "θp above chance on MLM, ITM and MRC", verdict],
+                       "; ".join(part for part in (context, left_out) if part), verdict],
                       {"rule": "drop", "drops": list(drops), "most": claimed / 100, "usable": problem is None})
 
 
@@ -134,7 +140,8 @@ def verdict_rows(study: Any, summary: dict[str, dict[str, Any]], transfers: list
     for row in table:
         claimed = PAPER_UNIVERSAL_DROP.get(round(row["sparsity"], 2))
         if claimed is not None:
-            rows.append(drop_row(row["sparsity"], claimed, row["drops"], theta_p_problem(pretraining)))
+            rows.append(drop_row(row["sparsity"], claimed, row["drops"], theta_p_problem(pretraining),
+                                 {t: reference_problem(summary[t]["cells"][(t, "", 0)]) for t in sorted(skip)}))
     for task in dict.fromkeys(r["target"] for r in transfers if r["kind"] == "adversarial"):
         for k in sorted({r["round"] for r in transfers if r["kind"] == "adversarial" and r["target"] == task}):
             adv = _seeded(transfers, kind="adversarial", target=task, round=k)
