@@ -147,6 +147,9 @@ def test_universal_ticket_claims_need_theta_p_above_chance_on_every_pretraining_
     assert row[-1] == "inconclusive" and recompute(row.record) == "inconclusive"
     ok = drop_row(0.6, 1.88, drops)
     assert ok[-1] == "reproduced" and recompute(ok.record) == "reproduced"
+    empty = drop_row(0.6, 1.88, [], None, {"vl_vqa": "not converged"})
+    assert empty[-1] == "inconclusive" and recompute(empty.record) == "inconclusive"
+    assert "no task with a usable dense reference" in empty[3] and "vl_vqa left out (dense not converged)" in empty[3]
 
 
 def test_patch_study_replicates_give_each_unit_its_own_selector(tmp_path):
@@ -174,6 +177,3 @@ def test_patch_study_replicates_give_each_unit_its_own_selector(tmp_path):
                                                          "selector": {**example["selector"], "finetune": None}}))
     with pytest.raises(ConfigError, match="replicates must be >= 1"):
         check_patch_study(study_config("patch_tickets", {**example, "replicates": 0}))
-    empty = drop_row(0.6, 1.88, [], None, {"vl_vqa": "not converged"})
-    assert empty[-1] == "inconclusive" and recompute(empty.record) == "inconclusive"
-    assert "no task with a usable dense reference" in empty[3] and "vl_vqa left out (dense not converged)" in empty[3]
