@@ -160,3 +160,15 @@ def test_intervals_pool_seeds_that_share_a_theta_p_replicate():
     # one replicate: seeds are the units, as before
     assert pool_by_replicate({0: 0.1, 1: 0.2, 2: 0.3}) == [0.1, 0.2, 0.3]
     assert paired_gap({0: 0.6, 1: 0.7}, {1: 0.6, 2: 0.5}) is not None  # only shared units pair
+
+
+def test_a_comparison_whose_a_side_did_not_converge_is_inconclusive():
+    from ticketlab.studies.verdict_file import recompute
+    from ticketlab.studies.verdicts import comparison_row
+
+    a, b = {0: 0.80, 1: 0.82, 2: 0.81}, {0: 0.60, 1: 0.61, 2: 0.62}  # +20 pts, tight: decides when A is usable
+    decided = comparison_row("A vs B", a, b, chance=0.25, n_test=1000)
+    assert decided[-1] == "reproduced" and recompute(decided.record) == "reproduced"
+    still_rising = comparison_row("A vs B", a, b, chance=0.25, n_test=1000, converged=False)
+    assert still_rising[-1] == "inconclusive" and "A not converged" in still_rising[3]
+    assert recompute(still_rising.record) == "inconclusive"

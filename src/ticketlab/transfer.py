@@ -164,5 +164,5 @@ def perturbation_sensitivity(run_dir: Path, k: int, spec: TransferSpec, task: Ta
         metrics = transfer_ticket(run_dir, k, run_spec, task, mask=variant_mask(ticket, run_spec),
                                   progress=progress).metrics
         rows.append(derived(metrics, source=source or run_dir.name, seed=run_spec.seed, variant=run_spec.variant,
-                            sparsity=metrics["sparsity"]))
+                            sparsity=metrics["sparsity"], converged=metrics.get("converged", True)))
     return rows

@@ -136,7 +136,9 @@ def write_cv_report(out: Path, study: Any, pretraining_runs: dict[tuple[str, int
             other = {seed: score(r["metrics"]) for seed, run in runs.items() for r in run["baselines"][branch]
                      if r["round"] == k}
             verdicts.append(comparison_row(f"IMP (A) vs {branch_label(branch)} (B) on {target} from {first} θp, "
-                                           f"{pct(one['rounds'][k]['sparsity'])}", imp, other, chance, n_test))
+                                           f"{pct(one['rounds'][k]['sparsity'])}", imp, other, chance, n_test,
+                                           all(run["rounds"][k]["metrics"].get("converged", True)
+                                               for run in runs.values())))
     by_source: dict[str, dict[str, dict[int, float]]] = {}
     for row in sensitivity:
         by_source.setdefault(row["source"], {}).setdefault(row["variant"], {})[row["seed"]] = score(row)
@@ -145,7 +147,9 @@ def write_cv_report(out: Path, study: Any, pretraining_runs: dict[tuple[str, int
             verdicts.append(comparison_row(f"{source} ticket (A) vs {variant} mask (B) on {study.downstream[0].name}",
                                            variants["ticket"], variants[variant],
                                            *(summary["cells"][(source, study.downstream[0].name, 0)][key]
-                                             for key in ("chance_test", "n_test"))))
+                                             for key in ("chance_test", "n_test")),
+                                           all(r.get("converged", True) for r in sensitivity
+                                               if r["source"] == source and r["variant"] == "ticket")))
     names = {(label, unit): f"{label} (pre-training, seed {unit})" for label, unit in pretraining_runs}
     verdicts.append(overlap_row(overlaps, names, study.seeds[0]))
     write_verdicts(out, apply_holm(verdicts))

@@ -119,14 +119,16 @@ def decision_distance(gap: Interval | None, margin: float, verdict: str) -> str:
 
 
 def comparison_row(what: str, a: dict[int, float], b: dict[int, float], chance: float | None,
-                   n_test: int | None = None) -> list[str]:
-    """A verdict row for "A beats B", paired by seed (``a``, ``b``: seed → test score); inconclusive when A's
-    mean is at chance by the binomial rule on the test size, or A is at ceiling."""
+                   n_test: int | None = None, converged: bool = True) -> list[str]:
+    """A verdict row for "A beats B", paired by seed (``a``, ``b``: seed → test score); inconclusive when A is
+    not usable: its mean at chance by the binomial rule on the test size, a training of A not converged
+    (``converged``: all of A's trainings converged), or A at ceiling."""
     if not a or not b:
         return VerdictRow([what, "A > B", "no runs to compare", "–", "inconclusive"])
     seeds = sorted(set(a) & set(b))
     gap = paired_gap(a, b)
-    problem = reference_problem({"ci": mean_ci([a[s] for s in seeds]), "chance_test": chance, "n_test": n_test})
+    problem = reference_problem({"ci": mean_ci([a[s] for s in seeds]), "chance_test": chance, "n_test": n_test,
+                                 "converged": converged})
     ok = len(seeds) > 1 and problem is None
     scores = f"A {interval_text(mean_ci(list(a.values())))} vs B {interval_text(mean_ci(list(b.values())))}"
     return VerdictRow([what, "A > B", scores, f"{interval_text(gap, signed=True)} pts; chance {pct(chance)}"

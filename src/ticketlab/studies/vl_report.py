@@ -133,8 +133,10 @@ def verdict_rows(study: Any, summary: dict[str, dict[str, Any]], transfers: list
                 other = {seed: test_score(r["metrics"]) for (t, seed), run in runs.items() if t == task
                          for r in run["baselines"].get(name, []) if r["round"] == k}
                 sparsity = info["cells"][(task, "", k)]["sparsity"]
+                converged = all(run["rounds"][k]["metrics"].get("converged", True)
+                                for (t, _), run in runs.items() if t == task)
                 rows.append(comparison_row(f"IMP (A) vs {branch_label(name)} (B) on {task} at {pct(sparsity)}", imp,
-                                           other, chance, n_test))
+                                           other, chance, n_test, converged))
     skip = frozenset(t for t, info in summary.items() if not info["usable"])
     _, table = universal_table(transfers, skip=skip)
     for row in table:
@@ -149,7 +151,9 @@ def verdict_rows(study: Any, summary: dict[str, dict[str, Any]], transfers: list
             sparsity = next(r["sparsity"] for r in transfers if r["target"] == task and r["round"] == k)
             reference = summary[task]["cells"][(task, "", 0)]
             rows.append(comparison_row(f"VILLA (A) vs standard fine-tuning (B), universal ticket on {task} at "
-                                       f"{pct(sparsity)}", adv, std, reference["chance_test"], reference["n_test"]))
+                                       f"{pct(sparsity)}", adv, std, reference["chance_test"], reference["n_test"],
+                                       all(r.get("converged", True) for r in transfers if r["kind"] == "adversarial"
+                                           and r["target"] == task and r["round"] == k)))
     return rows
 
 

@@ -150,7 +150,7 @@ def run_vl_study(study: VLStudyConfig, runs_dir: Path, progress: bool = True) ->
         metrics = transfer_ticket(pretraining_runs[seed], k, spec, tasks[task_key(target)], progress=progress).metrics
         transfers.append(derived(metrics, target=task_key(target), round=k, kind=kind, seed=seed,
                                  sparsity=metrics["sparsity"], chance_test=metrics.get("chance_test"),
-                                 n_test=metrics.get("n_test")))
+                                 n_test=metrics.get("n_test"), converged=metrics.get("converged", True)))
     write_json(out / "transfer_rows.json", transfers)
 
     runs = {key: load_run(path) for key, path in task_runs.items()}
