@@ -41,11 +41,12 @@ def _seeded(values: dict[Any, float]) -> dict[str, float]:
 
 def pool_by_replicate(values: dict[Any, float]) -> list[float]:
     """One value per unit, or with units of more than one replicate the mean of each replicate's units."""
+    ordered = sorted(values, key=lambda k: int(k))
     groups: dict[int, list[float]] = {}
-    for key in sorted(values, key=lambda k: int(k)):
+    for key in ordered:
         groups.setdefault(replicate_of(int(key)), []).append(values[key])
     if len(groups) <= 1:
-        return [values[k] for k in sorted(values, key=lambda k: int(k))]
+        return [values[k] for k in ordered]
     return [statistics.fmean(v) for v in groups.values()]
 
 

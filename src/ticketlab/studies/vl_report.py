@@ -35,8 +35,8 @@ def theta_p_objectives(pretraining: dict[int, dict[str, Any]]) -> dict[str, tupl
     """Per pre-training objective of θp (round 0 of task-agnostic IMP): (mean test accuracy over units, chance,
     number of test targets); chance is None for runs written before it was recorded."""
     out = {}
+    metrics = [run["rounds"][0]["metrics"] for run in pretraining.values() if run["rounds"]]
     for key, label in PRETRAINING_OBJECTIVES.items():
-        metrics = [run["rounds"][0]["metrics"] for run in pretraining.values() if run["rounds"]]
         accs = [m[f"test_{key}_acc"] for m in metrics if f"test_{key}_acc" in m]
         chances = [m[f"test_{key}_chance"] for m in metrics if f"test_{key}_chance" in m]
         sizes = [m[f"test_{key}_n"] for m in metrics if f"test_{key}_n" in m]
@@ -133,17 +133,16 @@ def verdict_rows(study: Any, summary: dict[str, dict[str, Any]], transfers: list
                 other = {seed: test_score(r["metrics"]) for (t, seed), run in runs.items() if t == task
                          for r in run["baselines"].get(name, []) if r["round"] == k}
                 sparsity = info["cells"][(task, "", k)]["sparsity"]
-                converged = all(run["rounds"][k]["metrics"].get("converged", True)
-                                for (t, _), run in runs.items() if t == task)
                 rows.append(comparison_row(f"IMP (A) vs {branch_label(name)} (B) on {task} at {pct(sparsity)}", imp,
-                                           other, chance, n_test, converged))
+                                           other, chance, n_test, info["cells"][(task, "", k)]["converged"]))
     skip = frozenset(t for t, info in summary.items() if not info["usable"])
     _, table = universal_table(transfers, skip=skip)
+    problem = theta_p_problem(pretraining)
+    left_out = {t: reference_problem(summary[t]["cells"][(t, "", 0)]) for t in sorted(skip)}
     for row in table:
         claimed = PAPER_UNIVERSAL_DROP.get(round(row["sparsity"], 2))
         if claimed is not None:
-            rows.append(drop_row(row["sparsity"], claimed, row["drops"], theta_p_problem(pretraining),
-                                 {t: reference_problem(summary[t]["cells"][(t, "", 0)]) for t in sorted(skip)}))
+            rows.append(drop_row(row["sparsity"], claimed, row["drops"], problem, left_out))
     for task in dict.fromkeys(r["target"] for r in transfers if r["kind"] == "adversarial"):
         for k in sorted({r["round"] for r in transfers if r["kind"] == "adversarial" and r["target"] == task}):
             adv = _seeded(transfers, kind="adversarial", target=task, round=k)

@@ -157,7 +157,7 @@ class VLPretrainObjective(Objective):
         data = getattr(task, split)
         generator = torch.Generator().manual_seed(0)
         hits = {name: [0, 0] for name in PRETRAINING_TASKS}
-        counts: dict[str, torch.Tensor] = {}
+        targets: dict[str, list[torch.Tensor]] = {name: [] for name in PRETRAINING_TASKS}
         for start in range(0, len(data), batch_size):
             inputs = data.inputs(slice(start, start + batch_size))
             for name in PRETRAINING_TASKS:
@@ -165,16 +165,13 @@ class VLPretrainObjective(Objective):
                 valid = target >= 0
                 hits[name][0] += int((logits.argmax(-1)[valid] == target[valid]).sum())
                 hits[name][1] += int(valid.sum())
-                found = torch.bincount(target[valid].flatten())
-                seen = counts.get(name, found.new_zeros(0))
-                size = max(len(seen), len(found))
-                counts[name] = F.pad(seen, (0, size - len(seen))) + F.pad(found, (0, size - len(found)))
+                targets[name].append(target[valid].flatten())
         model.train(was_training)
         details = {f"{name}_acc": h / n for name, (h, n) in hits.items() if n}
         score = sum(details.values()) / len(details)
         for name, (_, n) in hits.items():
             if n:
-                details |= {f"{name}_chance": int(counts[name].max()) / n, f"{name}_n": n}
+                details |= {f"{name}_chance": int(torch.cat(targets[name]).bincount().max()) / n, f"{name}_n": n}
         self.details[split] = {"score": score, **details}
         return self.details[split]["score"]
 
