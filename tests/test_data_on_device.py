@@ -49,18 +49,17 @@ def test_batched_crop_and_flip_are_uniform_and_deterministic_per_seed():
     assert abs(flipped.double().mean() - 0.5) < 0.05
 
 
-def test_channels_last_and_compile_keep_masks_and_metrics(tmp_path, monkeypatch):
-    def run(engine: dict, name: str) -> list[dict]:
+def test_channels_last_is_refused_on_cpu_and_compile_where_unavailable(tmp_path, monkeypatch):
+    """channels_last on CPU: torch 2.13's oneDNN backward hangs on the second step (it stalled CI for 90 minutes),
+    so it is refused before any training; compile is refused where dynamo is unsupported."""
+    def run(engine: dict, name: str) -> None:
         cfg = tiny_config(train={"optimizer": "sgd", "lr": 0.05, "epochs": 1, "batch_size": 16},
                           prune={"rounds": 1}, baselines=[], engine=engine)
-        folder = run_experiment(parse_config(cfg), tmp_path / name, progress=False)
-        return [json.loads((folder / f"rounds/round_00{k}/metrics.json").read_text()) for k in (0, 1)]
+        run_experiment(parse_config(cfg), tmp_path / name, progress=False)
 
-    plain = run({}, "plain")
-    for rows in (run({"channels_last": True}, "cl"),):
-        for a, b in zip(plain, rows, strict=True):
-            assert a["sparsity"] == b["sparsity"] and a["steps"] == b["steps"]
-            assert abs(a["score"]["test"] - b["score"]["test"]) < 0.1  # same training up to kernel rounding
+    with pytest.raises(ConfigError, match="engine.channels_last: .* set engine.channels_last: false on CPU"):
+        run({"channels_last": True}, "cl")
+    assert not (tmp_path / "cl").exists() or not list((tmp_path / "cl").rglob("metrics.json"))
     import torch._dynamo
 
     monkeypatch.setattr(torch._dynamo, "is_dynamo_supported", lambda: False)

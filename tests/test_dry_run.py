@@ -86,7 +86,8 @@ def test_malformed_cifar_file_and_pickled_checkpoint_are_reported_never_unpickle
 def test_a_good_config_prints_units_steps_and_an_estimate(tmp_path, capsys):
     checkpoint = tmp_path / "weights.pt"
     torch.save({"state_dict": {"conv1.weight": torch.zeros(4, 3, 3, 3)}}, checkpoint)
-    path = config(tmp_path, cifar10(tmp_path / "cifar"), checkpoint, prune={"rounds": 2, "rewind": "init"})
+    path = config(tmp_path, cifar10(tmp_path / "cifar"), checkpoint, prune={"rounds": 2, "rewind": "init"},
+                  engine={"device": "auto", "channels_last": True})  # a GPU config: timed on CPU without it
     code, out, err = dry_run(capsys, "find", str(path), "--runs-dir", str(tmp_path / "runs"))
     assert code == 0, err
     # 50 training records, 10 % cut for validation (ceil 5) -> 45; ceil(45 / 8) = 6 steps x 2 epochs = 12 per unit

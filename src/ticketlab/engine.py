@@ -10,6 +10,7 @@ would bypass DDP's hooks).
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import os
 from pathlib import Path
@@ -36,6 +37,11 @@ def resolve(cfg: EngineConfig) -> tuple[str, str]:
     if precision == "fp16" and device == "cpu":
         raise ConfigError("engine.precision fp16 needs a CUDA device; on CPU use bf16 or fp32")
     return device, precision
+
+
+def cpu_safe(cfg: EngineConfig) -> EngineConfig:
+    """``cfg`` with channels_last off where it resolves to the CPU: a GPU preset's step can still be timed there."""
+    return dataclasses.replace(cfg, channels_last=False) if resolve(cfg)[0] == "cpu" else cfg
 
 
 def resolve_threads(threads: int) -> int:
@@ -93,6 +99,10 @@ class Engine:
 
         self.cfg = cfg or EngineConfig()
         self.device_type, self.precision = resolve(self.cfg)
+        if self.cfg.channels_last and self.device_type == "cpu":  # measured: the 2nd backward never returns
+            raise ConfigError("engine.channels_last: oneDNN's channels-last convolution backward hangs or crashes on "
+                              f"CPU with torch {torch.__version__}; it speeds up GPUs only: set engine.channels_last: "
+                              "false on CPU")
         self.threads = resolve_threads(self.cfg.threads)  # CPU results depend on it: recorded with every result
         if torch.get_num_threads() != self.threads:
             torch.set_num_threads(self.threads)

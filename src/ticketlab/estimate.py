@@ -192,7 +192,7 @@ def synthetic_labels(head: str, classes: int, inputs: Any, batch: int) -> torch.
 def seconds_per_step(work: Work, steps: int, warmup: int = 1) -> tuple[float, str, str]:
     """(seconds per optimiser step, the inputs, the device) of ``work``'s model at its batch size: ``warmup`` untimed
     steps, then ``steps`` timed ones of the training loop's ``TrainStep``."""
-    from ticketlab.engine import Engine
+    from ticketlab.engine import Engine, cpu_safe
     from ticketlab.step import TrainStep
 
     assert work.model is not None and work.task is not None and work.train is not None
@@ -200,7 +200,7 @@ def seconds_per_step(work: Work, steps: int, warmup: int = 1) -> tuple[float, st
     model = build_model(work.model.name, classes, work.model.options, head=head, random_init=True,
                         normalize=work.model.normalize)
     inputs, what = synthetic_inputs(model, work.model, work.task, work.train.batch_size)
-    engine = Engine(work.engine)
+    engine = Engine(cpu_safe(work.engine))
     step = TrainStep(model.train(), dataclasses.replace(work.train, divergence_factor=0.0), steps + warmup,
                      engine=engine)
     labels = synthetic_labels(head, classes, inputs, work.train.batch_size)

@@ -103,7 +103,8 @@ def _walk(node: Any, folder: Path, key: str | None) -> None:
         elif k in ("transfer_rounds", "adversarial_rounds") and isinstance(v, list):
             node[k] = sorted({min(int(r), 2) for r in v})  # the rounds smoke runs (0, the dense model, stays)
         elif k == "engine":
-            node[k] = {**(v or {}), "device": "cpu", "precision": "fp32", "workers": 0, "compile": False}
+            node[k] = {**(v or {}), "device": "cpu", "precision": "fp32", "workers": 0, "compile": False,
+                       "channels_last": False}  # refused on CPU (a oneDNN hang)
         else:
             _walk(v, folder, k)
 
