@@ -61,7 +61,8 @@ def test_patch_students_under_two_processes_are_written_once_and_match_one_proce
     example["selector"]["finetune"].update(epochs=1, batch_size=32)
     example["student"]["options"]["config"].update(hidden_size=32, num_hidden_layers=2, intermediate_size=64)
     example["train"].update(epochs=2, batch_size=32)
-    example.update(keep_rates=[0.5], seeds=[0], equal_budget_rates=[], position_control=False, weight_level=[])
+    example.update(keep_rates=[0.5], seeds=[0], replicates=1, equal_budget_rates=[], position_control=False,
+                   weight_level=[])
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump(example))
     rows = {}

@@ -170,7 +170,7 @@ def test_patch_study_end_to_end(tmp_path, capsys):
     example["student"]["options"]["config"].update(hidden_size=32, num_hidden_layers=2, intermediate_size=64)
     example["train"].update(epochs=1)
     example["keep_rates"], example["seeds"], example["equal_budget_rates"] = [0.9, 0.5], [0, 1], [0.5]
-    example["weight_seeds"] = [0, 1]
+    example["weight_seeds"], example["replicates"] = [0, 1], 1
     for run in example["weight_level"]:
         run["experiment"]["task"]["options"] = dict(small)
         run["experiment"]["train"].update(epochs=1)

@@ -157,7 +157,7 @@ def test_patch_study_replicates_give_each_unit_its_own_selector(tmp_path):
     from ticketlab.studies.patch_tickets import check_patch_study, patch_study_jobs, selector_for
 
     example = yaml.safe_load((Path(__file__).parent.parent / "examples" / "patch_tickets_study.yaml").read_text())
-    example = {**example, "weight_level": [], "keep_rates": [0.7]}
+    example = {**example, "weight_level": [], "keep_rates": [0.7], "replicates": 1, "seeds": [0, 1, 2]}
     one = study_config("patch_tickets", example)
     three = study_config("patch_tickets", {**example, "replicates": 3, "seeds": [0]})
     check_patch_study(three)
