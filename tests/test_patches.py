@@ -193,7 +193,9 @@ def test_patch_study_end_to_end(tmp_path, capsys):
     assert len(list((tmp_path / "runs").glob(f"{RUN_PREFIX}*"))) == 4  # two architectures x two seeds
     assert "## Verdicts" in report and "| ticket students beat random-patch (RC) students at k = 0.5, sparse" in report
     verdicts = json.loads((out / "verdicts.json").read_text())["rows"]
-    assert len(verdicts) == 4 and all(len(r["a"]) == 2 == len(r["b"]) for r in verdicts)  # 2 keep rates x 2 modes
+    students, (claim1,) = verdicts[:4], verdicts[4:]  # 2 keep rates x 2 modes, then claim 1 (weight level)
+    assert all(len(r["a"]) == 2 == len(r["b"]) for r in students)
+    assert claim1["rule"] == "imp_vs_reinit" and len(claim1["cnn"]) == 2 == len(claim1["vit"])  # one gap per seed
     assert cli.main(["verdicts", str(out)]) == 0  # re-derived from verdicts.json alone
     assert_figure(out / "students.png")
     assert_figure(out / "weight_level.png")
@@ -204,6 +206,8 @@ def test_patch_study_end_to_end(tmp_path, capsys):
     assert all(r["scored"] == "final epoch" for r in rows)
     assert all(0 <= score(r, "test_selector_patches") <= 1 for r in rows if r["variant"] == "rc")  # a named score
     assert all(r["selector_test_score"] is not None for r in rows)  # the selector's own accuracy is reported
+    # the compute line counts every training: students, the 2 selectors, 4 weight-level runs x (3 IMP + 2 re-init)
+    assert f"compute of every training behind this report: {len(rows) + 2 + 4 * 5} units" in report
 
 
 def test_cross_fitting_a_selector_never_picks_tickets_of_images_it_was_trained_on(monkeypatch):
@@ -239,21 +243,43 @@ def test_cross_fitting_a_selector_never_picks_tickets_of_images_it_was_trained_o
 
 def test_claim1_rule_on_hand_built_gaps():
     from ticketlab.stats import Interval
-    from ticketlab.studies.patch_report import claim1_verdict
+    from ticketlab.studies.verdict_file import imp_vs_reinit_record, imp_vs_reinit_verdict, recompute
+    from ticketlab.studies.verdicts import reference_problem
 
-    dense = {"cnn": {"dense": Interval(0.8, 0.78, 0.82, 3), "chance": 0.35},
-             "vit": {"dense": Interval(0.6, 0.58, 0.62, 3), "chance": 0.35}}
     cnn_wins = Interval(0.05, 0.03, 0.07, 3)
-    assert claim1_verdict({"cnn": cnn_wins, "vit": Interval(0.005, -0.01, 0.02, 3)}, dense, "cnn", "vit") == "reproduced"
-    assert claim1_verdict({"cnn": Interval(-0.05, -0.07, -0.03, 3), "vit": Interval(0.0, -0.01, 0.01, 3)},
-                          dense, "cnn", "vit") == "contradicted"
-    assert claim1_verdict({"cnn": cnn_wins, "vit": Interval(0.12, 0.1, 0.14, 3)}, dense, "cnn", "vit") == "contradicted"
-    assert claim1_verdict({"cnn": Interval(0.01, -0.02, 0.04, 3), "vit": Interval(0.0, -0.01, 0.01, 3)},
-                          dense, "cnn", "vit") == "inconclusive"
-    at_ceiling = {**dense, "cnn": {"dense": Interval(0.995, 0.99, 1.0, 3), "chance": 0.35}}
-    assert claim1_verdict({"cnn": cnn_wins, "vit": Interval(0.0, -0.01, 0.01, 3)}, at_ceiling, "cnn", "vit") == \
-        "inconclusive"
-    # the binomial rule on the test size: 36 % on 1,000 test images is within 2 SE (3.0 pts) of a 35 % majority
-    at_chance = {**dense, "vit": {"dense": Interval(0.36, 0.33, 0.39, 3), "chance": 0.35, "n_test": 1000}}
-    assert claim1_verdict({"cnn": cnn_wins, "vit": Interval(0.0, -0.01, 0.01, 3)}, at_chance, "cnn", "vit") == \
-        "inconclusive"
+    assert imp_vs_reinit_verdict(cnn_wins, Interval(0.005, -0.01, 0.02, 3)) == "reproduced"
+    assert imp_vs_reinit_verdict(Interval(-0.05, -0.07, -0.03, 3), Interval(0.0, -0.01, 0.01, 3)) == "contradicted"
+    assert imp_vs_reinit_verdict(cnn_wins, Interval(0.12, 0.1, 0.14, 3)) == "contradicted"
+    assert imp_vs_reinit_verdict(Interval(0.01, -0.02, 0.04, 3), Interval(0.0, -0.01, 0.01, 3)) == "inconclusive"
+    assert imp_vs_reinit_verdict(cnn_wins, Interval(0.0, -0.01, 0.01, 3), usable=False) == "inconclusive"
+    # the references: ceiling, the binomial rule (36 % on 1,000 images is within 2 SE = 3.0 pts of a 35 % majority)
+    # and convergence each make the claim inconclusive
+    assert reference_problem({"ci": Interval(0.995, 0.99, 1.0, 3), "chance_test": 0.35}) == "at ceiling"
+    assert reference_problem({"ci": Interval(0.36, 0.33, 0.39, 3), "chance_test": 0.35, "n_test": 1000}) == "at chance"
+    assert reference_problem({"ci": Interval(0.6, 0.58, 0.62, 3), "chance_test": 0.35, "n_test": 1000,
+                              "converged": False}) == "not converged"
+    # recomputed from the per-seed gaps alone (as `ticketlab verdicts` does): CNN +4, +5, +6 pts, ViT ±1 pt
+    record = imp_vs_reinit_record([0.04, 0.05, 0.06], [-0.01, 0.0, 0.01], usable=True)
+    assert recompute(record) == "reproduced" and recompute({**record, "usable": False}) == "inconclusive"
+
+
+def test_a_patch_claim_with_an_unconverged_ticket_student_is_inconclusive():
+    """The usable rule of every study's comparisons: a gap wholly above 0 decides only when the ticket students
+    (the A side) converged and no student is at chance."""
+    from ticketlab.studies.patch_report import summarize_students, verdict_rows
+
+    def rows(ticket_converged: bool) -> list[dict]:
+        out = []
+        for unit, (t, r) in zip((0, 1000, 2000), ((0.70, 0.50), (0.72, 0.51), (0.71, 0.52)), strict=True):
+            for variant, acc, conv in (("ticket", t, ticket_converged), ("rc", r, True)):
+                out.append({"keep_rate": 0.7, "variant": variant, "seed": unit, "converged": conv, "patches": 23,
+                            "num_patches": 64, "chance_test": 0.346, "n_test": 1000, "selector_test_score": 0.6,
+                            "result_version": 1, "metric": "accuracy",
+                            "score": {"test": acc, "test_all_patches": acc, "test_kept_patches": acc}})
+        return out
+
+    good = verdict_rows(rows(True), summarize_students(rows(True)))
+    assert [row[-1] for row in good] == ["reproduced", "reproduced"]  # +19.67 pts over 3 units, both evaluations
+    bad = verdict_rows(rows(False), summarize_students(rows(False)))
+    assert [row[-1] for row in bad] == ["inconclusive", "inconclusive"]
+    assert "a ticket student not converged" in bad[0][2] and bad[0][1] == good[0][1]

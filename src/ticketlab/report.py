@@ -72,8 +72,12 @@ def compute_line(run: dict[str, Any]) -> str:
 
 def folders_compute(folders: list[Path]) -> str:
     """One line: the compute of every unit (a ``metrics.json`` with steps) under ``folders`` — a study's total."""
-    files = sorted({p for folder in folders for p in Path(folder).rglob("metrics.json")})
-    units = [m for m in (read_json(p) for p in files) if isinstance(m, dict) and ("steps" in m or "compute" in m)]
+    files = sorted({p for folder in folders for name in ("metrics.json", "selector.json")
+                    for p in Path(folder).rglob(name)})
+    records = (read_json(p) for p in files)  # a selector keeps its training's metrics inside selector.json
+    records = (m.get("metrics", m) if isinstance(m, dict) and p.name == "selector.json" else m
+               for p, m in zip(files, records, strict=True))
+    units = [m for m in records if isinstance(m, dict) and ("steps" in m or "compute" in m)]
     steps, samples, seconds = (sum(c[i] for c in map(unit_compute, units)) for i in range(3))
     return (f"compute of every training behind this report: {len(units)} units, {steps:,} optimizer steps, "
             f"{samples:,} samples, {seconds / 3600:.2f} h (units reused from earlier runs included)")

@@ -61,7 +61,7 @@ def run_study(name: str, cfg: Any, runs_dir: str | Path = "runs", progress: bool
     elif executor != "local":
         raise ConfigError(f"study {name} has no job graph yet: it runs with --executor local only")
     out = study.run(cfg, Path(runs_dir), progress)
-    folders = sorted({Path(runs_dir) / job.id.split(":")[0] for job in jobs})
+    folders = sorted({Path(runs_dir) / job.id.split(":")[0].split("/")[0] for job in jobs})  # each a unit's own
     report = out / "report.md"
     if folders and report.is_file():
         text = report.read_text(encoding="utf-8").rstrip()

@@ -13,8 +13,16 @@ from ticketlab.paths import REPORT
 from ticketlab.results import score
 from ticketlab.runfolders import load_run
 from ticketlab.stats import Interval, gap_verdict, interval_text, mean_ci, paired_ci
-from ticketlab.studies.verdict_file import VerdictRow, apply_holm, comparison_record, write_verdicts
+from ticketlab.studies.verdict_file import (
+    VerdictRow,
+    apply_holm,
+    comparison_record,
+    imp_vs_reinit_record,
+    imp_vs_reinit_verdict,
+    write_verdicts,
+)
 from ticketlab.studies.verdict_file import paired_gap as units_gap
+from ticketlab.studies.verdicts import reference_problem
 
 
 def summarize_students(rows: list[dict[str, Any]]) -> dict[tuple[float, str], dict[str, Any]]:
@@ -28,8 +36,14 @@ def summarize_students(rows: list[dict[str, Any]]) -> dict[tuple[float, str], di
                   "sparse_ci": mean_ci([score(r, EVALUATIONS["sparse"]) for r in group]),
                   "patches": f"{group[0]['patches']}/{group[0]['num_patches']}",
                   "chance_test": group[0].get("chance_test"), "n_test": group[0].get("n_test"),
-                  "selector": group[0].get("selector_test_score", group[0].get("selector_test_acc"))}
+                  "selector": _selectors(group)}
             for key, group in groups.items()}
+
+
+def _selectors(group: list[dict[str, Any]]) -> tuple[float, float] | None:
+    """(mean, std) of the test accuracy of the selectors behind ``group`` (one per selector replicate)."""
+    scores = [r.get("selector_test_score", r.get("selector_test_acc")) for r in group]
+    return mean_std(scores) if scores and None not in scores else None
 
 
 EVALUATIONS = {"dense": "test_all_patches", "sparse": "test_kept_patches"}  # a student's two test inputs
@@ -61,19 +75,25 @@ def verdict_rows(rows: list[dict[str, Any]], summary: dict[tuple[float, str], di
         for mode in ("dense", "sparse"):
             gap = paired_gap(rows, k, "ticket", "rc", mode)
             control = paired_gap(rows, k, "ticket", "position", mode)
-            usable = all(above_chance(summary[(k, v)], mode) for v in ("ticket", "rc") if (k, v) in summary)
+            some_at_chance = not all(above_chance(summary[(k, v)], mode) for v in ("ticket", "rc") if (k, v) in summary)
+            converged = all(r.get("converged", True) for r in rows if r["keep_rate"] == k and r["variant"] == "ticket")
+            usable = not some_at_chance and converged  # the A side's convergence, as in every study's comparisons
             record = comparison_record(per_seed(rows, k, "ticket", mode), per_seed(rows, k, "rc", mode), usable)
+            problems = ["a student at chance (binomial rule)"] * some_at_chance + ["a ticket student not converged"] * (
+                not converged)
             table.append(VerdictRow([f"ticket students beat random-patch (RC) students at k = {k}, {mode} evaluation",
-                                     interval_text(gap, signed=True), interval_text(control, signed=True)
-                                     + ("" if usable else "; a student at chance (binomial rule)"),
+                                     interval_text(gap, signed=True), "; ".join([interval_text(control, signed=True),
+                                                                                 *problems]),
                                      gap_verdict(gap, usable)], record))
     return apply_holm(table)
 
 
 def verdict_table(table: list[VerdictRow]) -> list[str]:
-    return ["## Verdicts", "", "Rule: the paired 95 % t-interval over seeds of (ticket − RC) test accuracy: above 0 → "
-            "reproduced, below 0 → contradicted, straddling 0, fewer than 2 seeds, or a student at chance (its mean "
-            "within two binomial standard errors of the majority-class rate of its test set) → inconclusive. The "
+    return ["## Verdicts", "", "Rule: the paired 95 % t-interval over units (over selector replicates when there are "
+            "several) of (ticket − RC) test accuracy: above 0 → reproduced, below 0 → contradicted, straddling 0, "
+            "fewer than 2 units, a student at chance (its mean "
+            "within two binomial standard errors of the majority-class rate of its test set) or a ticket student "
+            "not converged (validation rose > 1 pt over its last quarter of epochs) → inconclusive. The "
             "comparisons are one family: a decision stands only if the paired t-test also rejects under Holm at "
             "family-wise 5 %. Per-seed numbers: `verdicts.json` (`ticketlab verdicts <this folder>` recomputes "
             "them). The position-only control (tickets of other images) shows how much of the gap positions alone "
@@ -87,7 +107,8 @@ def write_patch_report(out: Path, cfg: Any, rows: list[dict[str, Any]], weight_r
     plt = pyplot()
     summary = summarize_students(rows)
     verdicts = verdict_rows(rows, summary)
-    write_verdicts(out, verdicts)
+    weight_lines, weight_verdicts = weight_level_section(out, weight_runs)
+    write_verdicts(out, [*verdicts, *weight_verdicts])
     lines = ["# Data-level tickets: ticket vs random-patch students", "", *verdict_table(verdicts),
              f"Selector `{cfg.selector.model.name}` on `{cfg.selector.task.name}`"
              f" ({'fine-tuned with token reduction' if cfg.selector.finetune else 'used as is'}); "
@@ -97,7 +118,7 @@ def write_patch_report(out: Path, cfg: Any, rows: list[dict[str, Any]], weight_r
              "accuracy, mean ± std; dense = all patches at test time, sparse = the student's own test patches (RC: "
              "random ones, as in the original protocol).", "",
              markdown_table(["keep rate", "patches", "variant", "selector test acc", "chance", "dense", "sparse"],
-                            [[k, s["patches"], variant, "–" if s["selector"] is None else f"{s['selector']:.2%}",
+                            [[k, s["patches"], variant, "–" if s["selector"] is None else pm(*s["selector"]),
                               chance(s), pm(*s["dense"]), pm(*s["sparse"])]
                              for (k, variant), s in sorted(summary.items())])]
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), dpi=130)
@@ -120,9 +141,9 @@ def write_patch_report(out: Path, cfg: Any, rows: list[dict[str, Any]], weight_r
         picture = path.parent / "tickets.png"
         if picture.is_file():  # copied beside the report, so the folder stands alone
             shutil.copyfile(picture, out / f"tickets_k{k}.png")
-            lines += [f"Tickets at k = {k} (selector `{path.parent.name}`; kept patches bright):", "",
+            lines += [f"Tickets at k = {k} (selector `{path.parent.name}`, replicate 0; kept patches bright):", "",
                       f"![tickets k={k}](tickets_k{k}.png)", ""]
-    lines += weight_level_section(out, weight_runs)
+    lines += weight_lines
     (out / REPORT).write_text("\n".join(lines) + "\n")
     return out / REPORT
 
@@ -145,38 +166,25 @@ def weight_level_rows(runs: dict[int, Path]) -> tuple[list[dict[str, Any]], dict
                      "per_seed_gap": [a - b for a, b in pairs]})
     dense = mean_ci([score(run["rounds"][0]["metrics"]) for run in loaded.values()])
     reference = first["rounds"][0]["metrics"]
-    return rows, {"dense": dense, "chance": reference.get("chance_test"), "n_test": reference.get("n_test")}
+    converged = all(run["rounds"][0]["metrics"].get("converged", True) for run in loaded.values())
+    return rows, {"dense": dense, "chance": reference.get("chance_test"), "n_test": reference.get("n_test"),
+                  "problem": reference_problem({"ci": dense, "chance_test": reference.get("chance_test"),
+                                                "n_test": reference.get("n_test"), "converged": converged})}
 
 
-def claim1_verdict(gaps: dict[str, Interval], dense: dict[str, dict[str, Any]], cnn: str, vit: str) -> str:
-    """The written rule of claim 1: reproduced when the CNN's IMP − re-init interval lies above 0 and the ViT's mean
-    gap is below that interval's lower end; contradicted when the CNN's interval lies below 0 or the ViT's
-    interval lies wholly above the CNN's; otherwise, or when a dense model is at chance (binomial rule on its test
-    size) or the CNN is at ceiling (≥ 99 %), inconclusive."""
-    for label in (cnn, vit):
-        if at_chance(dense[label]["dense"].mean, dense[label]["chance"], dense[label].get("n_test")):
-            return "inconclusive"
-    if dense[cnn]["dense"].mean >= 0.99:
-        return "inconclusive"
-    c, v = gaps[cnn], gaps[vit]
-    if c.low is None or c.high is None or v.low is None or v.high is None:
-        return "inconclusive"
-    if c.high < 0 or v.low > c.high:
-        return "contradicted"
-    return "reproduced" if c.low > 0 and v.mean < c.low else "inconclusive"
-
-
-def weight_level_section(out: Path, weight_runs: dict[str, dict[int, Path]]) -> list[str]:
-    """Claim 1 of MISSION.md §3: IMP tickets vs random re-initialisation, per architecture, over seeds."""
+def weight_level_section(out: Path, weight_runs: dict[str, dict[int, Path]]) -> tuple[list[str], list[VerdictRow]]:
+    """Claim 1 of MISSION.md §3: IMP tickets vs random re-initialisation, per architecture, over seeds (its lines,
+    and its verdict row with the per-seed gaps it is recomputed from)."""
     if not weight_runs:
-        return []
+        return [], []
     plt = pyplot()
     fig, axes = plt.subplots(1, len(weight_runs), figsize=(4.5 * len(weight_runs), 3.6), dpi=130, squeeze=False)
-    table, gaps, dense = [], {}, {}
+    table, gaps, dense, seed_gaps = [], {}, {}, {}
     for ax, (label, runs) in zip(axes[0], weight_runs.items(), strict=True):
         rows, dense[label] = weight_level_rows(runs)
         per_seed = list(zip(*[r["per_seed_gap"] for r in rows], strict=True))
-        gaps[label] = mean_ci([sum(g) / len(g) for g in per_seed]) if per_seed else Interval(0.0, None, None, 0)
+        seed_gaps[label] = [sum(g) / len(g) for g in per_seed]
+        gaps[label] = mean_ci(seed_gaps[label]) if per_seed else Interval(0.0, None, None, 0)
         x = [100 * r["sparsity"] for r in rows]
         for key, style, name in (("imp", "o-", "IMP ticket"), ("reinit", "x--", "random re-init")):
             ok = [(xx, r[key]) for xx, r in zip(x, rows, strict=True) if r[key] is not None]
@@ -191,7 +199,7 @@ def weight_level_section(out: Path, weight_runs: dict[str, dict[int, Path]]) -> 
         table += [[label, f"{100 * r['sparsity']:.1f} %", interval_text(dense[label]["dense"]),
                    "–" if dense[label]["chance"] is None else f"{100 * dense[label]['chance']:.1f}",
                    interval_text(r["imp"]), interval_text(r["reinit"]), interval_text(r["gap"], signed=True),
-                   gap_verdict(r["gap"])] for r in rows]
+                   gap_verdict(r["gap"], dense[label]["problem"] is None)] for r in rows]
     axes[0][0].set_ylabel("test accuracy (%)")
     axes[0][0].legend(fontsize=8)
     fig.tight_layout()
@@ -200,20 +208,23 @@ def weight_level_section(out: Path, weight_runs: dict[str, dict[int, Path]]) -> 
     labels = list(weight_runs)
     cnn = next((x for x in labels if "vit" not in x.lower()), labels[-1])
     vit = next((x for x in labels if "vit" in x.lower()), labels[0])
-    verdict = claim1_verdict(gaps, dense, cnn, vit) if cnn != vit else "inconclusive"
+    problems = [f"{x} dense {dense[x]['problem']}" for x in dict.fromkeys((cnn, vit)) if dense[x]["problem"]]
+    record = imp_vs_reinit_record(seed_gaps[cnn], seed_gaps[vit], cnn != vit and not problems)
+    claim = "IMP − re-init: CNN clearly > 0, ViT ≈ 0"
+    row = VerdictRow([claim, *[interval_text(gaps[x], signed=True) for x in labels], "; ".join(problems) or "–",
+                      imp_vs_reinit_verdict(gaps[cnn], gaps[vit], record["usable"])], record)
     lines = ["## Weight-level IMP vs random re-initialisation (claim 1)", "",
              "Claim (Shen et al., MISSION.md §3 claim 1): weight-level IMP tickets barely beat random re-initialisation "
              "of the same mask on a ViT, whereas on a CNN they clearly do.", "",
              "Rule: per seed, the gap IMP − re-init averaged over the IMP rounds; its 95 % t-interval over seeds per "
              "architecture. Reproduced when the CNN's interval lies above 0 and the ViT's mean gap is below the CNN "
              "interval's lower end; contradicted when the CNN's interval lies below 0 or the ViT's lies wholly above "
-             "the CNN's; otherwise — or with a dense model at chance (binomial rule on its test size), or the CNN at "
-             "ceiling (≥ 99 %) — inconclusive.", "",
-             markdown_table(["claim", *[f"gap {x} (pts)" for x in labels], "verdict"],
-                            [["IMP − re-init: CNN clearly > 0, ViT ≈ 0",
-                              *[interval_text(gaps[x], signed=True) for x in labels], verdict]]), "",
-             "Per round (test accuracy %, mean [95 % CI] over seeds; per-round verdict: the paired gap's rule):", "",
+             "the CNN's; otherwise — or with a dense reference not usable (at chance by the binomial rule on its test "
+             "size, not converged, or at ceiling ≥ 99 %) — inconclusive. Per-seed gaps: `verdicts.json`.", "",
+             markdown_table(["claim", *[f"gap {x} (pts)" for x in labels], "references", "verdict"], [row]), "",
+             "Per round (test accuracy %, mean [95 % CI] over seeds; per-round verdict: the paired gap's rule, "
+             "inconclusive when the architecture's dense reference is not usable):", "",
              markdown_table(["architecture", "sparsity", "dense", "chance", "IMP", "random re-init",
                              "IMP − re-init (pts)", "IMP beats re-init?"], table),
              "", "![weight level](weight_level.png)", ""]
-    return lines
+    return lines, [row]

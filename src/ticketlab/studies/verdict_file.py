@@ -79,6 +79,8 @@ def recompute(record: dict[str, Any]) -> str | None:
         return sparsity_claim(record_gaps(record), record["claimed"], record["usable"], record["margin"]).verdict
     if rule == "comparison":
         return gap_verdict(paired_gap(record["a"], record["b"]), record["usable"])
+    if rule == "imp_vs_reinit":
+        return imp_vs_reinit_verdict(mean_ci(record["cnn"]), mean_ci(record["vit"]), record["usable"])
     if rule == "drop":
         if not record["drops"] or not record.get("usable", True):
             return "inconclusive"
@@ -160,3 +162,21 @@ def sparsity_record(cells: dict[tuple[str, str, int], dict[str, Any]], source: s
 
 def comparison_record(a: dict[Any, float], b: dict[Any, float], usable: bool) -> dict[str, Any]:
     return {"rule": "comparison", "a": _seeded(a), "b": _seeded(b), "usable": bool(usable)}
+
+
+def imp_vs_reinit_verdict(cnn: Interval, vit: Interval, usable: bool = True) -> str:
+    """Shen et al.'s claim 1 (weight-level IMP barely beats re-init on a ViT, clearly on a CNN), from the intervals
+    over seeds of each architecture's gap IMP − re-init: reproduced when the CNN's interval lies above 0 and the
+    ViT's mean is below its lower end; contradicted when the CNN's lies below 0 or the ViT's lies wholly above the
+    CNN's; otherwise, or with a reference not usable (``verdicts.reference_problem``), inconclusive."""
+    if not usable or None in (cnn.low, cnn.high, vit.low, vit.high):
+        return "inconclusive"
+    if cnn.high < 0 or vit.low > cnn.high:
+        return "contradicted"
+    return "reproduced" if cnn.low > 0 and vit.mean < cnn.low else "inconclusive"
+
+
+def imp_vs_reinit_record(cnn: list[float], vit: list[float], usable: bool) -> dict[str, Any]:
+    """Per seed, each architecture's gap IMP − re-init averaged over the IMP rounds."""
+    return {"rule": "imp_vs_reinit", "cnn": [float(x) for x in cnn], "vit": [float(x) for x in vit],
+            "usable": bool(usable)}
