@@ -71,7 +71,8 @@ def compute_line(run: dict[str, Any]) -> str:
 
 
 def folders_compute(folders: list[Path]) -> str:
-    """One line: the compute of every unit (a ``metrics.json`` with steps) under ``folders`` — a study's total."""
+    """One line: the compute of every unit (a ``metrics.json`` with steps, or a patch selector's ``selector.json``)
+    under ``folders`` — a study's total."""
     files = sorted({p for folder in folders for name in ("metrics.json", "selector.json")
                     for p in Path(folder).rglob(name)})
     records = (read_json(p) for p in files)  # a selector keeps its training's metrics inside selector.json
