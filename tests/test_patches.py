@@ -261,6 +261,7 @@ def test_claim1_rule_on_hand_built_gaps():
     # recomputed from the per-seed gaps alone (as `ticketlab verdicts` does): CNN +4, +5, +6 pts, ViT ±1 pt
     record = imp_vs_reinit_record([0.04, 0.05, 0.06], [-0.01, 0.0, 0.01], usable=True)
     assert recompute(record) == "reproduced" and recompute({**record, "usable": False}) == "inconclusive"
+    assert recompute({**record, "cnn": []}) == "inconclusive"  # weight-level runs without a re-init baseline
 
 
 def test_a_patch_claim_with_an_unconverged_ticket_student_is_inconclusive():

@@ -80,6 +80,8 @@ def recompute(record: dict[str, Any]) -> str | None:
     if rule == "comparison":
         return gap_verdict(paired_gap(record["a"], record["b"]), record["usable"])
     if rule == "imp_vs_reinit":
+        if not record["cnn"] or not record["vit"]:  # no re-init baseline was run
+            return "inconclusive"
         return imp_vs_reinit_verdict(mean_ci(record["cnn"]), mean_ci(record["vit"]), record["usable"])
     if rule == "drop":
         if not record["drops"] or not record.get("usable", True):
